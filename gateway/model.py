@@ -1,0 +1,166 @@
+"""The typed objects that flow between the pipeline stages.
+
+receive → classify → decide → store → rewrite → sign → deliver → answer.
+Each stage takes what the previous one produced; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP client told us, apart from the content."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    peer: str = ""
+    helo: str = ""
+    smtputf8: bool = False
+    body_8bit: bool = False
+
+
+class ZipVerdict(enum.Enum):
+    """What the bytes of an attachment are, as far as ZIP is concerned."""
+
+    NOT_ZIP = "not-zip"
+    PLAIN_ZIP = "plain-zip"
+    ENCRYPTED_ZIP = "encrypted-zip"
+    # Starts like a ZIP but cannot be read: kept from travelling like an encrypted one.
+    CORRUPT_ZIP = "corrupt-zip"
+
+
+@dataclass(frozen=True)
+class ZipMember:
+    name: str  # display name only, never joined to a path
+    encrypted: bool
+    method: int  # compression method as stored (99 = WinZip AES)
+    encryption: str  # "none" | "zipcrypto" | "aes"
+    compressed_size: int
+    uncompressed_size: int
+
+
+@dataclass(frozen=True)
+class ZipReport:
+    verdict: ZipVerdict
+    members: tuple[ZipMember, ...] = ()
+    reason: str = ""  # why CORRUPT_ZIP, for the log
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One leaf MIME part that carries a file.
+
+    `path` locates the part in the parsed tree: the indices taken from the root through
+    each multipart's get_payload() list, and through message/rfc822 wrappers (index 0).
+    """
+
+    path: tuple[int, ...]
+    filename: str  # decoded (RFC 2047 / RFC 2231), sanitised for display; may be ""
+    content_type: str
+    data: bytes  # transfer-decoded bytes
+    zip: ZipReport
+    inside_rfc822: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Classification:
+    attachments: tuple[Attachment, ...]
+    # multipart/signed, application/pkcs7-mime, multipart/encrypted: passes unchanged by default
+    signed_or_encrypted: bool = False
+    # the message could not be parsed as MIME at all (it then passes unchanged)
+    unparseable: bool = False
+    notes: tuple[str, ...] = ()
+
+
+class Action(enum.Enum):
+    PASS = "pass"  # deliver the original bytes untouched
+    CONVERT = "convert"  # deliver a rewritten copy with this recipient's own link
+
+
+@dataclass(frozen=True)
+class RecipientDecision:
+    address: str
+    internal: bool
+    action: Action
+
+
+@dataclass(frozen=True)
+class Decision:
+    department: str
+    policy: "object"  # gateway.config.Policy; typed loosely to keep model free of config
+    recipients: tuple[RecipientDecision, ...]
+    to_convert: tuple[Attachment, ...]  # the parts that leave as a link
+    reason: str  # short word for the log: "pass", "convert", "internal", "signed", ...
+
+    @property
+    def converting(self) -> bool:
+        return any(r.action is Action.CONVERT for r in self.recipients) and bool(self.to_convert)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    file_id: str
+    display_name: str
+    size: int
+    sha256: str
+    blob_id: str
+
+
+@dataclass(frozen=True)
+class IssuedLink:
+    link_id: str
+    recipient: str
+    token: str  # plaintext token: only ever placed in that recipient's mail, stored hashed
+
+
+@dataclass(frozen=True)
+class StoredTransfer:
+    transfer_id: str
+    files: tuple[StoredFile, ...]
+    links: tuple[IssuedLink, ...]
+    expires_at: datetime  # aware, UTC
+    password_channel: str  # "none" | "recipient-email" | "sender-email" | ...
+
+    def link_for(self, recipient: str) -> IssuedLink:
+        for link in self.links:
+            if link.recipient == recipient:
+                return link
+        raise KeyError(recipient)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One transaction to the next hop."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes  # CRLF line endings, not dot-stuffed
+    link_id: str | None = None  # set for a rewritten per-recipient copy
+    smtputf8: bool = False
+    body_8bit: bool = False
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The next hop's answer to one OutgoingMessage."""
+
+    accepted: bool
+    code: int
+    message: str
+    rejected_recipients: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def temporary(self) -> bool:
+        return not self.accepted and 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return not self.accepted and self.code >= 500
