@@ -1,0 +1,125 @@
+"""Assemble the running gateway from a Config: the edges (disk, network, clock) are made here.
+
+`Gateway.start()` opens the store, the next hop and the SMTP listener in the running event
+loop; `stop()` closes them. Tests run the same object on ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Callable
+
+from gateway.config import Config, ConfigError
+from gateway.dkimkeys import load_private_key
+from gateway.log import MessageLogger
+from gateway.pipeline.deliver import NextHop, make_next_hop
+from gateway.pipeline.notice import make_template_env
+from gateway.pipeline.relay import Relay
+from gateway.pipeline.sign import DkimKey, DkimSigner
+from gateway.pipeline.store_step import TransferWriter
+from gateway.smtp.access import PasswordFileAuthenticator, RelayAccess, load_users
+from gateway.smtp.handler import GatewayHandler
+from gateway.smtp.server import start_smtp_server
+from gateway.store.blobs import BlobStore
+from gateway.store.db import Database
+from gateway.store.keys import load_or_create_master_key
+
+log = logging.getLogger("gateway")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def load_signer(config: Config) -> DkimSigner:
+    keys = []
+    for index, key in enumerate(config.dkim_keys):
+        try:
+            keys.append(DkimKey(key.domain, key.selector, load_private_key(key.key_file), key.algorithm))
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"dkim.keys[{index}].key_file", f"{key.key_file}: {error}") from None
+    return DkimSigner(keys)
+
+
+def unsigned_domains(config: Config) -> list[str]:
+    signed = {k.domain for k in config.dkim_keys}
+    return sorted(d for d in config.gateway.internal_domains if d.lstrip("*.") not in signed)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], datetime] = utc_now,
+        next_hop: NextHop | None = None,
+    ):
+        self.config = config
+        self.clock = clock
+        self._next_hop = next_hop
+        self.db: Database | None = None
+        self.blobs: BlobStore | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self.smtp_port: int | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        storage = config.storage
+        storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        master_key = load_or_create_master_key(storage.master_key_file, storage.master_key_from_env)
+        self.db = await asyncio.to_thread(Database, storage.database)
+        self.blobs = BlobStore(storage.data_dir / "blobs", master_key, storage.chunk_size)
+        if self._next_hop is None:
+            hop = config.next_hop
+            self._next_hop = make_next_hop(
+                hop.url, starttls=hop.starttls, timeout=hop.timeout.total_seconds(),
+                helo_name=config.gateway.hostname, pool_size=hop.pool_size,
+            )
+        signer = load_signer(config)
+        for domain in unsigned_domains(config):
+            log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
+        relay = Relay(
+            config, self.db, TransferWriter(self.db, self.blobs, master_key, storage.chunk_size),
+            self._next_hop, signer, make_template_env(config.gateway.templates_dir), self.clock,
+        )
+        authenticator = None
+        if config.smtp.auth_users_file:
+            authenticator = PasswordFileAuthenticator(load_users(config.smtp.auth_users_file))
+        handler = GatewayHandler(
+            relay, RelayAccess(config.smtp.allowed_clients), config.smtp.max_recipients,
+            MessageLogger(config.gateway.log_format),
+        )
+        self._server = await start_smtp_server(
+            handler, config.smtp, config.gateway.hostname, authenticator
+        )
+        self.smtp_port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "listening smtp=%s:%s next_hop=%s data=%s",
+            config.smtp.listen_host, self.smtp_port, self._next_hop.describe(),
+            storage.data_dir.resolve(),
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._next_hop is not None:
+            await self._next_hop.close()
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+            self.db = None
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def with_ephemeral_port(config: Config) -> Config:
+    """The same configuration listening on a free loopback port (tests, samples)."""
+    return replace(config, smtp=replace(config.smtp, listen_host="127.0.0.1", listen_port=0))

@@ -1,0 +1,188 @@
+"""Command line: serve, check-config, explain, dkim-keygen, hash-password, send-sample.
+
+Configuration problems exit with status 2 and one line naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.units import format_duration
+
+EXIT_CONFIG = 2
+
+
+def _add_config_options(parser: argparse.ArgumentParser, overrides: bool) -> None:
+    parser.add_argument(
+        "--config", default=argparse.SUPPRESS,
+        help="TOML file (else $PPAP_GATEWAY_CONFIG, else config/gateway.toml)",
+    )
+    if overrides:
+        parser.add_argument(
+            "-o", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            help="override one setting, validated like the file (repeatable)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppap-gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the SMTP relay")
+    _add_config_options(serve, overrides=True)
+    check = commands.add_parser("check-config", help="validate the configuration and exit")
+    _add_config_options(check, overrides=True)
+
+    explain = commands.add_parser("explain", help="show department and policy per recipient")
+    _add_config_options(explain, overrides=True)
+    explain.add_argument("--from", dest="sender", required=True)
+    explain.add_argument("--to", dest="recipients", action="append", required=True)
+
+    keygen = commands.add_parser("dkim-keygen", help="write a DKIM key, print its DNS TXT record")
+    keygen.add_argument("--domain", required=True)
+    keygen.add_argument("--selector", required=True)
+    keygen.add_argument("--out", default="var/dkim", help="directory for the private key")
+    keygen.add_argument("--algorithm", default="rsa-sha256", choices=("rsa-sha256", "ed25519-sha256"))
+    keygen.add_argument("--bits", type=int, default=2048)
+
+    commands.add_parser("hash-password", help="hash an SMTP AUTH password for the users file")
+
+    sample = commands.add_parser("send-sample", help="send a sample PPAP mail to a running gateway")
+    sample.add_argument("--server", default="127.0.0.1:10025", help="HOST:PORT")
+    sample.add_argument("--from", dest="sender", default="somu@city.example.lg.jp")
+    sample.add_argument("--to", dest="recipients", action="append")
+    return parser
+
+
+def _config(args) -> Config:
+    return load_config(getattr(args, "config", None), tuple(getattr(args, "overrides", ())))
+
+
+def cmd_check_config(args) -> int:
+    from gateway.app import load_signer, unsigned_domains
+    from gateway.pipeline.notice import make_template_env
+
+    config = _config(args)
+    load_signer(config)  # a key file that is not a usable key is a config error too
+    make_template_env(config.gateway.templates_dir).get_template("mail/notice.ja.txt")
+    print(f"configuration OK: {config.source}")
+    print(f"  smtp listen      {config.smtp.listen_host}:{config.smtp.listen_port}")
+    print(f"  allowed clients  {', '.join(map(str, config.smtp.allowed_clients))}")
+    print(f"  next hop         {config.next_hop.url} (starttls {config.next_hop.starttls})")
+    print(f"  data directory   {config.storage.data_dir.resolve()}")
+    print(f"  public url       {config.portal.public_url}")
+    print(f"  internal domains {', '.join(config.gateway.internal_domains) or '(none)'}")
+    print(f"  departments      {', '.join(d.name for d in config.departments) or '(none)'}")
+    for domain in unsigned_domains(config):
+        print(f"  warning: no DKIM key for {domain}; its converted mail goes out unsigned")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from gateway.pipeline.policy import department_for, is_internal
+
+    config = _config(args)
+    department, policy = department_for(config, args.sender)
+    print(f"sender      {args.sender}")
+    print(f"department  {department}")
+    print(
+        f"policy      convert={policy.convert} link_lifetime={format_duration(policy.link_lifetime)}"
+        f" (max {format_duration(policy.max_link_lifetime)}) max_downloads={policy.max_downloads}"
+        f" password={policy.password} locale={policy.locale} convert_signed={policy.convert_signed}"
+    )
+    for rcpt in args.recipients:
+        internal = is_internal(config, rcpt)
+        if internal:
+            effect = "passes untouched (internal domain)"
+        elif policy.convert == "none":
+            effect = "passes untouched (policy convert=none)"
+        else:
+            what = "encrypted ZIPs" if policy.convert == "encrypted-zip" else "all attachments"
+            effect = f"{what} become a personal download link"
+        print(f"recipient   {rcpt}  {'internal' if internal else 'external'}  {effect}")
+    return 0
+
+
+def cmd_dkim_keygen(args) -> int:
+    from gateway.dkimkeys import generate_dkim_key
+
+    key = generate_dkim_key(
+        args.domain, args.selector, Path(args.out), algorithm=args.algorithm, bits=args.bits
+    )
+    print(f"; private key written to {key.key_path} (mode 0600)", file=sys.stderr)
+    print(key.zone_line)
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    from gateway.store.passwords import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not password:
+        print("ppap-gateway: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def cmd_send_sample(args) -> int:
+    from gateway.sample import send_sample
+
+    recipients = args.recipients or ["tanaka@partner.example.com"]
+    reply = send_sample(args.server, args.sender, recipients)
+    print(reply)
+    return 0 if reply.startswith("250") else 1
+
+
+def cmd_serve(args) -> int:
+    from gateway.app import Gateway
+    from gateway.log import setup_logging
+
+    config = _config(args)
+    setup_logging()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await Gateway(config).serve_forever(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "check-config": cmd_check_config,
+    "explain": cmd_explain,
+    "dkim-keygen": cmd_dkim_keygen,
+    "hash-password": cmd_hash_password,
+    "send-sample": cmd_send_sample,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"ppap-gateway: config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ValueError, OSError) as error:
+        if args.command in ("check-config", "serve", "explain"):
+            print(f"ppap-gateway: cannot start: {' '.join(str(error).split())}", file=sys.stderr)
+            return EXIT_CONFIG
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

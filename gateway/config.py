@@ -1,0 +1,459 @@
+"""Load the TOML configuration and `-o section.key=value` overrides, once, into frozen objects.
+
+Every key has a name, a type, a default and bounds, checked here at start-up (as Postfix does);
+any problem is a ConfigError naming the key. No other module reads the file or the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.units import parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+# The templates that ship with the code, wherever it is started from.
+BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+CONFIG_ENV = "PPAP_GATEWAY_CONFIG"
+
+CONVERT_MODES = ("encrypted-zip", "all-attachments", "none")
+PASSWORD_CHANNELS = ("none", "recipient-email", "sender-email")
+LOCALES = ("ja", "en")
+STARTTLS_MODES = ("off", "opportunistic", "required")
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+
+
+class ConfigError(Exception):
+    """One line: the key and what is wrong with it."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Policy:
+    convert: str = "encrypted-zip"
+    link_lifetime: timedelta = timedelta(days=7)
+    max_link_lifetime: timedelta = timedelta(days=30)
+    max_downloads: int = 0
+    password: str = "none"
+    password_length: int = 12
+    locale: str = "ja"
+    convert_signed: bool = False
+
+
+@dataclass(frozen=True)
+class Department:
+    name: str
+    senders: tuple[str, ...]
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    hostname: str = "ppap-gateway.localdomain"
+    internal_domains: tuple[str, ...] = ()
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Tokyo"))
+    log_format: str = "kv"
+    templates_dir: Path = BUNDLED_TEMPLATES
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 10025
+    allowed_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 100
+    max_line_length: int = 65536
+    timeout: timedelta = timedelta(minutes=5)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_users_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class NextHopSettings:
+    url: str = "outbox:var/outbox"
+    starttls: str = "opportunistic"
+    timeout: timedelta = timedelta(seconds=60)
+    pool_size: int = 4
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    data_dir: Path = Path("var/data")
+    database: Path = Path("var/data/gateway.sqlite3")
+    master_key_file: Path = Path("var/data/master.key")
+    master_key_env: str = "PPAP_GATEWAY_MASTER_KEY"
+    master_key_from_env: str | None = None  # the variable's value, read once by the loader
+    chunk_size: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    public_url: str = "http://localhost:8080"
+
+
+@dataclass(frozen=True)
+class DkimKeySettings:
+    domain: str
+    selector: str
+    key_file: Path
+    algorithm: str = "rsa-sha256"
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewaySettings
+    smtp: SmtpSettings
+    next_hop: NextHopSettings
+    storage: StorageSettings
+    portal: PortalSettings
+    dkim_keys: tuple[DkimKeySettings, ...]
+    policy: Policy
+    departments: tuple[Department, ...]
+    source: Path | None = None
+
+
+# --- value converters: each raises ValueError with a short problem text -------------------
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _int(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    return convert
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return convert
+
+
+def _duration(value: Any) -> timedelta:
+    return parse_duration(value)
+
+
+def _size(minimum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        size = parse_size(value)
+        if size < minimum:
+            raise ValueError(f"must be at least {minimum} bytes, got {value!r}")
+        return size
+
+    return convert
+
+
+def _path(value: Any) -> Path:
+    return Path(_str(value)).expanduser()
+
+
+def _optional_existing_file(value: Any) -> Path | None:
+    if value == "":
+        return None
+    path = _path(value)
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    return tuple(d.strip().lower().rstrip(".") for d in _str_list(value) if d.strip())
+
+
+def _networks(value: Any) -> tuple:
+    try:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in _str_list(value))
+    except ValueError as error:
+        raise ValueError(f"not a network: {error}") from None
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    text = _str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _timezone(value: Any) -> ZoneInfo:
+    try:
+        return ZoneInfo(_str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+
+
+def _public_url(value: Any) -> str:
+    text = _str(value).rstrip("/")
+    if not (text.startswith("https://") or text.startswith("http://")) or len(text) < 10:
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return text
+
+
+def _next_hop_url(value: Any) -> str:
+    text = _str(value)
+    if text.startswith("outbox:") and len(text) > len("outbox:"):
+        return text
+    if text.startswith("smtp://"):
+        hostport = text[len("smtp://"):]
+        host, _, port = hostport.rpartition(":") if ":" in hostport.lstrip("[") else (hostport, "", "25")
+        if host.strip("[]") and port.isdigit() and 0 < int(port) <= 65535:
+            return text
+    raise ValueError(f"expected smtp://HOST:PORT or outbox:PATH, got {text!r}")
+
+
+# --- the schema: section → key → converter ------------------------------------------------
+
+POLICY_KEYS: dict[str, Callable[[Any], Any]] = {
+    "convert": _choice(CONVERT_MODES),
+    "link_lifetime": _duration,
+    "max_link_lifetime": _duration,
+    "max_downloads": _int(0, 1_000_000),
+    "password": _choice(PASSWORD_CHANNELS),
+    "password_length": _int(8, 64),
+    "locale": _choice(LOCALES),
+    "convert_signed": _bool,
+}
+
+SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "gateway": {
+        "hostname": _str,
+        "internal_domains": _domains,
+        "timezone": _timezone,
+        "log_format": _choice(("kv", "json")),
+        "templates_dir": _path,
+    },
+    "smtp": {
+        "listen": _listen,
+        "allowed_clients": _networks,
+        "max_message_size": _size(1024),
+        "max_recipients": _int(1, 100_000),
+        "max_line_length": _int(1000, 10_000_000),
+        "timeout": _duration,
+        "tls_cert": _optional_existing_file,
+        "tls_key": _optional_existing_file,
+        "auth_users_file": _optional_existing_file,
+    },
+    "next_hop": {
+        "url": _next_hop_url,
+        "starttls": _choice(STARTTLS_MODES),
+        "timeout": _duration,
+        "pool_size": _int(1, 256),
+    },
+    "storage": {
+        "data_dir": _path,
+        "database": _path,
+        "master_key_file": _path,
+        "master_key_env": _str,
+        "chunk_size": _size(4096),
+    },
+    "portal": {"public_url": _public_url},
+    "policy": POLICY_KEYS,
+}
+
+DKIM_KEY_KEYS: dict[str, Callable[[Any], Any]] = {
+    "domain": lambda v: _str(v).strip().lower().rstrip("."),
+    "selector": _str,
+    "key_file": _optional_existing_file,
+    "algorithm": _choice(DKIM_ALGORITHMS),
+}
+
+DEPARTMENT_KEYS = ("name", "senders", "policy")
+
+
+def _check_table(prefix: str, table: Any, schema: Mapping[str, Callable[[Any], Any]]) -> dict:
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, f"expected a table, got {table!r}")
+    values = {}
+    for key, raw in table.items():
+        name = f"{prefix}.{key}"
+        if key not in schema:
+            raise ConfigError(name, "unknown key")
+        try:
+            values[key] = schema[key](raw)
+        except ValueError as error:
+            raise ConfigError(name, str(error)) from None
+    return values
+
+
+def _build_policy(prefix: str, values: dict, base: Policy) -> Policy:
+    policy = replace(base, **values)
+    if policy.link_lifetime > policy.max_link_lifetime:
+        raise ConfigError(
+            f"{prefix}.link_lifetime",
+            f"{values.get('link_lifetime', policy.link_lifetime)} is longer than "
+            f"max_link_lifetime {policy.max_link_lifetime}",
+        )
+    if policy.link_lifetime <= timedelta(0):
+        raise ConfigError(f"{prefix}.link_lifetime", "must be longer than zero")
+    return policy
+
+
+def _build_departments(raw: Any, default: Policy) -> tuple[Department, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("departments", "expected an array of tables ([[departments]])")
+    departments = []
+    for index, entry in enumerate(raw):
+        prefix = f"departments[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(prefix, "expected a table")
+        for key in entry:
+            if key not in DEPARTMENT_KEYS:
+                raise ConfigError(f"{prefix}.{key}", "unknown key")
+        try:
+            name = _str(entry.get("name"))
+            senders = tuple(s.strip().lower() for s in _str_list(entry.get("senders")))
+        except ValueError as error:
+            raise ConfigError(f"{prefix}.name/senders", str(error)) from None
+        if not name or not senders:
+            raise ConfigError(prefix, "needs a name and at least one sender matcher")
+        policy_values = _check_table(f"{prefix}.policy", entry.get("policy", {}), POLICY_KEYS)
+        policy = _build_policy(f"{prefix}.policy", policy_values, default)
+        departments.append(Department(name=name, senders=senders, policy=policy))
+    return tuple(departments)
+
+
+def _build_dkim(raw: Any) -> tuple[DkimKeySettings, ...]:
+    if not isinstance(raw, dict) or set(raw) - {"keys"}:
+        unknown = sorted(set(raw) - {"keys"}) if isinstance(raw, dict) else ["?"]
+        raise ConfigError(f"dkim.{unknown[0]}", "unknown key")
+    keys = []
+    for index, entry in enumerate(raw.get("keys", [])):
+        prefix = f"dkim.keys[{index}]"
+        values = _check_table(prefix, entry, DKIM_KEY_KEYS)
+        for required in ("domain", "selector", "key_file"):
+            if not values.get(required):
+                raise ConfigError(f"{prefix}.{required}", "is required")
+        keys.append(DkimKeySettings(**values))
+    return tuple(keys)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` → (section, key, value). The value is read as TOML when it parses
+    as a TOML value (numbers, booleans, arrays, quoted strings), else taken as a bare string."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(name or text, "override must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def build_config(
+    document: Mapping[str, Any],
+    overrides: tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+    source: Path | None = None,
+) -> Config:
+    """Validate a parsed TOML document plus overrides into a frozen Config."""
+    document = {k: (dict(v) if isinstance(v, dict) else v) for k, v in document.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in SECTION_KEYS:
+            raise ConfigError(f"{section}.{key}", "unknown section for -o")
+        document.setdefault(section, {})[key] = value
+    known = set(SECTION_KEYS) | {"dkim", "departments"}
+    for section in document:
+        if section not in known:
+            raise ConfigError(section, "unknown section")
+
+    values = {s: _check_table(s, document.get(s, {}), keys) for s, keys in SECTION_KEYS.items()}
+
+    gateway = GatewaySettings(**values["gateway"])
+    smtp_values = values["smtp"]
+    if "listen" in smtp_values:
+        smtp_values["listen_host"], smtp_values["listen_port"] = smtp_values.pop("listen")
+    smtp = SmtpSettings(**smtp_values)
+    if (smtp.tls_cert is None) != (smtp.tls_key is None):
+        raise ConfigError("smtp.tls_key", "tls_cert and tls_key must be set together")
+    if smtp.auth_users_file and not smtp.tls_cert:
+        raise ConfigError("smtp.auth_users_file", "AUTH needs STARTTLS: set smtp.tls_cert/tls_key")
+
+    storage_values = values["storage"]
+    data_dir = storage_values.get("data_dir", StorageSettings.data_dir)
+    storage_values.setdefault("database", data_dir / "gateway.sqlite3")
+    storage_values.setdefault("master_key_file", data_dir / "master.key")
+    env_name = storage_values.get("master_key_env", StorageSettings.master_key_env)
+    environ = os.environ if environ is None else environ
+    storage = StorageSettings(**storage_values, master_key_from_env=environ.get(env_name) or None)
+
+    policy = _build_policy("policy", values["policy"], Policy())
+    return Config(
+        gateway=gateway,
+        smtp=smtp,
+        next_hop=NextHopSettings(**values["next_hop"]),
+        storage=storage,
+        portal=PortalSettings(**values["portal"]),
+        dkim_keys=_build_dkim(document.get("dkim", {})),
+        policy=policy,
+        departments=_build_departments(document.get("departments", []), policy),
+        source=source,
+    )
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
+    if cli_path:
+        return Path(cli_path)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(
+    cli_path: str | None = None,
+    overrides: tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    environ = os.environ if environ is None else environ
+    path = resolve_config_path(cli_path, environ)
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "configuration file not found") from None
+    except OSError as error:
+        raise ConfigError(str(path), f"cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), f"not valid TOML: {error}") from None
+    return build_config(document, overrides, environ, source=path)

@@ -1,0 +1,241 @@
+"""Run one received message through the stages and work out the one SMTP answer.
+
+classify → decide → store → rewrite → sign → deliver → answer. The answer is `250` only once
+the next hop has accepted every resulting message; any trouble of ours or a temporary refusal
+downstream is a `4xx`, and the recipients already served are remembered (by a fingerprint of
+envelope and content) so that the sender's retry reaches only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from email.header import decode_header, make_header
+from typing import Callable
+
+from gateway.config import Config
+from gateway.model import (
+    Action,
+    Classification,
+    Decision,
+    DeliveryResult,
+    Envelope,
+    OutgoingMessage,
+    StoredTransfer,
+)
+from gateway.pipeline.classify import classify
+from gateway.pipeline.deliver import NextHop
+from gateway.pipeline.notice import Notice, NoticeFile, render_notice
+from gateway.pipeline.parse import parse_message
+from gateway.pipeline.policy import decide
+from gateway.pipeline.rewrite import rewrite_message
+from gateway.pipeline.sign import DkimSigner
+from gateway.pipeline.store_step import MessageFacts, TransferWriter
+from gateway.replies import ALREADY_DELIVERED, OK, Reply, reply_for_exception
+from gateway.store.db import Database
+
+log = logging.getLogger("gateway.relay")
+
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+(.*)$", re.S)
+
+
+@dataclass
+class Outcome:
+    """The answer for the client, and what the one log line says about the message."""
+
+    reply: Reply
+    decision: str = "error"
+    department: str = ""
+    transfer_id: str = ""
+    internal: int = 0
+    external: int = 0
+    converted_files: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def message_fingerprint(envelope: Envelope, raw: bytes) -> str:
+    digest = hashlib.sha256()
+    digest.update(envelope.mail_from.lower().encode("utf-8", "surrogateescape") + b"\0")
+    for rcpt in sorted(r.lower() for r in envelope.rcpt_tos):
+        digest.update(rcpt.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update(raw)
+    return digest.hexdigest()
+
+
+def _header_text(message, name: str, limit: int = 500) -> str:
+    value = message.get(name)
+    if value is None:
+        return ""
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except Exception:  # undecodable or unknown charset: keep the raw form
+        text = str(value)
+    return " ".join(text.split())[:limit]
+
+
+def _reply_from_result(result: DeliveryResult) -> Reply:
+    match = _ENHANCED.match(result.message or "")
+    if match:
+        enhanced, text = match.group(1), match.group(2)
+    else:
+        enhanced = "4.4.0" if result.code < 500 else "5.0.0"
+        text = result.message or "next hop refused the message"
+    code = result.code if 400 <= result.code < 600 else 451
+    return Reply(code, enhanced, f"next hop: {text}")
+
+
+class Relay:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        writer: TransferWriter,
+        next_hop: NextHop,
+        signer: DkimSigner,
+        templates,
+        clock: Callable[[], datetime],
+    ):
+        self._config = config
+        self._db = db
+        self._writer = writer
+        self._next_hop = next_hop
+        self._signer = signer
+        self._templates = templates
+        self._clock = clock
+
+    async def handle(self, envelope: Envelope, raw: bytes) -> Outcome:
+        outcome = Outcome(reply=OK)
+        try:
+            await self._handle(envelope, raw, outcome)
+        except Exception as error:  # fail closed: our trouble is the sender's retry
+            log.exception("relay failed: %s", type(error).__name__)
+            outcome.reply = reply_for_exception(error)
+            outcome.notes.append(type(error).__name__)
+        return outcome
+
+    async def _handle(self, envelope: Envelope, raw: bytes, outcome: Outcome) -> None:
+        fingerprint = message_fingerprint(envelope, raw)
+        served = await asyncio.to_thread(self._db.delivered_recipients, fingerprint)
+        remaining = tuple(r for r in envelope.rcpt_tos if r not in served)
+        if not remaining:
+            outcome.reply, outcome.decision = ALREADY_DELIVERED, "duplicate"
+            return
+        envelope = replace(envelope, rcpt_tos=remaining)
+        message, classification = await asyncio.to_thread(_parse_and_classify, raw)
+        decision = decide(self._config, envelope, classification)
+        outcome.department, outcome.decision = decision.department, decision.reason
+        outcome.internal = sum(1 for r in decision.recipients if r.internal)
+        outcome.external = len(decision.recipients) - outcome.internal
+        outcome.notes.extend(classification.notes)
+
+        transfer = None
+        if decision.converting:
+            facts = MessageFacts(
+                fingerprint, _header_text(message, "Message-ID"), _header_text(message, "Subject")
+            )
+            transfer = await self._writer.store(envelope, decision, facts, self._clock())
+            outcome.transfer_id = transfer.transfer_id
+            outcome.converted_files = len(transfer.files)
+        messages = await self._build_messages(envelope, raw, decision, transfer)
+        outcome.reply = await self._deliver_all(fingerprint, messages, transfer)
+
+    async def _build_messages(
+        self, envelope: Envelope, raw: bytes, decision: Decision, transfer: StoredTransfer | None
+    ) -> list[OutgoingMessage]:
+        def outgoing(rcpts: tuple[str, ...], data: bytes, link_id: str | None = None):
+            return OutgoingMessage(
+                envelope.mail_from, rcpts, data, link_id, envelope.smtputf8, envelope.body_8bit
+            )
+
+        passing = tuple(r.address for r in decision.recipients if r.action is Action.PASS)
+        messages = [outgoing(passing, raw)] if passing else []
+        if transfer is None:
+            return messages
+        paths = [a.path for a in decision.to_convert]
+        for link in transfer.links:
+            data = await asyncio.to_thread(self._rewrite_for, raw, paths, decision, transfer, link)
+            messages.append(outgoing((link.recipient,), data, link.link_id))
+        return messages
+
+    def _rewrite_for(self, raw, paths, decision: Decision, transfer: StoredTransfer, link) -> bytes:
+        notice = Notice(
+            locale=decision.policy.locale,
+            files=tuple(NoticeFile(f.display_name, f.size) for f in transfer.files),
+            url=f"{self._config.portal.public_url}/d/{link.token}",
+            expires_at=transfer.expires_at.astimezone(self._config.gateway.timezone),
+            password=transfer.password_channel,
+        )
+        text, html = render_notice(self._templates, notice)
+        return self._signer.sign(rewrite_message(raw, paths, text, html))
+
+    async def _deliver_all(
+        self, fingerprint: str, messages: list[OutgoingMessage], transfer: StoredTransfer | None
+    ) -> Reply:
+        temporary: Reply | None = None
+        permanent: Reply | None = None
+        refused: list[str] = []
+        for message in messages:
+            result = await self._next_hop.deliver(message)
+            await asyncio.to_thread(self._record, fingerprint, message, result, transfer)
+            if not result.accepted:
+                reply = _reply_from_result(result)
+                if result.temporary:
+                    temporary = temporary or reply
+                else:
+                    permanent = permanent or reply
+                    refused.extend(message.rcpt_tos)
+                continue
+            for rcpt, (code, text) in result.rejected_recipients.items():
+                reply = _reply_from_result(DeliveryResult(False, code, text))
+                if 400 <= code < 500:
+                    temporary = temporary or reply
+                else:
+                    permanent = permanent or reply
+                    refused.append(rcpt)
+        if transfer is not None:
+            delivered = await asyncio.to_thread(self._db.links_of, transfer.transfer_id)
+            if not any(link.state == "active" for link in delivered):
+                await self._writer.discard(transfer)
+        if temporary:
+            return temporary
+        if permanent:
+            names = ", ".join(refused[:5])
+            return Reply(permanent.code, permanent.enhanced, f"{permanent.text} ({names})")
+        return OK
+
+    def _record(
+        self, fingerprint: str, message: OutgoingMessage, result: DeliveryResult,
+        transfer: StoredTransfer | None,
+    ) -> None:
+        now = self._clock()
+        transfer_id = transfer.transfer_id if transfer else None
+        with self._db.transaction():
+            if result.accepted:
+                for rcpt in message.rcpt_tos:
+                    if rcpt not in result.rejected_recipients:
+                        self._db.record_delivery(
+                            fingerprint, rcpt, now, transfer_id=transfer_id, link_id=message.link_id
+                        )
+                if message.link_id:
+                    self._db.activate_link(message.link_id, now)
+                    self._db.set_transfer_state(transfer_id, "active")
+                    self._db.append_event(
+                        "link.delivered", now, transfer_id=transfer_id,
+                        link_id=message.link_id, recipient=message.rcpt_tos[0],
+                    )
+            elif message.link_id:
+                self._db.fail_links([message.link_id])
+                self._db.append_event(
+                    "link.delivery_failed", now, transfer_id=transfer_id, link_id=message.link_id,
+                    recipient=message.rcpt_tos[0], detail={"code": result.code},
+                )
+
+
+def _parse_and_classify(raw: bytes):
+    message = parse_message(raw)
+    classification: Classification = classify(message)
+    return message, classification

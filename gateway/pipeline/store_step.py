@@ -1,0 +1,141 @@
+"""Store the files a message converts, once, and issue one pending link per external recipient.
+
+Blob data is fsync'd before any metadata refers to it; the metadata for one message goes in
+one commit. Links start 'pending' and are only activated once the next hop has accepted the
+mail that carries them, so files of a failed delivery are never reachable.
+A retry of the same message (same fingerprint) reuses the files already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+from gateway.model import Attachment, Decision, Envelope, IssuedLink, StoredFile, StoredTransfer
+from gateway.store.blobs import BlobStore
+from gateway.store.crypto import seal_small
+from gateway.store.db import Database
+from gateway.store.passwords import generate_password, hash_password, hash_token, new_token
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """What the store keeps about the message itself (taken from its headers)."""
+
+    fingerprint: str
+    message_id: str
+    subject: str
+
+
+def _chunks(data: bytes, size: int) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield view[start:start + size]
+
+
+def new_id() -> str:
+    return secrets.token_hex(16)
+
+
+class TransferWriter:
+    def __init__(self, db: Database, blobs: BlobStore, master_key: bytes, chunk_size: int):
+        self._db = db
+        self._blobs = blobs
+        self._master_key = master_key
+        self._chunk_size = chunk_size
+
+    async def store(
+        self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime
+    ) -> StoredTransfer:
+        return await asyncio.to_thread(self._store, envelope, decision, facts, now)
+
+    def _store(
+        self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime
+    ) -> StoredTransfer:
+        existing = self._db.transfer_by_fingerprint(facts.fingerprint)
+        if existing is not None and existing.state in ("pending", "active"):
+            transfer_id, expires_at = existing.id, _aware(existing.expires_at)
+            files = tuple(
+                StoredFile(f.id, f.display_name, f.size, f.sha256, f.blob_id)
+                for f in self._db.files_of(transfer_id)
+            )
+            new_files: list[tuple[Attachment, StoredFile, bytes]] = []
+        else:
+            transfer_id = new_id()
+            expires_at = now + decision.policy.link_lifetime
+            new_files = [self._write_blob(a) for a in decision.to_convert]
+            files = tuple(stored for _, stored, _ in new_files)
+
+        recipients = [r.address for r in decision.recipients if r.action.value == "convert"]
+        links = tuple(IssuedLink(new_id(), r, new_token()) for r in recipients)
+        try:
+            with self._db.transaction():
+                if existing is None or not existing.state in ("pending", "active"):
+                    self._insert_transfer(transfer_id, envelope, decision, facts, now, expires_at)
+                    for position, (attachment, stored, wrapped) in enumerate(new_files):
+                        self._db.insert_file(
+                            id=stored.file_id, transfer_id=transfer_id,
+                            display_name=stored.display_name,
+                            content_type=attachment.content_type, size=stored.size,
+                            sha256=stored.sha256, blob_id=stored.blob_id, wrapped_key=wrapped,
+                            position=position,
+                        )
+                for link in links:
+                    self._db.insert_link(
+                        id=link.link_id, transfer_id=transfer_id, recipient=link.recipient,
+                        token_hash=hash_token(link.token), state="pending",
+                        max_downloads=decision.policy.max_downloads, download_count=0,
+                        created_at=now,
+                    )
+        except BaseException:
+            for _, stored, _ in new_files:
+                self._blobs.delete(stored.blob_id)
+            raise
+        return StoredTransfer(transfer_id, files, links, expires_at, decision.policy.password)
+
+    def _write_blob(self, attachment: Attachment) -> tuple[Attachment, StoredFile, bytes]:
+        info = self._blobs.write(_chunks(attachment.data, self._chunk_size))
+        name = attachment.filename or "attachment.zip"
+        stored = StoredFile(new_id(), name, info.size, info.sha256, info.blob_id)
+        return attachment, stored, info.wrapped_key
+
+    def _insert_transfer(
+        self, transfer_id: str, envelope: Envelope, decision: Decision,
+        facts: MessageFacts, now: datetime, expires_at: datetime,
+    ) -> None:
+        channel = decision.policy.password
+        password_hash = password_sealed = None
+        if channel != "none":
+            # Made here, kept only hashed (to check) and sealed (until the channel has sent it).
+            password = generate_password(decision.policy.password_length)
+            password_hash = hash_password(password)
+            password_sealed = seal_small(self._master_key, transfer_id.encode(), password.encode())
+        self._db.insert_transfer(
+            id=transfer_id, fingerprint=facts.fingerprint, message_id=facts.message_id,
+            sender=envelope.mail_from, department=decision.department, subject=facts.subject,
+            created_at=now, expires_at=expires_at, state="pending", password_channel=channel,
+            password_hash=password_hash, password_sealed=password_sealed,
+            locale=decision.policy.locale,
+        )
+
+    async def discard(self, transfer: StoredTransfer) -> None:
+        """Undo a transfer none of whose links was delivered: no blob, no reachable link."""
+        await asyncio.to_thread(self._discard, transfer)
+
+    def _discard(self, transfer: StoredTransfer) -> None:
+        self._db.fail_links([link.link_id for link in transfer.links])
+        if any(link.state == "active" for link in self._db.links_of(transfer.transfer_id)):
+            return  # an earlier attempt delivered some links: the files must stay
+        for stored in transfer.files:
+            self._blobs.delete(stored.blob_id)
+        self._db.set_transfer_state(transfer.transfer_id, "failed")
+        self._db.mark_purged(transfer.transfer_id, state="failed")
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import timezone
+
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -1,0 +1,64 @@
+"""The one table that maps our failures to SMTP replies. Anything unknown is temporary.
+
+As in Postfix's cleanup_strerror: trouble of ours must never become a permanent refusal,
+and no exception text ever reaches the client; the transaction id lets an admin find the
+log line.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+    def render(self, txid: str | None = None) -> str:
+        suffix = f" [{txid}]" if txid else ""
+        # Replies go onto one protocol line: never let CR/LF through.
+        text = " ".join(self.text.split())
+        return f"{self.code} {self.enhanced} {text}{suffix}"
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+
+OK = Reply(250, "2.0.0", "Ok: delivered")
+ALREADY_DELIVERED = Reply(250, "2.0.0", "Ok: already delivered to every recipient")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary local problem, try again later")
+STORAGE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary storage problem, try again later")
+DISK_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def reply_for_exception(error: BaseException) -> Reply:
+    """Most specific first; the default is 451 4.3.0."""
+    # Imported here so that this table stays importable by every stage without cycles.
+    from gateway.store.blobs import StorageError
+    from gateway.store.db import MetadataError
+    from gateway.store.keys import MasterKeyError
+
+    if _is_disk_full(error):
+        return DISK_FULL
+    if isinstance(error, (StorageError, MetadataError, MasterKeyError)):
+        return STORAGE_UNAVAILABLE
+    return INTERNAL_ERROR

@@ -1,0 +1,67 @@
+"""aiosmtpd hooks: admit clients and recipients, hand DATA to the relay, answer what it says.
+
+Receive only: no business logic here. Any unexpected error becomes `451 4.3.0`, never
+aiosmtpd's default `500` with the exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from gateway.log import MessageLogger
+from gateway.model import Envelope
+from gateway.pipeline.relay import Relay
+from gateway.replies import INTERNAL_ERROR, RELAY_DENIED, TOO_MANY_RECIPIENTS
+from gateway.smtp.access import RelayAccess
+
+log = logging.getLogger("gateway.smtp")
+
+
+def _safe(address: str) -> str:
+    return "".join(ch for ch in address if ch.isprintable())[:320]
+
+
+class GatewayHandler:
+    def __init__(self, relay: Relay, access: RelayAccess, max_recipients: int, messages: MessageLogger):
+        self._relay = relay
+        self._access = access
+        self._max_recipients = max_recipients
+        self._messages = messages
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if not self._access.may_relay(session):
+            log.info("relay denied peer=%s rcpt=%s", session.peer, _safe(address))
+            return f"{RELAY_DENIED.code} {RELAY_DENIED.enhanced} <{_safe(address)}>: {RELAY_DENIED.text}"
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return TOO_MANY_RECIPIENTS.render()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        txid = secrets.token_hex(6)
+        started = time.monotonic()
+        options = {o.upper() for o in envelope.mail_options}
+        incoming = Envelope(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            peer=str(session.peer[0]) if session.peer else "",
+            helo=session.host_name or "",
+            smtputf8=bool(envelope.smtp_utf8),
+            body_8bit="BODY=8BITMIME" in options,
+        )
+        outcome = await self._relay.handle(incoming, envelope.original_content or b"")
+        reply = outcome.reply.render(txid)
+        self._messages.message(txid, incoming, outcome, reply, time.monotonic() - started)
+        return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("unexpected error in SMTP session", exc_info=error)
+        return INTERNAL_ERROR.render(secrets.token_hex(6))

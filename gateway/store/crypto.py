@@ -1,0 +1,223 @@
+"""Seal and open blobs and small secrets with AES-256-GCM under the master key.
+
+Blob layout (the design follows Tink's streaming AEAD, simplified):
+
+    header  = b"PPGB" | version (1 byte) | chunk size (4 bytes BE) | nonce prefix (7 random bytes)
+    chunk_i = AES-256-GCM(data key, nonce_i, plaintext_i, aad) = ciphertext_i | 16-byte tag
+    nonce_i = nonce prefix | i (4 bytes BE) | 1 if this is the last chunk else 0
+    aad     = b"ppap-gateway/blob/v1\\0" | blob id (ASCII) | header
+
+Every chunk except the last holds exactly `chunk size` plaintext bytes; the last holds
+0..chunk size (an empty blob is one empty last chunk), so the file always ends in a
+chunk sealed with the last flag. Reordering, dropping, appending or altering chunks,
+or editing the header, makes some chunk fail its tag.
+
+Each blob has its own random 256-bit data key. It is wrapped with AES-256-GCM under the
+master key, with the blob id as associated data, and handed back to the caller to keep
+in the metadata store, never in the blob file: once the row and the file are gone, so
+is every way to read the blob.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO, Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_SIZE = 32
+TAG_SIZE = 16
+DEFAULT_CHUNK_SIZE = 64 * 1024
+# A header may not make the reader allocate more than this per chunk.
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+
+_MAGIC = b"PPGB"
+_VERSION = 1
+_NONCE_PREFIX_SIZE = 7
+_HEADER = struct.Struct(">4sBI7s")
+HEADER_SIZE = _HEADER.size
+_MAX_CHUNK_INDEX = 2**32 - 1
+
+_GCM_NONCE_SIZE = 12
+_SEALED_VERSION = b"\x01"
+_BLOB_AAD_LABEL = b"ppap-gateway/blob/v1\x00"
+_DATA_KEY_AAD_LABEL = b"ppap-gateway/data-key/v1\x00"
+_SMALL_AAD_LABEL = b"ppap-gateway/small/v1\x00"
+
+
+class IntegrityError(Exception):
+    """Sealed bytes did not authenticate: tampered, truncated, or the wrong key or id."""
+
+
+class BlobIntegrityError(IntegrityError):
+    """A blob, its header or its wrapped key did not authenticate."""
+
+
+def _check_master_key(master_key: bytes) -> None:
+    if len(master_key) != KEY_SIZE:
+        raise ValueError(f"master key must be {KEY_SIZE} bytes, got {len(master_key)}")
+
+
+def _seal(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    nonce = os.urandom(_GCM_NONCE_SIZE)
+    return _SEALED_VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, aad: bytes, sealed: bytes) -> bytes:
+    """Inverse of _seal; raises InvalidTag or ValueError on anything wrong."""
+    head = 1 + _GCM_NONCE_SIZE
+    if len(sealed) < head + TAG_SIZE or sealed[:1] != _SEALED_VERSION:
+        raise ValueError("sealed value is malformed")
+    return AESGCM(key).decrypt(sealed[1:head], sealed[head:], aad)
+
+
+def seal_small(master_key: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    """Encrypt a small secret (e.g. a download password) under the master key, bound to `aad`."""
+    _check_master_key(master_key)
+    return _seal(master_key, _SMALL_AAD_LABEL + aad, plaintext)
+
+
+def open_small(master_key: bytes, aad: bytes, sealed: bytes) -> bytes:
+    """Decrypt what seal_small produced; IntegrityError if it or `aad` was changed."""
+    _check_master_key(master_key)
+    try:
+        return _open(master_key, _SMALL_AAD_LABEL + aad, sealed)
+    except (InvalidTag, ValueError) as exc:
+        raise IntegrityError("sealed secret does not authenticate") from exc
+
+
+def _blob_id_bytes(blob_id: str) -> bytes:
+    return blob_id.encode("ascii")
+
+
+def wrap_data_key(master_key: bytes, blob_id: str, data_key: bytes) -> bytes:
+    _check_master_key(master_key)
+    return _seal(master_key, _DATA_KEY_AAD_LABEL + _blob_id_bytes(blob_id), data_key)
+
+
+def unwrap_data_key(master_key: bytes, blob_id: str, wrapped_key: bytes) -> bytes:
+    _check_master_key(master_key)
+    try:
+        data_key = _open(master_key, _DATA_KEY_AAD_LABEL + _blob_id_bytes(blob_id), wrapped_key)
+    except (InvalidTag, ValueError) as exc:
+        raise BlobIntegrityError(f"wrapped key of blob {blob_id} does not authenticate") from exc
+    if len(data_key) != KEY_SIZE:
+        raise BlobIntegrityError(f"wrapped key of blob {blob_id} has the wrong length")
+    return data_key
+
+
+def _chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    if index > _MAX_CHUNK_INDEX:
+        raise ValueError("blob has more chunks than the nonce can count")
+    return prefix + struct.pack(">IB", index, 1 if last else 0)
+
+
+class BlobEncryptor:
+    """Turns plaintext fed in pieces of any size into the sealed chunks of one blob.
+
+    Write `header` first, then everything update() returns, then finish(). At most one
+    chunk of plaintext is buffered: a full chunk is held back until more data arrives,
+    because only then is it known not to be the last.
+    """
+
+    def __init__(self, master_key: bytes, blob_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE}, got {chunk_size}")
+        data_key = AESGCM.generate_key(bit_length=256)
+        self.wrapped_key: bytes = wrap_data_key(master_key, blob_id, data_key)
+        self._nonce_prefix = os.urandom(_NONCE_PREFIX_SIZE)
+        self.header: bytes = _HEADER.pack(_MAGIC, _VERSION, chunk_size, self._nonce_prefix)
+        self._aead = AESGCM(data_key)
+        self._aad = _BLOB_AAD_LABEL + _blob_id_bytes(blob_id) + self.header
+        self._chunk_size = chunk_size
+        self._pending = bytearray()
+        self._index = 0
+        self._finished = False
+
+    def _seal_pending(self, last: bool) -> bytes:
+        nonce = _chunk_nonce(self._nonce_prefix, self._index, last)
+        sealed = self._aead.encrypt(nonce, self._pending, self._aad)
+        self._index += 1
+        self._pending.clear()
+        return sealed
+
+    def update(self, data: bytes) -> list[bytes]:
+        """Take more plaintext; return the chunks it completed (possibly none)."""
+        if self._finished:
+            raise ValueError("encryptor already finished")
+        sealed: list[bytes] = []
+        view = memoryview(data)
+        position = 0
+        while position < len(view):
+            if len(self._pending) == self._chunk_size:
+                sealed.append(self._seal_pending(last=False))
+            take = min(self._chunk_size - len(self._pending), len(view) - position)
+            self._pending += view[position : position + take]
+            position += take
+        return sealed
+
+    def finish(self) -> bytes:
+        """Seal and return the last chunk; the encryptor cannot be used afterwards."""
+        if self._finished:
+            raise ValueError("encryptor already finished")
+        self._finished = True
+        return self._seal_pending(last=True)
+
+
+def _read_exact(source: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes, fewer only at end of file (tolerates short reads)."""
+    first = source.read(size)
+    if len(first) == size or not first:
+        return first
+    parts = [first]
+    missing = size - len(first)
+    while missing:
+        more = source.read(missing)
+        if not more:
+            break
+        parts.append(more)
+        missing -= len(more)
+    return b"".join(parts)
+
+
+def _parse_header(blob_id: str, header: bytes) -> tuple[int, bytes]:
+    if len(header) != HEADER_SIZE:
+        raise BlobIntegrityError(f"blob {blob_id} is shorter than its header")
+    magic, version, chunk_size, nonce_prefix = _HEADER.unpack(header)
+    if magic != _MAGIC or version != _VERSION:
+        raise BlobIntegrityError(f"blob {blob_id} has an unknown header")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise BlobIntegrityError(f"blob {blob_id} declares an impossible chunk size")
+    return chunk_size, nonce_prefix
+
+
+def decrypt_blob(
+    master_key: bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO
+) -> Iterator[bytes]:
+    """Yield the plaintext chunks of a sealed blob read from `source`.
+
+    Raises BlobIntegrityError before yielding anything from a chunk that does not
+    authenticate. Reads one chunk ahead to learn whether the current one is the last.
+    """
+    aead = AESGCM(unwrap_data_key(master_key, blob_id, wrapped_key))
+    header = _read_exact(source, HEADER_SIZE)
+    chunk_size, nonce_prefix = _parse_header(blob_id, header)
+    aad = _BLOB_AAD_LABEL + _blob_id_bytes(blob_id) + header
+    sealed_size = chunk_size + TAG_SIZE
+    current = _read_exact(source, sealed_size)
+    index = 0
+    while True:
+        following = _read_exact(source, sealed_size) if len(current) == sealed_size else b""
+        last = not following
+        try:
+            nonce = _chunk_nonce(nonce_prefix, index, last)
+            plaintext = aead.decrypt(nonce, current, aad)
+        except (InvalidTag, ValueError) as exc:
+            raise BlobIntegrityError(f"blob {blob_id}: chunk {index} does not authenticate") from exc
+        yield plaintext
+        if last:
+            return
+        current = following
+        index += 1

@@ -1,0 +1,293 @@
+"""Tell from an attachment's bytes alone whether it is a ZIP and whether any member is encrypted.
+
+Only headers are read: nothing is decompressed or decrypted. Every claimed size, offset and
+count is checked against the bytes actually present before it is used, and no allocation
+follows a claimed size, so hostile input costs time and memory linear in its length.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Iterator
+
+from gateway.filenames import clean_text
+from gateway.model import ZipMember, ZipReport, ZipVerdict
+
+LOCAL_SIGNATURE = b"PK\x03\x04"
+CENTRAL_SIGNATURE = b"PK\x01\x02"
+EOCD_SIGNATURE = b"PK\x05\x06"
+ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+SPANNED_SIGNATURE = b"PK\x07\x08"
+
+_EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_LOCAL = struct.Struct("<4s5H3L2H")
+_MAX_COMMENT = 0xFFFF
+
+FLAG_ENCRYPTED = 0x0001
+FLAG_DATA_DESCRIPTOR = 0x0008
+FLAG_STRONG_ENCRYPTION = 0x0040
+FLAG_UTF8_NAME = 0x0800
+METHOD_AES = 99
+EXTRA_ZIP64 = 0x0001
+EXTRA_UNICODE_PATH = 0x7075
+EXTRA_AES = 0x9901
+
+# Methods APPNOTE defines; a local header claiming another is taken for noise when salvaging.
+_KNOWN_METHODS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 16, 18, 19, 20, 93, 94, 95, 96, 97, 98, 99})
+_MAX_NAME_CHARS = 1024
+
+
+class _Unreadable(Exception):
+    """The ZIP structure contradicts itself; the message is the reason logged."""
+
+
+def inspect_zip(data: bytes, *, max_members: int = 65535) -> ZipReport:
+    """Classify data as not a ZIP, a plain ZIP, an encrypted ZIP or a corrupt ZIP."""
+    looks_like_zip = data[:4] in (LOCAL_SIGNATURE, EOCD_SIGNATURE, SPANNED_SIGNATURE)
+    # Without a ZIP signature at offset 0 only an EOCD ending exactly at the end counts:
+    # a stray "PK\5\6" inside a PDF should not make it a corrupt ZIP.
+    eocd = _find_eocd(data, exact_end_only=not looks_like_zip)
+    if eocd is None:
+        if not looks_like_zip:
+            return ZipReport(ZipVerdict.NOT_ZIP)
+        return _salvage(data, "no end of central directory record", [], max_members)
+    members: list[ZipMember] = []
+    try:
+        for member in _central_directory_members(data, eocd, max_members):
+            members.append(member)
+    except _Unreadable as problem:
+        return _salvage(data, str(problem), members, max_members)
+    verdict = ZipVerdict.ENCRYPTED_ZIP if any(m.encrypted for m in members) else ZipVerdict.PLAIN_ZIP
+    return ZipReport(verdict, tuple(members))
+
+
+def _find_eocd(data: bytes, exact_end_only: bool) -> int | None:
+    """Offset of the last EOCD whose comment ends the data (else, if allowed, fits in it)."""
+    floor = max(0, len(data) - _EOCD.size - _MAX_COMMENT)
+    search_end = len(data) - _EOCD.size + len(EOCD_SIGNATURE)
+    fits_inside: int | None = None
+    while True:  # each rfind scans only below the previous hit: linear in the window
+        position = data.rfind(EOCD_SIGNATURE, floor, search_end)
+        if position < 0:
+            return None if exact_end_only else fits_inside
+        (comment_length,) = struct.unpack_from("<H", data, position + 20)
+        record_end = position + _EOCD.size + comment_length
+        if record_end == len(data):
+            return position
+        if fits_inside is None and record_end < len(data):
+            fits_inside = position
+        search_end = position + len(EOCD_SIGNATURE) - 1
+
+
+def _central_directory_members(data: bytes, eocd: int, max_members: int) -> Iterator[ZipMember]:
+    count, size, offset, directory_end = _directory_claims(data, eocd)
+    if count > max_members:
+        raise _Unreadable(f"too many entries ({count} > {max_members})")
+    if count * _CENTRAL.size > size:
+        raise _Unreadable("central directory too small for its entry count")
+    start = _directory_start(data, size, offset, directory_end)
+    shift = start - offset  # bytes prepended to the archive (self-extractors), else 0
+    position = start
+    for _ in range(count):
+        member, position = _central_entry(data, position, directory_end, shift)
+        yield member
+
+
+def _directory_claims(data: bytes, eocd: int) -> tuple[int, int, int, int]:
+    """(entry count, directory size, directory offset, where the directory must end)."""
+    _, _, _, _, count, size, offset, _ = _EOCD.unpack(data[eocd : eocd + _EOCD.size])
+    locator = eocd - _ZIP64_LOCATOR.size
+    if locator >= 0 and data[locator : locator + 4] == ZIP64_LOCATOR_SIGNATURE:
+        return _zip64_claims(data, locator)
+    if 0xFFFF == count or 0xFFFFFFFF in (size, offset):
+        raise _Unreadable("ZIP64 values without a ZIP64 locator")
+    return count, size, offset, eocd
+
+
+def _zip64_claims(data: bytes, locator: int) -> tuple[int, int, int, int]:
+    _, _, claimed_offset, _ = _ZIP64_LOCATOR.unpack(data[locator : locator + _ZIP64_LOCATOR.size])
+    # The record normally sits right before the locator; trust its stated offset second.
+    for record in (locator - _ZIP64_EOCD.size, claimed_offset):
+        if 0 <= record <= locator - _ZIP64_EOCD.size and data[record : record + 4] == ZIP64_EOCD_SIGNATURE:
+            fields = _ZIP64_EOCD.unpack(data[record : record + _ZIP64_EOCD.size])
+            record_size, count, size, offset = fields[1], fields[7], fields[8], fields[9]
+            if record_size < _ZIP64_EOCD.size - 12 or record + 12 + record_size > locator:
+                raise _Unreadable("broken ZIP64 end of central directory record")
+            return count, size, offset, record
+    raise _Unreadable("broken ZIP64 locator")
+
+
+def _directory_start(data: bytes, size: int, offset: int, directory_end: int) -> int:
+    """Where the central directory really starts: right before its end record, else where claimed."""
+    if size > directory_end:
+        raise _Unreadable("central directory larger than the file")
+    for start in (directory_end - size, offset):
+        if size == 0 or (start + size <= directory_end and data[start : start + 4] == CENTRAL_SIGNATURE):
+            return start
+    raise _Unreadable("central directory out of bounds")
+
+
+def _central_entry(data: bytes, position: int, directory_end: int, shift: int) -> tuple[ZipMember, int]:
+    if position + _CENTRAL.size > directory_end:
+        raise _Unreadable("central directory truncated")
+    fields = _CENTRAL.unpack(data[position : position + _CENTRAL.size])
+    signature, _, _, flags, method = fields[:5]
+    compressed, uncompressed, name_length, extra_length, comment_length = fields[8:13]
+    local_offset = fields[16]
+    if signature != CENTRAL_SIGNATURE:
+        raise _Unreadable("bad central directory entry signature")
+    name_end = position + _CENTRAL.size + name_length
+    extra_end = name_end + extra_length
+    next_entry = extra_end + comment_length
+    if next_entry > directory_end:
+        raise _Unreadable("central directory entry overruns the directory")
+    raw_name = data[position + _CENTRAL.size : name_end]
+    extras = _extra_fields(data[name_end:extra_end])
+    uncompressed, compressed, local_offset = _zip64_values(extras.get(EXTRA_ZIP64, b""), uncompressed, compressed, local_offset)
+    local_flags, local_method, local_extras = _local_header(data, local_offset + shift, compressed)
+    member = _member(
+        name=_member_name(raw_name, flags, extras),
+        flags=flags | local_flags,
+        methods=(method, local_method),
+        has_aes_extra=EXTRA_AES in extras or EXTRA_AES in local_extras,
+        stored_method=method,
+        sizes=(compressed, uncompressed),
+    )
+    return member, next_entry
+
+
+def _local_header(data: bytes, offset: int, compressed: int) -> tuple[int, int, dict[int, bytes]]:
+    """Cross-check the member's local header; return its flags, method and extra fields."""
+    if offset < 0 or offset + _LOCAL.size > len(data):
+        raise _Unreadable("local header out of bounds")
+    fields = _LOCAL.unpack(data[offset : offset + _LOCAL.size])
+    if fields[0] != LOCAL_SIGNATURE:
+        raise _Unreadable("local header missing where the central directory points")
+    header_end = offset + _LOCAL.size + fields[9] + fields[10]
+    if header_end + compressed > len(data):
+        raise _Unreadable("member data runs past the end of the file")
+    extras = _extra_fields(data[offset + _LOCAL.size + fields[9] : header_end])
+    return fields[2], fields[3], extras
+
+
+def _salvage(data: bytes, reason: str, members: list[ZipMember], max_members: int) -> ZipReport:
+    """An unreadable ZIP is ENCRYPTED_ZIP if the headers still readable show encryption, else CORRUPT_ZIP."""
+    if not any(m.encrypted for m in members):
+        members = list(_scan_local_headers(data, max_members))
+    if any(m.encrypted for m in members):
+        return ZipReport(ZipVerdict.ENCRYPTED_ZIP, tuple(members), reason=f"{reason}; encryption seen in headers")
+    return ZipReport(ZipVerdict.CORRUPT_ZIP, reason=reason)
+
+
+def _scan_local_headers(data: bytes, max_members: int) -> Iterator[ZipMember]:
+    """Walk local headers from the start of the file, stopping at the first implausible one."""
+    position = len(SPANNED_SIGNATURE) if data[:4] == SPANNED_SIGNATURE else 0
+    for _ in range(max_members):
+        if data[position : position + 4] != LOCAL_SIGNATURE or position + _LOCAL.size > len(data):
+            return
+        fields = _LOCAL.unpack(data[position : position + _LOCAL.size])
+        flags, method, compressed, uncompressed, name_length, extra_length = fields[2], fields[3], *fields[7:11]
+        name_end = position + _LOCAL.size + name_length
+        header_end = name_end + extra_length
+        if method not in _KNOWN_METHODS or header_end > len(data):
+            return
+        extras = _extra_fields(data[name_end:header_end])
+        yield _member(
+            name=_member_name(data[position + _LOCAL.size : name_end], flags, extras),
+            flags=flags,
+            methods=(method,),
+            has_aes_extra=EXTRA_AES in extras,
+            stored_method=method,
+            sizes=(compressed, uncompressed),
+        )
+        if flags & FLAG_DATA_DESCRIPTOR or compressed == 0xFFFFFFFF:
+            # sizes follow the data: the next header is wherever the next signature is
+            following = data.find(LOCAL_SIGNATURE, header_end)
+        else:
+            following = header_end + compressed
+        if following <= position:
+            return
+        position = following
+
+
+def _member(
+    name: str, flags: int, methods: tuple[int, ...], has_aes_extra: bool, stored_method: int, sizes: tuple[int, int]
+) -> ZipMember:
+    # Bit 0 is the rule; bit 6 (PKWARE strong encryption) and method 99 (WinZip AES) are
+    # counted too, because an archiver will ask for a password for either.
+    is_aes = METHOD_AES in methods or has_aes_extra
+    encrypted = bool(flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION)) or METHOD_AES in methods
+    if not encrypted:
+        kind = "none"
+    elif is_aes:
+        kind = "aes"
+    elif flags & FLAG_STRONG_ENCRYPTION:
+        kind = "strong"
+    else:
+        kind = "zipcrypto"
+    return ZipMember(
+        name=name,
+        encrypted=encrypted,
+        method=stored_method,
+        encryption=kind,
+        compressed_size=sizes[0],
+        uncompressed_size=sizes[1],
+    )
+
+
+def _member_name(raw: bytes, flags: int, extras: dict[int, bytes]) -> str:
+    """Bit 11 means UTF-8; else Info-ZIP's Unicode Path field; else CP932, else CP437."""
+    if flags & FLAG_UTF8_NAME:
+        name = raw.decode("utf-8", errors="replace")
+    else:
+        name = _unicode_path(raw, extras.get(EXTRA_UNICODE_PATH)) or _legacy_name(raw)
+    return clean_text(name)[:_MAX_NAME_CHARS]
+
+
+def _unicode_path(raw: bytes, field: bytes | None) -> str | None:
+    # valid only if version 1 and the CRC matches the header name it stands in for
+    if field is None or len(field) < 5 or field[0] != 1:
+        return None
+    if int.from_bytes(field[1:5], "little") != zlib.crc32(raw):
+        return None
+    try:
+        return field[5:].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _legacy_name(raw: bytes) -> str:
+    try:
+        return raw.decode("cp932")  # Japanese Windows archivers (Explorer, Lhaplus)
+    except UnicodeDecodeError:
+        return raw.decode("cp437")  # the historical ZIP default, total over all bytes
+
+
+def _extra_fields(extra: bytes) -> dict[int, bytes]:
+    """Header ID → data; the first occurrence wins and a truncated tail is ignored."""
+    fields: dict[int, bytes] = {}
+    position = 0
+    while position + 4 <= len(extra):
+        header_id, size = struct.unpack_from("<2H", extra, position)
+        body_end = position + 4 + size
+        if body_end > len(extra):
+            break
+        fields.setdefault(header_id, extra[position + 4 : body_end])
+        position = body_end
+    return fields
+
+
+def _zip64_values(field: bytes, uncompressed: int, compressed: int, offset: int) -> tuple[int, int, int]:
+    """Replace saturated 32-bit values with the ZIP64 field's, in APPNOTE order, as far as present."""
+    values = [uncompressed, compressed, offset]
+    position = 0
+    for index, value in enumerate(values):
+        if value == 0xFFFFFFFF and position + 8 <= len(field):
+            values[index] = int.from_bytes(field[position : position + 8], "little")
+            position += 8
+    return values[0], values[1], values[2]
