@@ -25,7 +25,7 @@ from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.blobs import BlobStore
 from gateway.store.db import Database
-from gateway.store.keys import load_or_create_master_key
+from gateway.store.keys import MasterKeyError, load_or_create_master_key
 
 log = logging.getLogger("gateway")
 
@@ -68,7 +68,12 @@ class Gateway:
         config = self.config
         storage = config.storage
         storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        master_key = load_or_create_master_key(storage.master_key_file, storage.master_key_from_env)
+        try:
+            master_key = load_or_create_master_key(
+                storage.master_key_file, storage.master_key_from_env
+            )
+        except MasterKeyError as error:
+            raise ConfigError("storage.master_key_file", str(error)) from None
         self.db = await asyncio.to_thread(Database, storage.database)
         self.blobs = BlobStore(storage.data_dir / "blobs", master_key, storage.chunk_size)
         if self._next_hop is None:

@@ -18,8 +18,9 @@ _MAX_HEADER_CHARS = 16 * 1024
 _MAX_EXTENSION_CHARS = 16
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+# Windows labels CP932 "Shift_JIS"; Python's shift_jis codec lacks its extensions (①, ㈱, ...).
 _SHIFT_JIS_NAMES = frozenset(
-    {"shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "csshiftjis", "windows-31j", "cp932", "ms932"}
+    {"shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "csshiftjis", "windows-31j", "ms932"}
 )
 _ISO_2022_JP_NAMES = frozenset({"iso-2022-jp", "iso2022jp", "iso2022_jp", "csiso2022jp"})
 _BIDI_CONTROLS = frozenset(
@@ -104,17 +105,18 @@ def decode_encoded_words(text: str) -> str:
         if between and not (between.isspace() and pieces and isinstance(pieces[-1][0], bytes)):
             pieces.append((between, ""))
         decoded = _decode_word(match.group(2), match.group(3))
-        if decoded is None:
-            pieces.append((match.group(0), ""))
-        elif pieces and isinstance(pieces[-1][0], bytes) and pieces[-1][1] == match.group(1).lower():
+        charset = match.group(1).lower()
+        previous = pieces[-1][0] if pieces else ""
+        if isinstance(previous, bytes) and pieces[-1][1] == charset:
             # a character may be split across adjacent words: join the bytes before decoding
-            pieces[-1] = (pieces[-1][0] + decoded, pieces[-1][1])
+            pieces[-1] = (previous + decoded, charset)
         else:
-            pieces.append((decoded, match.group(1).lower()))
+            pieces.append((decoded, charset))
         position = match.end()
     pieces.append((text[position:], ""))
     return "".join(
-        decode_bytes(piece, charset) if isinstance(piece, bytes) else piece for piece, charset in pieces
+        decode_bytes(piece, charset) if isinstance(piece, bytes) else piece
+        for piece, charset in pieces
     )
 
 
@@ -125,7 +127,13 @@ def _param_value(part: Message, header: str, param: str) -> str | tuple[str, str
         return None
     probe = Message()
     probe[header] = text[:_MAX_HEADER_CHARS]
-    params = probe.get_params(header=header) or []
+    try:
+        params = probe.get_params(header=header) or []
+    except (TypeError, ValueError):
+        # compat32 trips over some RFC 2231 mixes (filename*0= with filename*=): the
+        # parameter is there but unreadable, so report it present and empty
+        mentioned = re.search(rf"(?:^|[;\s]){param}\*?[0-9]*\*?\s*=", text, re.IGNORECASE)
+        return "" if mentioned else None
     values = [value for key, value in params if key.lower() == param]
     # RFC 2231 values (tuples) win over plain ones, as RFC 2231 section 4 intends
     extended = [value for value in values if isinstance(value, tuple)]
@@ -133,13 +141,13 @@ def _param_value(part: Message, header: str, param: str) -> str | tuple[str, str
 
 
 def _header_text(part: Message, header: str) -> str:
-    """The header as text. compat32 hands 8-bit headers over as Header objects; recover their bytes."""
+    """The header as text. compat32 hands 8-bit headers over as Header objects: use their bytes."""
     value = part.get(header)
     if value is None:
         return ""
     if isinstance(value, Header):
         return "".join(
-            decode_unlabelled(chunk) if charset in ("unknown-8bit", None) else decode_bytes(chunk, charset)
+            decode_bytes(chunk, None if charset == "unknown-8bit" else charset)
             for chunk, charset in _header_chunks(value)
         )
     return str(value)
@@ -174,17 +182,20 @@ def _as_bytes(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
 
 
-def _decode_word(encoding: str, encoded: str) -> bytes | None:
+def _decode_word(encoding: str, encoded: str) -> bytes:
+    """An encoded-word's bytes, leniently: stray characters and bad padding are dropped."""
     data = encoded.encode("ascii", "replace")
     if encoding in "qQ":
         return binascii.a2b_qp(data, header=True)
+    return decode_base64_leniently(data)
+
+
+def decode_base64_leniently(data: bytes) -> bytes:
+    """Every whole byte base64 text holds, as mail clients read it: stray characters ignored."""
     data = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
     if len(data) % 4 == 1:  # a lone trailing character carries no whole byte
         data = data[:-1]
-    try:
-        return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
-    except binascii.Error:
-        return None
+    return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
 
 
 def _decode_iso_2022_jp(raw: bytes) -> str:

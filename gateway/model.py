@@ -38,7 +38,7 @@ class ZipMember:
     name: str  # display name only, never joined to a path
     encrypted: bool
     method: int  # compression method as stored (99 = WinZip AES)
-    encryption: str  # "none" | "zipcrypto" | "aes"
+    encryption: str  # "none" | "zipcrypto" | "aes" | "strong"
     compressed_size: int
     uncompressed_size: int
 

@@ -37,6 +37,8 @@ RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+CANNOT_CONVERT = Reply(554, "5.6.0", "Message structure too complex to convert safely")
+CANNOT_PARSE = Reply(554, "5.6.0", "Malformed MIME structure, message cannot be checked")
 
 
 def _is_disk_full(error: BaseException) -> bool:
@@ -53,10 +55,16 @@ def _is_disk_full(error: BaseException) -> bool:
 def reply_for_exception(error: BaseException) -> Reply:
     """Most specific first; the default is 451 4.3.0."""
     # Imported here so that this table stays importable by every stage without cycles.
+    from gateway.pipeline.parse import UnparseableMessage
+    from gateway.pipeline.rewrite import RewriteError
     from gateway.store.blobs import StorageError
     from gateway.store.db import MetadataError
     from gateway.store.keys import MasterKeyError
 
+    if isinstance(error, RewriteError):
+        return CANNOT_CONVERT
+    if isinstance(error, UnparseableMessage):
+        return CANNOT_PARSE
     if _is_disk_full(error):
         return DISK_FULL
     if isinstance(error, (StorageError, MetadataError, MasterKeyError)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from gateway.filenames import clean_text
 from gateway.model import ZipMember, ZipReport, ZipVerdict
@@ -38,12 +38,35 @@ EXTRA_UNICODE_PATH = 0x7075
 EXTRA_AES = 0x9901
 
 # Methods APPNOTE defines; a local header claiming another is taken for noise when salvaging.
-_KNOWN_METHODS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 16, 18, 19, 20, 93, 94, 95, 96, 97, 98, 99})
+_KNOWN_METHODS = frozenset(
+    {0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 16, 18, 19, 20, 93, 94, 95, 96, 97, 98, 99}
+)
+_FIELDS_READ = frozenset({EXTRA_ZIP64, EXTRA_UNICODE_PATH})
+# Real archivers write a handful of extra fields; reading only the first few keeps the work per
+# entry constant even when many central entries point at one header with a 64 KiB extra block.
+_MAX_EXTRA_FIELDS = 16
 _MAX_NAME_CHARS = 1024
 
 
 class _Unreadable(Exception):
     """The ZIP structure contradicts itself; the message is the reason logged."""
+
+
+class _Directory(NamedTuple):
+    """Where the central directory's entries lie, and how far the archive is shifted."""
+
+    start: int
+    count: int
+    end: int
+    shift: int  # bytes before the archive's own offset 0 (self-extractor stubs, concatenation)
+
+
+class _EncryptionSignals(NamedTuple):
+    """What one header (central or local) says that bears on encryption."""
+
+    flags: int
+    method: int
+    aes_extra: bool
 
 
 def inspect_zip(data: bytes, *, max_members: int = 65535) -> ZipReport:
@@ -58,16 +81,24 @@ def inspect_zip(data: bytes, *, max_members: int = 65535) -> ZipReport:
         return _salvage(data, "no end of central directory record", [], max_members)
     members: list[ZipMember] = []
     try:
-        for member in _central_directory_members(data, eocd, max_members):
+        directory = _locate_directory(data, eocd, max_members)
+        for member in _central_directory_members(data, directory):
             members.append(member)
     except _Unreadable as problem:
         return _salvage(data, str(problem), members, max_members)
-    verdict = ZipVerdict.ENCRYPTED_ZIP if any(m.encrypted for m in members) else ZipVerdict.PLAIN_ZIP
-    return ZipReport(verdict, tuple(members))
+    if directory.shift and data[:4] == LOCAL_SIGNATURE:
+        # entries before the archive's start: another ZIP concatenated in front, which a
+        # reader of the last central directory would not list but a user could still cut out
+        members.extend(_scan_local_headers(data, max_members, end=directory.shift))
+    if any(member.encrypted for member in members):
+        return ZipReport(ZipVerdict.ENCRYPTED_ZIP, tuple(members))
+    return ZipReport(ZipVerdict.PLAIN_ZIP, tuple(members))
 
 
 def _find_eocd(data: bytes, exact_end_only: bool) -> int | None:
     """Offset of the last EOCD whose comment ends the data (else, if allowed, fits in it)."""
+    if len(data) < _EOCD.size:
+        return None
     floor = max(0, len(data) - _EOCD.size - _MAX_COMMENT)
     search_end = len(data) - _EOCD.size + len(EOCD_SIGNATURE)
     fits_inside: int | None = None
@@ -84,17 +115,22 @@ def _find_eocd(data: bytes, exact_end_only: bool) -> int | None:
         search_end = position + len(EOCD_SIGNATURE) - 1
 
 
-def _central_directory_members(data: bytes, eocd: int, max_members: int) -> Iterator[ZipMember]:
+def _locate_directory(data: bytes, eocd: int, max_members: int) -> _Directory:
     count, size, offset, directory_end = _directory_claims(data, eocd)
     if count > max_members:
         raise _Unreadable(f"too many entries ({count} > {max_members})")
     if count * _CENTRAL.size > size:
         raise _Unreadable("central directory too small for its entry count")
     start = _directory_start(data, size, offset, directory_end)
-    shift = start - offset  # bytes prepended to the archive (self-extractors), else 0
-    position = start
-    for _ in range(count):
-        member, position = _central_entry(data, position, directory_end, shift)
+    if start < offset:
+        raise _Unreadable("central directory offset points past the directory")
+    return _Directory(start, count, directory_end, start - offset)
+
+
+def _central_directory_members(data: bytes, directory: _Directory) -> Iterator[ZipMember]:
+    position = directory.start
+    for _ in range(directory.count):
+        member, position = _central_entry(data, position, directory.end, directory.shift)
         yield member
 
 
@@ -104,16 +140,15 @@ def _directory_claims(data: bytes, eocd: int) -> tuple[int, int, int, int]:
     locator = eocd - _ZIP64_LOCATOR.size
     if locator >= 0 and data[locator : locator + 4] == ZIP64_LOCATOR_SIGNATURE:
         return _zip64_claims(data, locator)
-    if 0xFFFF == count or 0xFFFFFFFF in (size, offset):
-        raise _Unreadable("ZIP64 values without a ZIP64 locator")
     return count, size, offset, eocd
 
 
 def _zip64_claims(data: bytes, locator: int) -> tuple[int, int, int, int]:
     _, _, claimed_offset, _ = _ZIP64_LOCATOR.unpack(data[locator : locator + _ZIP64_LOCATOR.size])
     # The record normally sits right before the locator; trust its stated offset second.
-    for record in (locator - _ZIP64_EOCD.size, claimed_offset):
-        if 0 <= record <= locator - _ZIP64_EOCD.size and data[record : record + 4] == ZIP64_EOCD_SIGNATURE:
+    latest_start = locator - _ZIP64_EOCD.size
+    for record in (latest_start, claimed_offset):
+        if 0 <= record <= latest_start and data[record : record + 4] == ZIP64_EOCD_SIGNATURE:
             fields = _ZIP64_EOCD.unpack(data[record : record + _ZIP64_EOCD.size])
             record_size, count, size, offset = fields[1], fields[7], fields[8], fields[9]
             if record_size < _ZIP64_EOCD.size - 12 or record + 12 + record_size > locator:
@@ -123,16 +158,21 @@ def _zip64_claims(data: bytes, locator: int) -> tuple[int, int, int, int]:
 
 
 def _directory_start(data: bytes, size: int, offset: int, directory_end: int) -> int:
-    """Where the central directory really starts: right before its end record, else where claimed."""
+    """Where the central directory starts: right before its end record, else where claimed."""
     if size > directory_end:
         raise _Unreadable("central directory larger than the file")
     for start in (directory_end - size, offset):
-        if size == 0 or (start + size <= directory_end and data[start : start + 4] == CENTRAL_SIGNATURE):
+        if size == 0:
+            return start
+        if start + size <= directory_end and data[start : start + 4] == CENTRAL_SIGNATURE:
             return start
     raise _Unreadable("central directory out of bounds")
 
 
-def _central_entry(data: bytes, position: int, directory_end: int, shift: int) -> tuple[ZipMember, int]:
+def _central_entry(
+    data: bytes, position: int, directory_end: int, shift: int
+) -> tuple[ZipMember, int]:
+    """The member described at position, and where the next entry starts."""
     if position + _CENTRAL.size > directory_end:
         raise _Unreadable("central directory truncated")
     fields = _CENTRAL.unpack(data[position : position + _CENTRAL.size])
@@ -147,22 +187,18 @@ def _central_entry(data: bytes, position: int, directory_end: int, shift: int) -
     if next_entry > directory_end:
         raise _Unreadable("central directory entry overruns the directory")
     raw_name = data[position + _CENTRAL.size : name_end]
-    extras = _extra_fields(data[name_end:extra_end])
-    uncompressed, compressed, local_offset = _zip64_values(extras.get(EXTRA_ZIP64, b""), uncompressed, compressed, local_offset)
-    local_flags, local_method, local_extras = _local_header(data, local_offset + shift, compressed)
-    member = _member(
-        name=_member_name(raw_name, flags, extras),
-        flags=flags | local_flags,
-        methods=(method, local_method),
-        has_aes_extra=EXTRA_AES in extras or EXTRA_AES in local_extras,
-        stored_method=method,
-        sizes=(compressed, uncompressed),
+    extras = _extra_fields(data, name_end, extra_end, keep=_FIELDS_READ)
+    uncompressed, compressed, local_offset = _zip64_values(
+        extras.get(EXTRA_ZIP64, b""), uncompressed, compressed, local_offset
     )
-    return member, next_entry
+    central = _EncryptionSignals(flags, method, EXTRA_AES in extras)
+    local = _local_header(data, local_offset + shift, compressed)
+    name = _member_name(raw_name, flags, extras)
+    return _member(name, (central, local), compressed, uncompressed), next_entry
 
 
-def _local_header(data: bytes, offset: int, compressed: int) -> tuple[int, int, dict[int, bytes]]:
-    """Cross-check the member's local header; return its flags, method and extra fields."""
+def _local_header(data: bytes, offset: int, compressed: int) -> _EncryptionSignals:
+    """Cross-check the member's local header and read what it says about encryption."""
     if offset < 0 or offset + _LOCAL.size > len(data):
         raise _Unreadable("local header out of bounds")
     fields = _LOCAL.unpack(data[offset : offset + _LOCAL.size])
@@ -171,43 +207,43 @@ def _local_header(data: bytes, offset: int, compressed: int) -> tuple[int, int, 
     header_end = offset + _LOCAL.size + fields[9] + fields[10]
     if header_end + compressed > len(data):
         raise _Unreadable("member data runs past the end of the file")
-    extras = _extra_fields(data[offset + _LOCAL.size + fields[9] : header_end])
-    return fields[2], fields[3], extras
+    extras = _extra_fields(data, offset + _LOCAL.size + fields[9], header_end, keep=frozenset())
+    return _EncryptionSignals(fields[2], fields[3], EXTRA_AES in extras)
 
 
 def _salvage(data: bytes, reason: str, members: list[ZipMember], max_members: int) -> ZipReport:
-    """An unreadable ZIP is ENCRYPTED_ZIP if the headers still readable show encryption, else CORRUPT_ZIP."""
-    if not any(m.encrypted for m in members):
+    """Unreadable: ENCRYPTED_ZIP if the headers still readable show encryption, else CORRUPT_ZIP."""
+    if not any(member.encrypted for member in members):
         members = list(_scan_local_headers(data, max_members))
-    if any(m.encrypted for m in members):
-        return ZipReport(ZipVerdict.ENCRYPTED_ZIP, tuple(members), reason=f"{reason}; encryption seen in headers")
+    if any(member.encrypted for member in members):
+        reason = f"{reason}; encryption seen in the readable headers"
+        return ZipReport(ZipVerdict.ENCRYPTED_ZIP, tuple(members), reason=reason)
     return ZipReport(ZipVerdict.CORRUPT_ZIP, reason=reason)
 
 
-def _scan_local_headers(data: bytes, max_members: int) -> Iterator[ZipMember]:
-    """Walk local headers from the start of the file, stopping at the first implausible one."""
+def _scan_local_headers(
+    data: bytes, max_members: int, end: int | None = None
+) -> Iterator[ZipMember]:
+    """Walk local headers from the start of the file up to end, stopping at an implausible one."""
+    end = len(data) if end is None else end
     position = len(SPANNED_SIGNATURE) if data[:4] == SPANNED_SIGNATURE else 0
     for _ in range(max_members):
-        if data[position : position + 4] != LOCAL_SIGNATURE or position + _LOCAL.size > len(data):
+        if data[position : position + 4] != LOCAL_SIGNATURE or position + _LOCAL.size > end:
             return
         fields = _LOCAL.unpack(data[position : position + _LOCAL.size])
-        flags, method, compressed, uncompressed, name_length, extra_length = fields[2], fields[3], *fields[7:11]
+        flags, method = fields[2], fields[3]
+        compressed, uncompressed, name_length, extra_length = fields[7:11]
         name_end = position + _LOCAL.size + name_length
         header_end = name_end + extra_length
-        if method not in _KNOWN_METHODS or header_end > len(data):
+        if method not in _KNOWN_METHODS or header_end > end:
             return
-        extras = _extra_fields(data[name_end:header_end])
-        yield _member(
-            name=_member_name(data[position + _LOCAL.size : name_end], flags, extras),
-            flags=flags,
-            methods=(method,),
-            has_aes_extra=EXTRA_AES in extras,
-            stored_method=method,
-            sizes=(compressed, uncompressed),
-        )
+        extras = _extra_fields(data, name_end, header_end, keep=_FIELDS_READ)
+        name = _member_name(data[position + _LOCAL.size : name_end], flags, extras)
+        signals = _EncryptionSignals(flags, method, EXTRA_AES in extras)
+        yield _member(name, (signals,), compressed, uncompressed)
         if flags & FLAG_DATA_DESCRIPTOR or compressed == 0xFFFFFFFF:
             # sizes follow the data: the next header is wherever the next signature is
-            following = data.find(LOCAL_SIGNATURE, header_end)
+            following = data.find(LOCAL_SIGNATURE, header_end, end)
         else:
             following = header_end + compressed
         if following <= position:
@@ -216,28 +252,35 @@ def _scan_local_headers(data: bytes, max_members: int) -> Iterator[ZipMember]:
 
 
 def _member(
-    name: str, flags: int, methods: tuple[int, ...], has_aes_extra: bool, stored_method: int, sizes: tuple[int, int]
+    name: str, signals: tuple[_EncryptionSignals, ...], compressed: int, uncompressed: int
 ) -> ZipMember:
-    # Bit 0 is the rule; bit 6 (PKWARE strong encryption) and method 99 (WinZip AES) are
-    # counted too, because an archiver will ask for a password for either.
-    is_aes = METHOD_AES in methods or has_aes_extra
-    encrypted = bool(flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION)) or METHOD_AES in methods
-    if not encrypted:
-        kind = "none"
-    elif is_aes:
-        kind = "aes"
-    elif flags & FLAG_STRONG_ENCRYPTION:
-        kind = "strong"
-    else:
-        kind = "zipcrypto"
+    """The member its headers describe; the first header's method is the one reported."""
+    kind = _encryption_kind(signals)
     return ZipMember(
         name=name,
-        encrypted=encrypted,
-        method=stored_method,
+        encrypted=kind != "none",
+        method=signals[0].method,
         encryption=kind,
-        compressed_size=sizes[0],
-        uncompressed_size=sizes[1],
+        compressed_size=compressed,
+        uncompressed_size=uncompressed,
     )
+
+
+def _encryption_kind(signals: tuple[_EncryptionSignals, ...]) -> str:
+    """One of none, aes, strong, zipcrypto; any header that claims encryption counts."""
+    flags = 0
+    for header in signals:
+        flags |= header.flags
+    has_aes_method = any(header.method == METHOD_AES for header in signals)
+    # Bit 0 is the rule; bit 6 (PKWARE strong encryption) and method 99 (WinZip AES) are
+    # counted too, because an archiver asks for a password for either.
+    if not (flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION) or has_aes_method):
+        return "none"
+    if has_aes_method or any(header.aes_extra for header in signals):
+        return "aes"
+    if flags & FLAG_STRONG_ENCRYPTION:
+        return "strong"
+    return "zipcrypto"
 
 
 def _member_name(raw: bytes, flags: int, extras: dict[int, bytes]) -> str:
@@ -246,7 +289,8 @@ def _member_name(raw: bytes, flags: int, extras: dict[int, bytes]) -> str:
         name = raw.decode("utf-8", errors="replace")
     else:
         name = _unicode_path(raw, extras.get(EXTRA_UNICODE_PATH)) or _legacy_name(raw)
-    return clean_text(name)[:_MAX_NAME_CHARS]
+    # cut before cleaning too: clean_text walks every character
+    return clean_text(name[: 4 * _MAX_NAME_CHARS])[:_MAX_NAME_CHARS]
 
 
 def _unicode_path(raw: bytes, field: bytes | None) -> str | None:
@@ -268,22 +312,29 @@ def _legacy_name(raw: bytes) -> str:
         return raw.decode("cp437")  # the historical ZIP default, total over all bytes
 
 
-def _extra_fields(extra: bytes) -> dict[int, bytes]:
-    """Header ID → data; the first occurrence wins and a truncated tail is ignored."""
+def _extra_fields(data: bytes, start: int, end: int, keep: frozenset[int]) -> dict[int, bytes]:
+    """Header ID → body for the extra block data[start:end]; bodies copied only for keep's IDs.
+
+    The first occurrence of an ID wins; a truncated tail is ignored.
+    """
     fields: dict[int, bytes] = {}
-    position = 0
-    while position + 4 <= len(extra):
-        header_id, size = struct.unpack_from("<2H", extra, position)
-        body_end = position + 4 + size
-        if body_end > len(extra):
+    position = start
+    for _ in range(_MAX_EXTRA_FIELDS):
+        if position + 4 > end:
             break
-        fields.setdefault(header_id, extra[position + 4 : body_end])
+        header_id, size = struct.unpack_from("<2H", data, position)
+        body_end = position + 4 + size
+        if body_end > end:
+            break
+        fields.setdefault(header_id, data[position + 4 : body_end] if header_id in keep else b"")
         position = body_end
     return fields
 
 
-def _zip64_values(field: bytes, uncompressed: int, compressed: int, offset: int) -> tuple[int, int, int]:
-    """Replace saturated 32-bit values with the ZIP64 field's, in APPNOTE order, as far as present."""
+def _zip64_values(
+    field: bytes, uncompressed: int, compressed: int, offset: int
+) -> tuple[int, int, int]:
+    """Replace saturated 32-bit values by the ZIP64 field's, in APPNOTE order, as far as present."""
     values = [uncompressed, compressed, offset]
     position = 0
     for index, value in enumerate(values):

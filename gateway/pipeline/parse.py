@@ -19,9 +19,18 @@ MAX_DEPTH = 50
 _POLICY = email.policy.compat32
 
 
+class UnparseableMessage(ValueError):
+    """The standard library's parser itself failed on this input."""
+
+
 def parse_message(raw: bytes) -> Message:
-    """Parse DATA bytes. Never raises for malformed MIME: defects are recorded on the parts."""
-    return BytesParser(policy=_POLICY).parsebytes(raw)
+    """Parse DATA bytes. Malformed MIME is recorded as defects on the parts; the few inputs on
+    which the standard library itself crashes (e.g. `boundary*0=a; boundary*=b`, a CPython
+    bug) raise UnparseableMessage so the caller can decide."""
+    try:
+        return BytesParser(policy=_POLICY).parsebytes(raw)
+    except (TypeError, AttributeError, IndexError, LookupError, RecursionError) as error:
+        raise UnparseableMessage(f"{type(error).__name__}: {error}") from error
 
 
 def children(part: Message) -> list[Message]:
@@ -54,12 +63,3 @@ def part_at(root: Message, path: tuple[int, ...]) -> Message:
     for index in path:
         part = children(part)[index]
     return part
-
-
-def is_inside_rfc822(root: Message, path: tuple[int, ...]) -> bool:
-    part = root
-    for index in path:
-        if part.get_content_type() == "message/rfc822":
-            return True
-        part = children(part)[index]
-    return False

@@ -140,7 +140,12 @@ class Relay:
             transfer = await self._writer.store(envelope, decision, facts, self._clock())
             outcome.transfer_id = transfer.transfer_id
             outcome.converted_files = len(transfer.files)
-        messages = await self._build_messages(envelope, raw, decision, transfer)
+        try:
+            messages = await self._build_messages(envelope, raw, decision, transfer)
+        except BaseException:
+            if transfer is not None:  # nothing left the gateway: the links must not stay
+                await self._writer.discard(transfer)
+            raise
         outcome.reply = await self._deliver_all(fingerprint, messages, transfer)
 
     async def _build_messages(

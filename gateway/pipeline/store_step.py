@@ -56,24 +56,25 @@ class TransferWriter:
         self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime
     ) -> StoredTransfer:
         existing = self._db.transfer_by_fingerprint(facts.fingerprint)
-        if existing is not None and existing.state in ("pending", "active"):
-            transfer_id, expires_at = existing.id, _aware(existing.expires_at)
+        reuse = existing is not None and existing.state in ("pending", "active")
+        new_files: list[tuple[Attachment, StoredFile, bytes]] = []
+        if reuse:
+            transfer_id, expires_at = existing.id, existing.expires_at
             files = tuple(
                 StoredFile(f.id, f.display_name, f.size, f.sha256, f.blob_id)
                 for f in self._db.files_of(transfer_id)
             )
-            new_files: list[tuple[Attachment, StoredFile, bytes]] = []
         else:
-            transfer_id = new_id()
-            expires_at = now + decision.policy.link_lifetime
-            new_files = [self._write_blob(a) for a in decision.to_convert]
-            files = tuple(stored for _, stored, _ in new_files)
-
+            transfer_id, expires_at = new_id(), now + decision.policy.link_lifetime
         recipients = [r.address for r in decision.recipients if r.action.value == "convert"]
         links = tuple(IssuedLink(new_id(), r, new_token()) for r in recipients)
         try:
+            if not reuse:
+                for attachment in decision.to_convert:
+                    new_files.append(self._write_blob(attachment))
+                files = tuple(stored for _, stored, _ in new_files)
             with self._db.transaction():
-                if existing is None or not existing.state in ("pending", "active"):
+                if not reuse:
                     self._insert_transfer(transfer_id, envelope, decision, facts, now, expires_at)
                     for position, (attachment, stored, wrapped) in enumerate(new_files):
                         self._db.insert_file(
@@ -91,6 +92,7 @@ class TransferWriter:
                         created_at=now,
                     )
         except BaseException:
+            # Nothing of a failed store may stay behind: the sender will retry the whole message.
             for _, stored, _ in new_files:
                 self._blobs.delete(stored.blob_id)
             raise
@@ -131,11 +133,4 @@ class TransferWriter:
             return  # an earlier attempt delivered some links: the files must stay
         for stored in transfer.files:
             self._blobs.delete(stored.blob_id)
-        self._db.set_transfer_state(transfer.transfer_id, "failed")
         self._db.mark_purged(transfer.transfer_id, state="failed")
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import timezone
-
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

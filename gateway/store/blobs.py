@@ -14,9 +14,14 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Generator, Iterable, Iterator
 
-from gateway.store.crypto import DEFAULT_CHUNK_SIZE, BlobEncryptor, BlobIntegrityError, decrypt_blob
+from gateway.store.crypto import (
+    DEFAULT_CHUNK_SIZE,
+    BlobEncryptor,
+    BlobIntegrityError,
+    decrypt_blob,
+)
 
 __all__ = [
     "BlobInfo",
@@ -50,7 +55,7 @@ class BlobInfo:
 class BlobReader(Iterator[bytes]):
     """Plaintext chunks of one blob; owns the open file and closes it when done or dropped."""
 
-    def __init__(self, source: BinaryIO, chunks: Iterator[bytes]):
+    def __init__(self, source: BinaryIO, chunks: Generator[bytes, None, None]):
         self._source = source
         self._chunks = chunks
 
@@ -62,7 +67,7 @@ class BlobReader(Iterator[bytes]):
             raise
 
     def close(self) -> None:
-        self._chunks.close()  # type: ignore[attr-defined]
+        self._chunks.close()
         self._source.close()
 
     def __enter__(self) -> BlobReader:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Generator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -195,7 +195,7 @@ def _parse_header(blob_id: str, header: bytes) -> tuple[int, bytes]:
 
 def decrypt_blob(
     master_key: bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Yield the plaintext chunks of a sealed blob read from `source`.
 
     Raises BlobIntegrityError before yielding anything from a chunk that does not
@@ -215,7 +215,8 @@ def decrypt_blob(
             nonce = _chunk_nonce(nonce_prefix, index, last)
             plaintext = aead.decrypt(nonce, current, aad)
         except (InvalidTag, ValueError) as exc:
-            raise BlobIntegrityError(f"blob {blob_id}: chunk {index} does not authenticate") from exc
+            message = f"blob {blob_id}: chunk {index} does not authenticate"
+            raise BlobIntegrityError(message) from exc
         yield plaintext
         if last:
             return

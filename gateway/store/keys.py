@@ -36,21 +36,22 @@ def _decode(text: str, where: str) -> bytes:
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise MasterKeyError(f"{path}: cannot open master key file: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as key_file:
-        # fstat on the open descriptor: the checked file is the one we read.
-        info = os.fstat(key_file.fileno())
+    try:
+        # fstat on the open descriptor: the file checked is the file read.
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise MasterKeyError(f"{path}: master key file is not a regular file")
         if info.st_mode & 0o077:
             mode = stat.S_IMODE(info.st_mode)
             raise MasterKeyError(f"{path}: master key file must be mode 0600, is {mode:04o}")
-        try:
-            raw = key_file.read(_MAX_KEY_FILE_SIZE + 1)
-        except OSError as exc:
-            raise MasterKeyError(f"{path}: cannot read master key file: {exc.strerror}") from exc
+        raw = os.read(fd, _MAX_KEY_FILE_SIZE + 1)
+    except OSError as exc:
+        raise MasterKeyError(f"{path}: cannot read master key file: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     if len(raw) > _MAX_KEY_FILE_SIZE:
         raise MasterKeyError(f"{path}: master key file is too large to be a key")
     try:

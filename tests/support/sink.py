@@ -25,9 +25,9 @@ _STAGES: tuple[Stage, ...] = ("MAIL", "RCPT", "DATA")
 @dataclass(frozen=True)
 class ReceivedMessage:
     mail_from: str
-    rcpt_tos: tuple[str, ...]
+    rcpt_tos: list[str]  # lists, like aiosmtpd's own Envelope
     data: bytes  # exactly as received, after dot-unstuffing
-    mail_options: tuple[str, ...]
+    mail_options: list[str]
     tls: bool  # the session had been upgraded with STARTTLS
 
 
@@ -129,10 +129,10 @@ class _RecordingHandler:
         assert isinstance(envelope.original_content, bytes) and envelope.mail_from is not None
         self._sink._record(
             ReceivedMessage(
-                mail_from=envelope.mail_from,
-                rcpt_tos=tuple(envelope.rcpt_tos),
+                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,  # null sender
+                rcpt_tos=list(envelope.rcpt_tos),
                 data=envelope.original_content,
-                mail_options=tuple(envelope.mail_options),
+                mail_options=list(envelope.mail_options),
                 tls=session.ssl is not None,
             )
         )
@@ -141,6 +141,9 @@ class _RecordingHandler:
 
 class _CountingSMTP(SMTP):
     """aiosmtpd's SMTP server protocol, telling the sink when a connection opens and closes."""
+
+    # Like Postfix, accept lines far over RFC 5321's 1000 octets: we test what the gateway sends.
+    line_length_limit = 1_000_000
 
     def __init__(self, sink: RecordingSink, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,488 @@
+"""Hand a finished message to the next hop (an SMTP relay, or an outbox directory) and report its verdict.
+
+The DeliveryResult is what the answer stage mirrors to our client: the next hop's hard errors stay
+permanent, everything else, our own network and disk trouble included, is temporary (451) so the
+sending client keeps the message and retries. Nothing here raises for network or disk trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import ssl
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Literal, Protocol
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse
+
+from gateway.model import DeliveryResult, OutgoingMessage
+
+StartTls = Literal["off", "opportunistic", "required"]
+_STARTTLS_MODES = ("off", "opportunistic", "required")
+
+# Everything aiosmtplib, the socket layer or TLS can throw at us while talking to the next hop
+# (OSError includes ssl.SSLError and TimeoutError).
+_NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
+
+
+class NextHop(Protocol):
+    async def deliver(self, message: OutgoingMessage) -> DeliveryResult: ...
+
+    async def check(self) -> bool:
+        """True when the next hop can take mail right now (for a health endpoint)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """A short name for logs, e.g. "smtp://relay:25 (starttls required)"."""
+        ...
+
+
+def _failure(code: int, text: str, rejected: dict[str, tuple[int, str]] | None = None) -> DeliveryResult:
+    return DeliveryResult(accepted=False, code=code, message=text, rejected_recipients=rejected or {})
+
+
+class _Abandon(Exception):
+    """Stop this transaction, drop the connection, and answer with `result`."""
+
+    def __init__(self, result: DeliveryResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+def _result_for_error(error: BaseException) -> DeliveryResult:
+    """Map a network-level exception to a temporary failure, most specific class first."""
+    if isinstance(error, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
+        return _failure(451, "4.4.2 next hop timed out")
+    if isinstance(error, aiosmtplib.SMTPConnectResponseError):
+        return _failure(451, "4.4.2 next hop refused the session")
+    if isinstance(error, aiosmtplib.SMTPConnectError):
+        return _failure(451, "4.4.1 next hop unreachable")
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return _failure(451, "4.4.2 unexpected reply from next hop")
+    return _failure(451, "4.4.2 connection to next hop lost")
+
+
+def _reply_text(text: str) -> str:
+    """The next hop's reply text as one short line of printable ASCII, safe to pass on."""
+    one_line = " ".join(text.split())
+    return "".join(c if " " <= c <= "~" else "?" for c in one_line)[:200]
+
+
+def _refusal(reply: SMTPResponse, rejected: dict[str, tuple[int, str]] | None = None) -> DeliveryResult:
+    """The result for a refusing reply; _Abandon when the session cannot go on after it."""
+    if reply.code == 421:  # the next hop is closing the session: a temporary failure on our side
+        raise _Abandon(_failure(451, "4.4.2 next hop is closing the connection", rejected))
+    if not 400 <= reply.code < 600:
+        raise _Abandon(_failure(451, "4.4.2 unexpected reply from next hop", rejected))
+    return _failure(reply.code, _reply_text(reply.message), rejected)
+
+
+_QUOTED_LOCAL_PART = re.compile(r'^"(?:[^"\\\x00-\x1f\x7f]|\\[\x20-\x7e])*"')
+_UNSAFE_IN_PATH = re.compile(r"[\x00-\x20\x7f<>]")
+
+
+def _smtp_path(address: str) -> bytes | None:
+    """<address> for MAIL/RCPT, or None when it could not travel on a command line safely."""
+    if _UNSAFE_IN_PATH.search(_QUOTED_LOCAL_PART.sub("", address, count=1)):
+        return None
+    try:
+        return b"<" + address.encode("utf-8") + b">"
+    except UnicodeEncodeError:  # lone surrogates
+        return None
+
+
+def _validate_helo_name(helo_name: str) -> None:
+    if not (helo_name and helo_name.isascii() and helo_name.isprintable() and " " not in helo_name):
+        raise ValueError(f"invalid HELO name {helo_name!r}")
+
+
+class SmtpNextHop:
+    """Relay to an SMTP server, keeping up to `pool_size` idle connections for reuse.
+
+    One instance belongs to one event loop (its pooled connections are bound to it).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        starttls: StartTls,
+        timeout: float,
+        helo_name: str,
+        pool_size: int = 4,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if starttls not in _STARTTLS_MODES:
+            raise ValueError(f"starttls must be one of {', '.join(_STARTTLS_MODES)}, not {starttls!r}")
+        if not 0 < port < 65536 or timeout <= 0 or pool_size < 0:
+            raise ValueError(f"bad next hop port {port}, timeout {timeout} or pool size {pool_size}")
+        _validate_helo_name(helo_name)
+        self.host = host
+        self.port = port
+        self.starttls = starttls
+        self.timeout = timeout
+        self.helo_name = helo_name
+        self.pool_size = pool_size
+        self.tls_context = tls_context
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._closed = False
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"smtp://{host}:{self.port} (starttls {self.starttls})"
+
+    async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
+        if not message.rcpt_tos:
+            return _failure(554, "5.5.1 no recipients")
+        if _smtp_path(message.mail_from) is None:
+            return _failure(553, "5.1.7 sender address cannot be relayed")
+        try:
+            client = await self._acquire()
+        except _Abandon as abandon:
+            return abandon.result
+        except _NETWORK_ERRORS as error:
+            return _result_for_error(error)
+        healthy = False
+        try:
+            result = await self._transact(client, message)
+            healthy = True
+            return result
+        except _Abandon as abandon:
+            return abandon.result
+        except _NETWORK_ERRORS as error:
+            return _result_for_error(error)
+        finally:
+            if healthy:
+                await self._release(client)
+            else:
+                client.close()
+
+    async def check(self) -> bool:
+        try:
+            client = await self._acquire()
+        except (_Abandon, *_NETWORK_ERRORS):
+            return False
+        await self._release(client)
+        return True
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._retire(client) for client in idle))
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _acquire(self) -> aiosmtplib.SMTP:
+        """An idle connection that still answers RSET, else a new one (only one retry)."""
+        if self._idle:
+            client = self._idle.pop()
+            if await self._answers_rset(client):
+                return client
+            client.close()
+        return await self._open()
+
+    async def _answers_rset(self, client: aiosmtplib.SMTP) -> bool:
+        if not client.is_connected:
+            return False
+        try:
+            reply = await client.execute_command(b"RSET")
+        except _NETWORK_ERRORS:
+            return False
+        return reply.code == 250
+
+    async def _release(self, client: aiosmtplib.SMTP) -> None:
+        if client.is_connected and not self._closed and len(self._idle) < self.pool_size:
+            self._idle.append(client)
+        else:
+            await self._retire(client)
+
+    async def _retire(self, client: aiosmtplib.SMTP) -> None:
+        """Say QUIT, close, and wait (briefly) until the socket is really closed.
+
+        A TLS session closes with a close_notify exchange after close() returns; waiting for it
+        means an event loop that ends right after close() leaves no half-closed socket behind.
+        """
+        sock = client.get_transport_info("socket") if client.is_connected else None
+        try:
+            if client.is_connected:
+                await client.quit()
+        except _NETWORK_ERRORS:
+            pass
+        finally:
+            client.close()
+        deadline = asyncio.get_running_loop().time() + min(self.timeout, 2.0)
+        while sock is not None and sock.fileno() != -1:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        client = await self._connect()
+        if self.starttls == "off":
+            return client
+        if not client.supports_extension("starttls"):
+            if self.starttls == "required":
+                client.close()
+                raise _Abandon(_failure(451, "4.7.0 next hop offers no STARTTLS"))
+            return client
+        try:
+            await client.starttls(tls_context=self.tls_context)
+            await client.ehlo()
+            return client
+        except _NETWORK_ERRORS:
+            client.close()
+        if self.starttls == "required":
+            raise _Abandon(_failure(451, "4.7.0 TLS handshake with next hop failed"))
+        # Opportunistic: a failed handshake leaves the session unusable; plaintext beats no delivery.
+        return await self._connect()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.helo_name,
+            timeout=self.timeout,
+            start_tls=False,
+        )
+        await client.connect()  # closes itself if it fails
+        try:
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    # -- one transaction ---------------------------------------------------------------------
+
+    async def _transact(self, client: aiosmtplib.SMTP, message: OutgoingMessage) -> DeliveryResult:
+        addresses = (message.mail_from, *message.rcpt_tos)
+        utf8 = message.smtputf8 or not all(address.isascii() for address in addresses)
+        options: list[bytes] = []
+        if utf8:
+            if not client.supports_extension("smtputf8"):
+                return _failure(553, "5.6.7 next hop lacks SMTPUTF8")
+            options.append(b"SMTPUTF8")
+        if message.body_8bit and client.supports_extension("8bitmime"):
+            options.append(b"BODY=8BITMIME")
+        sender = _smtp_path(message.mail_from)
+        assert sender is not None  # checked in deliver()
+        reply = await client.execute_command(b"MAIL", b"FROM:" + sender, *options)
+        if not 200 <= reply.code < 300:
+            return _refusal(reply)
+        rejected = await self._send_recipients(client, message.rcpt_tos)
+        if len(rejected) == len(message.rcpt_tos):
+            return self._all_refused(rejected)
+        return await self._send_data(client, message.data, rejected)
+
+    async def _send_recipients(
+        self, client: aiosmtplib.SMTP, recipients: tuple[str, ...]
+    ) -> dict[str, tuple[int, str]]:
+        rejected: dict[str, tuple[int, str]] = {}
+        for recipient in recipients:
+            path = _smtp_path(recipient)
+            if path is None:
+                rejected[recipient] = (553, "5.1.3 recipient address cannot be relayed")
+                continue
+            reply = await client.execute_command(b"RCPT", b"TO:" + path)
+            if 200 <= reply.code < 300:
+                continue
+            refused = _refusal(reply, rejected)
+            rejected[recipient] = (refused.code, refused.message)
+        return rejected
+
+    @staticmethod
+    def _all_refused(rejected: dict[str, tuple[int, str]]) -> DeliveryResult:
+        # Prefer a temporary code: the client then retries, and the 5xx recipients bounce later.
+        replies = list(rejected.values())
+        code, text = next((reply for reply in replies if reply[0] < 500), replies[0])
+        return _failure(code, text, rejected)
+
+    async def _send_data(
+        self, client: aiosmtplib.SMTP, data: bytes, rejected: dict[str, tuple[int, str]]
+    ) -> DeliveryResult:
+        try:
+            reply = await client.data(data)  # aiosmtplib does the dot-stuffing
+        except aiosmtplib.SMTPDataError as refused:
+            return _refusal(SMTPResponse(refused.code, refused.message), rejected)
+        return DeliveryResult(
+            accepted=True, code=reply.code, message=_reply_text(reply.message), rejected_recipients=rejected
+        )
+
+
+class OutboxNextHop:
+    """Write each message as NAME.eml plus a NAME.json envelope, for another process to pick up.
+
+    The .json is written first and the .eml's rename is the commit point, so a reader that only
+    looks at *.eml never sees a message without its envelope. Temporary files start with ".".
+    The directory is created (0700) on first use; files are 0600, as they hold whole mails.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: Callable[[int], None] = os.fsync,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._clock = clock
+
+    def describe(self) -> str:
+        return f"outbox:{self.path}"
+
+    async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
+        return await asyncio.to_thread(self._write, message)
+
+    async def check(self) -> bool:
+        return await asyncio.to_thread(self._writable)
+
+    async def close(self) -> None:
+        return None
+
+    def _writable(self) -> bool:
+        probe = self.path / f".probe-{secrets.token_hex(8)}"
+        try:
+            self._ensure_directory()
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            return False
+        return True
+
+    def _write(self, message: OutgoingMessage) -> DeliveryResult:
+        queued_at = self._clock().astimezone(timezone.utc)
+        name = f"{queued_at:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(8)}"
+        envelope = {
+            "mail_from": message.mail_from,
+            "rcpt_tos": list(message.rcpt_tos),
+            "queued_at": queued_at.isoformat(),
+        }
+        eml, sidecar = self.path / f"{name}.eml", self.path / f"{name}.json"
+        try:
+            self._ensure_directory()
+            self._write_atomically(sidecar, json.dumps(envelope).encode("ascii"))
+            self._write_atomically(eml, message.data)
+        except OSError:
+            # Not durable, so not accepted: remove what got through, the client will retry.
+            for leftover in (eml, sidecar):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+            return _failure(451, "4.3.0 outbox write failed")
+        return DeliveryResult(accepted=True, code=250, message=f"2.0.0 queued in outbox as {name}")
+
+    def _write_atomically(self, final: Path, content: bytes) -> None:
+        temporary = final.with_name(f".{final.name}.tmp")
+        stream = os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        try:
+            with stream:
+                stream.write(content)
+                stream.flush()
+                self._fsync(stream.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise
+        self._fsync_directory(self.path)
+
+    def _ensure_directory(self) -> None:
+        if not self.path.is_dir():
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fsync_directory(self.path.parent)  # make the new directory entry durable too
+
+    def _fsync_directory(self, directory: Path) -> None:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+_SMTP_URL = re.compile(
+    r"smtp://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+))(?::(?P<port>[0-9]{1,5}))?/?",
+    re.IGNORECASE,
+)
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _bad_url(url: str) -> ValueError:
+    return ValueError(f"invalid next hop URL {url!r}: expected smtp://HOST[:PORT] or outbox:PATH")
+
+
+def _valid_host_name(name: str) -> bool:
+    labels = name.removesuffix(".").split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    if all(label.isdigit() for label in labels):  # looks like IPv4, so must be IPv4
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return False
+    return True
+
+
+def parse_next_hop_url(url: str) -> tuple[str, ...]:
+    """("smtp", HOST, PORT) or ("outbox", PATH); ValueError with a one-line message otherwise."""
+    if not url.isprintable() or url != url.strip():  # no line breaks, tabs or stray blanks
+        raise _bad_url(url)
+    if url.startswith("outbox:"):
+        path = url.removeprefix("outbox:")
+        if not path:
+            raise _bad_url(url)
+        return ("outbox", path)
+    match = _SMTP_URL.fullmatch(url)
+    if match is None:
+        raise _bad_url(url)
+    port = int(match["port"] or 25)
+    if not 0 < port < 65536:
+        raise _bad_url(url)
+    if match["ipv6"] is not None:
+        try:
+            host = str(ipaddress.IPv6Address(match["ipv6"]))
+        except ValueError:
+            raise _bad_url(url) from None
+    elif _valid_host_name(match["name"]):
+        host = match["name"]
+    else:
+        raise _bad_url(url)
+    return ("smtp", host, str(port))
+
+
+def make_next_hop(
+    url: str,
+    *,
+    starttls: StartTls,
+    timeout: float,
+    helo_name: str,
+    pool_size: int = 4,
+    tls_context: ssl.SSLContext | None = None,
+) -> NextHop:
+    parsed = parse_next_hop_url(url)
+    if parsed[0] == "outbox":
+        return OutboxNextHop(Path(parsed[1]))
+    _, host, port = parsed
+    return SmtpNextHop(
+        host,
+        int(port),
+        starttls=starttls,
+        timeout=timeout,
+        helo_name=helo_name,
+        pool_size=pool_size,
+        tls_context=tls_context,
+    )

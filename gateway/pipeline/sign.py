@@ -1,0 +1,146 @@
+"""DKIM-sign the messages the gateway rewrote, with the keys of the From domain.
+
+A rewritten message no longer matches the sender's own signature, so the gateway signs it
+again (relaxed/relaxed) for the From domain when it holds a key for that domain.
+Signing is done by dkimpy; this module picks the keys and feeds them in dkimpy's formats.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Sequence
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gateway.dkimkeys import ALGORITHMS, dns_name, private_key_algorithm
+
+log = logging.getLogger(__name__)
+
+SIGNED_HEADERS = (
+    "from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
+    "mime-version", "content-type", "content-transfer-encoding", "reply-to",
+)  # fmt: skip
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+_HEADER_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    private_key: bytes  # PEM
+    algorithm: str = "rsa-sha256"  # | "ed25519-sha256"
+
+    def __post_init__(self) -> None:
+        dns_name(self.domain, "domain")
+        dns_name(self.selector, "selector")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown DKIM algorithm {self.algorithm!r}")
+        found = private_key_algorithm(self.private_key)
+        if found != self.algorithm:
+            raise ValueError(f"the key is for {found}, but algorithm is {self.algorithm}")
+
+
+@dataclass(frozen=True)
+class _SigningKey:
+    domain: bytes
+    selector: bytes
+    secret: bytes  # in the form dkimpy's sign() takes for the algorithm
+    algorithm: bytes
+
+
+class DkimSigner:
+    def __init__(self, keys: Sequence[DkimKey]) -> None:
+        self._by_domain: dict[str, list[_SigningKey]] = {}
+        for key in keys:
+            domain = dns_name(key.domain, "domain")
+            self._by_domain.setdefault(domain, []).append(
+                _SigningKey(
+                    domain.encode("ascii"),
+                    dns_name(key.selector, "selector").encode("ascii"),
+                    dkimpy_private_key(key.private_key),
+                    key.algorithm.encode("ascii"),
+                )
+            )
+
+    def domains(self) -> set[str]:
+        return set(self._by_domain)
+
+    def sign(self, data: bytes) -> bytes:
+        """data with one DKIM-Signature per key of its From domain prepended; unchanged if none."""
+        keys = self._by_domain.get(_from_domain(data) or "", [])
+        if not keys:
+            return data
+        # dkimpy splits lines on LF only; a receiver reads bare CR and LF as CRLF.
+        message = _ANY_LINE_END.sub(b"\r\n", data)
+        include = _headers_to_sign(message)
+        signatures = []
+        for key in keys:
+            try:
+                signatures.append(
+                    dkim.sign(
+                        message,
+                        key.selector,
+                        key.domain,
+                        key.secret,
+                        canonicalize=(b"relaxed", b"relaxed"),
+                        signature_algorithm=key.algorithm,
+                        include_headers=include,
+                    )
+                )
+            except (dkim.DKIMException, IndexError, ValueError) as error:
+                # dkimpy's reader fails on malformed headers (IndexError on a leading
+                # continuation line): such a message goes out unsigned rather than not at all.
+                log.warning("DKIM signing for %s failed: %s", key.domain.decode(), error)
+        return b"".join(signatures) + message
+
+
+def dkimpy_private_key(pem: bytes) -> bytes:
+    """The key in the form dkimpy's sign() takes for its algorithm."""
+    loaded = serialization.load_pem_private_key(pem, password=None)
+    if isinstance(loaded, ed25519.Ed25519PrivateKey):
+        # dkimpy hands ed25519 keys to PyNaCl: the raw 32-byte seed, base64.
+        seed = loaded.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return base64.b64encode(seed)
+    # dkimpy reads PKCS#1 or PKCS#8 PEM with LF line ends.
+    return loaded.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _headers_to_sign(message: bytes) -> list[bytes]:
+    """Each listed header once per occurrence, plus From once more so none can be added."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    present = [name.lower() for name in _HEADER_NAME.findall(head)]
+    names = [name.encode() for name in SIGNED_HEADERS for _ in range(present.count(name.encode()))]
+    return names + [b"from"]
+
+
+def _from_domain(data: bytes) -> str | None:
+    headers = BytesHeaderParser(policy=compat32).parsebytes(data)
+    value = headers.get("From")
+    if value is None:
+        return None
+    domains = {
+        _normal_domain(address.rpartition("@")[2])
+        for _, address in getaddresses([str(value)])
+        if "@" in address
+    }
+    # No mailbox, or mailboxes of several domains: no single domain speaks for the message.
+    return domains.pop() if len(domains) == 1 else None
+
+
+def _normal_domain(domain: str) -> str:
+    return domain.strip().rstrip(".").lower()

@@ -1,0 +1,499 @@
+"""Keep transfer metadata in SQLite behind a small repository API (MetadataStore).
+
+All SQL lives here and in migrations/sqlite/*.sql, so another backend can implement
+MetadataStore without touching callers. One connection is shared by all threads and
+guarded by an RLock; a transaction() holds the lock until it ends. Timestamps come in
+as aware datetimes (the caller owns the clock) and are stored as fixed-width UTC text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol
+
+_MIGRATION_NAME = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql")
+
+
+class MetadataError(Exception):
+    """The metadata store failed; the message cannot be accepted right now."""
+
+
+@dataclass(frozen=True)
+class TransferRow:
+    id: str
+    fingerprint: str
+    message_id: str
+    sender: str
+    department: str
+    subject: str
+    created_at: datetime
+    expires_at: datetime
+    state: str  # 'pending' | 'active' | 'failed' | 'purged'
+    password_channel: str
+    password_hash: str | None
+    password_sealed: bytes | None
+    locale: str
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: str
+    transfer_id: str
+    display_name: str
+    content_type: str
+    size: int
+    sha256: str
+    blob_id: str
+    wrapped_key: bytes
+    position: int
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    id: str
+    transfer_id: str
+    recipient: str
+    token_hash: str
+    state: str  # 'pending' | 'active' | 'failed' | 'revoked'
+    max_downloads: int  # 0 = unlimited
+    download_count: int
+    created_at: datetime
+    activated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    at: datetime
+    kind: str
+    transfer_id: str | None
+    link_id: str | None
+    recipient: str | None
+    detail: dict[str, Any]
+
+
+class MetadataStore(Protocol):
+    """What the gateway needs from a metadata backend."""
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def insert_transfer(self, *, id: str, fingerprint: str, message_id: str, sender: str,
+                        department: str, subject: str, created_at: datetime,
+                        expires_at: datetime, password_channel: str, locale: str,
+                        state: str = "pending", password_hash: str | None = None,
+                        password_sealed: bytes | None = None) -> None: ...
+    def insert_file(self, *, id: str, transfer_id: str, display_name: str, content_type: str,
+                    size: int, sha256: str, blob_id: str, wrapped_key: bytes,
+                    position: int) -> None: ...
+    def insert_link(self, *, id: str, transfer_id: str, recipient: str, token_hash: str,
+                    created_at: datetime, state: str = "pending", max_downloads: int = 0,
+                    download_count: int = 0, activated_at: datetime | None = None
+                    ) -> None: ...
+    def activate_link(self, link_id: str, at: datetime) -> None: ...
+    def fail_links(self, link_ids: Iterable[str]) -> None: ...
+    def claim_download(self, link_id: str) -> bool: ...
+    def set_transfer_state(self, transfer_id: str, state: str) -> None: ...
+    def record_delivery(self, fingerprint: str, recipient: str, at: datetime,
+                        transfer_id: str | None = None, link_id: str | None = None
+                        ) -> None: ...
+    def delivered_recipients(self, fingerprint: str) -> set[str]: ...
+    def transfer(self, transfer_id: str) -> TransferRow | None: ...
+    def transfer_by_fingerprint(self, fingerprint: str) -> TransferRow | None: ...
+    def files_of(self, transfer_id: str) -> list[FileRow]: ...
+    def links_of(self, transfer_id: str) -> list[LinkRow]: ...
+    def link_by_token_hash(self, token_hash: str) -> LinkRow | None: ...
+    def append_event(self, kind: str, at: datetime, transfer_id: str | None = None,
+                     link_id: str | None = None, recipient: str | None = None,
+                     detail: dict[str, Any] | None = None) -> None: ...
+    def events(self, transfer_id: str | None = None) -> list[EventRow]: ...
+    def stale_pending_transfers(self, older_than: datetime) -> list[str]: ...
+    def failed_or_expired_transfers(self, now: datetime) -> list[str]: ...
+    def mark_purged(self, transfer_id: str, state: str = "purged") -> None: ...
+    def checkpoint(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _to_text(moment: datetime) -> str:
+    """Fixed-width UTC text, so that SQL text comparison orders instants correctly."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"timestamp must be timezone-aware: {moment!r}")
+    utc = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def _from_text(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=timezone.utc)
+
+
+def _optional_time(text: str | None) -> datetime | None:
+    return None if text is None else _from_text(text)
+
+
+def _transfer_row(row: sqlite3.Row) -> TransferRow:
+    fields = dict(row)
+    fields["created_at"] = _from_text(fields["created_at"])
+    fields["expires_at"] = _from_text(fields["expires_at"])
+    return TransferRow(**fields)
+
+
+def _link_row(row: sqlite3.Row) -> LinkRow:
+    fields = dict(row)
+    fields["created_at"] = _from_text(fields["created_at"])
+    fields["activated_at"] = _optional_time(fields["activated_at"])
+    return LinkRow(**fields)
+
+
+def _event_row(row: sqlite3.Row) -> EventRow:
+    fields = dict(row)
+    fields["at"] = _from_text(fields["at"])
+    fields["detail"] = json.loads(fields["detail"])
+    return EventRow(**fields)
+
+
+def _bundled_migrations() -> Traversable:
+    return resources.files("gateway.store").joinpath("migrations", "sqlite")
+
+
+def _read_migrations(directory: Traversable | Path) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every NNNN_name.sql, in version order."""
+    found: dict[int, tuple[int, str, str]] = {}
+    for entry in directory.iterdir():
+        match = _MIGRATION_NAME.fullmatch(entry.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MetadataError(f"two migrations share version {version}: {entry.name}")
+        found[version] = (version, entry.name, entry.read_text(encoding="utf-8"))
+    return [found[version] for version in sorted(found)]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; a ';' in a trigger body, string or comment does not split."""
+    pieces = script.split(";")
+    pending = ""
+    for piece in pieces[:-1]:
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    rest = pending + pieces[-1]
+    if rest.strip():
+        yield rest  # a last statement without ';', or just comments: SQLite judges it
+
+
+class Database:
+    """The SQLite MetadataStore. Safe to share between threads."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        migrations: Traversable | Path | None = None,
+    ):
+        self.path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn = self._connect(path, busy_timeout_ms)
+        try:
+            self._migrate(migrations if migrations is not None else _bundled_migrations())
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- connection and transactions -------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+        try:
+            # Create the file 0600 ourselves; SQLite gives -wal and -shm the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(
+                path, timeout=busy_timeout_ms / 1000, isolation_level=None,
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise MetadataError(f"{path}: cannot open database: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise MetadataError(f"{path}: database refuses WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            # Overwrite deleted rows, so purged wrapped keys do not linger in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise MetadataError(f"{path}: cannot configure database: {exc}") from exc
+        except MetadataError:
+            conn.close()
+            raise
+        return conn
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, tuple(params))
+            except sqlite3.Error as exc:
+                raise MetadataError(f"database error: {exc}") from exc
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise MetadataError(f"database error: {exc}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK if the block raises. Nests via savepoints."""
+        with self._lock:
+            outer = self._depth == 0
+            savepoint = f"nested_{self._depth}"
+            self._execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT {savepoint}")
+            self._depth += 1
+            try:
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                self._execute("COMMIT" if outer else f"RELEASE {savepoint}")
+            except BaseException:
+                self._undo(outer, savepoint)
+                raise
+
+    def _undo(self, outer: bool, savepoint: str) -> None:
+        try:
+            if outer:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            else:
+                self._conn.execute(f"ROLLBACK TO {savepoint}")
+                self._conn.execute(f"RELEASE {savepoint}")
+        except sqlite3.Error:
+            pass  # the original error is the one worth reporting
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (after purges, so old pages go)."""
+        with self._lock:
+            self._execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- migrations ------------------------------------------------------------------
+
+    def _applied_versions(self) -> set[int]:
+        return {row[0] for row in self._query("SELECT version FROM schema_migrations")}
+
+    def _migrate(self, directory: Traversable | Path) -> None:
+        self._execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        migrations = _read_migrations(directory)
+        known = {version for version, _name, _sql in migrations}
+        newer = self._applied_versions() - known
+        if newer:
+            message = f"{self.path}: schema version {max(newer)} is newer than this program"
+            raise MetadataError(message)
+        for version, name, sql in migrations:
+            with self.transaction():
+                # Checked inside the write lock: another process may have just applied it.
+                if version in self._applied_versions():
+                    continue
+                for statement in _statements(sql):
+                    self._execute(statement)
+                self._execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, _to_text(datetime.now(timezone.utc))),
+                )
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one statement in (or as) a transaction; return the rows it changed."""
+        with self.transaction():
+            return self._execute(sql, params).rowcount
+
+    def insert_transfer(
+        self, *, id: str, fingerprint: str, message_id: str, sender: str, department: str,
+        subject: str, created_at: datetime, expires_at: datetime, password_channel: str,
+        locale: str, state: str = "pending", password_hash: str | None = None,
+        password_sealed: bytes | None = None,
+    ) -> None:
+        self._write(
+            "INSERT INTO transfers (id, fingerprint, message_id, sender, department, subject,"
+            " created_at, expires_at, state, password_channel, password_hash, password_sealed,"
+            " locale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id, fingerprint, message_id, sender, department, subject, _to_text(created_at),
+             _to_text(expires_at), state, password_channel, password_hash, password_sealed,
+             locale),
+        )
+
+    def insert_file(
+        self, *, id: str, transfer_id: str, display_name: str, content_type: str, size: int,
+        sha256: str, blob_id: str, wrapped_key: bytes, position: int,
+    ) -> None:
+        self._write(
+            "INSERT INTO files (id, transfer_id, display_name, content_type, size, sha256,"
+            " blob_id, wrapped_key, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id, transfer_id, display_name, content_type, size, sha256, blob_id, wrapped_key,
+             position),
+        )
+
+    def insert_link(
+        self, *, id: str, transfer_id: str, recipient: str, token_hash: str,
+        created_at: datetime, state: str = "pending", max_downloads: int = 0,
+        download_count: int = 0, activated_at: datetime | None = None,
+    ) -> None:
+        self._write(
+            "INSERT INTO links (id, transfer_id, recipient, token_hash, state, max_downloads,"
+            " download_count, created_at, activated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id, transfer_id, recipient, token_hash, state, max_downloads, download_count,
+             _to_text(created_at), None if activated_at is None else _to_text(activated_at)),
+        )
+
+    def activate_link(self, link_id: str, at: datetime) -> None:
+        self._write(
+            "UPDATE links SET state = 'active', activated_at = ? WHERE id = ?",
+            (_to_text(at), link_id),
+        )
+
+    def fail_links(self, link_ids: Iterable[str]) -> None:
+        with self.transaction():
+            for link_id in link_ids:
+                self._execute("UPDATE links SET state = 'failed' WHERE id = ?", (link_id,))
+
+    def claim_download(self, link_id: str) -> bool:
+        """Count one download if the link is active and under its limit; False otherwise."""
+        changed = self._write(
+            "UPDATE links SET download_count = download_count + 1 WHERE id = ?"
+            " AND state = 'active' AND (max_downloads = 0 OR download_count < max_downloads)",
+            (link_id,),
+        )
+        return changed == 1
+
+    def set_transfer_state(self, transfer_id: str, state: str) -> None:
+        self._write("UPDATE transfers SET state = ? WHERE id = ?", (state, transfer_id))
+
+    def record_delivery(
+        self, fingerprint: str, recipient: str, at: datetime,
+        transfer_id: str | None = None, link_id: str | None = None,
+    ) -> None:
+        """Remember that `recipient` got this message; recording it again keeps the first."""
+        self._write(
+            "INSERT INTO deliveries (fingerprint, recipient, transfer_id, link_id, delivered_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint, recipient) DO NOTHING",
+            (fingerprint, recipient, transfer_id, link_id, _to_text(at)),
+        )
+
+    def append_event(
+        self, kind: str, at: datetime, transfer_id: str | None = None,
+        link_id: str | None = None, recipient: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self._write(
+            "INSERT INTO events (at, kind, transfer_id, link_id, recipient, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (_to_text(at), kind, transfer_id, link_id, recipient,
+             json.dumps(detail or {}, ensure_ascii=False, sort_keys=True)),
+        )
+
+    def mark_purged(self, transfer_id: str, state: str = "purged") -> None:
+        """Forget the files (and their wrapped keys) and password of a transfer; keep events.
+
+        `state` may be 'failed' instead, to keep the record of why the transfer ended.
+        """
+        if state not in ("purged", "failed"):
+            raise ValueError(f"a purged transfer ends 'purged' or 'failed', not {state!r}")
+        with self.transaction():
+            self._execute("DELETE FROM files WHERE transfer_id = ?", (transfer_id,))
+            self._execute(
+                "UPDATE transfers SET state = ?, password_hash = NULL,"
+                " password_sealed = NULL WHERE id = ?",
+                (state, transfer_id),
+            )
+
+    # -- reads -----------------------------------------------------------------------
+
+    def delivered_recipients(self, fingerprint: str) -> set[str]:
+        rows = self._query(
+            "SELECT recipient FROM deliveries WHERE fingerprint = ?", (fingerprint,)
+        )
+        return {row[0] for row in rows}
+
+    def transfer(self, transfer_id: str) -> TransferRow | None:
+        rows = self._query("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
+        return _transfer_row(rows[0]) if rows else None
+
+    def transfer_by_fingerprint(self, fingerprint: str) -> TransferRow | None:
+        """The most recent transfer made from this message that did not fail."""
+        rows = self._query(
+            "SELECT * FROM transfers WHERE fingerprint = ? AND state != 'failed'"
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (fingerprint,),
+        )
+        return _transfer_row(rows[0]) if rows else None
+
+    def files_of(self, transfer_id: str) -> list[FileRow]:
+        rows = self._query(
+            "SELECT * FROM files WHERE transfer_id = ? ORDER BY position, id", (transfer_id,)
+        )
+        return [FileRow(**dict(row)) for row in rows]
+
+    def links_of(self, transfer_id: str) -> list[LinkRow]:
+        rows = self._query(
+            "SELECT * FROM links WHERE transfer_id = ? ORDER BY created_at, id", (transfer_id,)
+        )
+        return [_link_row(row) for row in rows]
+
+    def link_by_token_hash(self, token_hash: str) -> LinkRow | None:
+        rows = self._query("SELECT * FROM links WHERE token_hash = ?", (token_hash,))
+        return _link_row(rows[0]) if rows else None
+
+    def events(self, transfer_id: str | None = None) -> list[EventRow]:
+        if transfer_id is None:
+            rows = self._query("SELECT * FROM events ORDER BY id")
+        else:
+            rows = self._query(
+                "SELECT * FROM events WHERE transfer_id = ? ORDER BY id", (transfer_id,)
+            )
+        return [_event_row(row) for row in rows]
+
+    def stale_pending_transfers(self, older_than: datetime) -> list[str]:
+        """Transfers still 'pending' that were created before `older_than` (crashed mid-way)."""
+        rows = self._query(
+            "SELECT id FROM transfers WHERE state = 'pending' AND created_at < ?"
+            " ORDER BY created_at",
+            (_to_text(older_than),),
+        )
+        return [row[0] for row in rows]
+
+    def failed_or_expired_transfers(self, now: datetime) -> list[str]:
+        """Transfers whose files should go: failed ones, and unpurged ones past expiry."""
+        rows = self._query(
+            "SELECT id FROM transfers WHERE state = 'failed'"
+            " OR (state IN ('pending', 'active') AND expires_at <= ?) ORDER BY created_at",
+            (_to_text(now),),
+        )
+        return [row[0] for row in rows]

@@ -1,0 +1,27 @@
+import pytest
+
+from tests.support.running import RunningGateway, make_config
+from tests.support.sink import RecordingSink
+
+
+@pytest.fixture
+def sink():
+    with RecordingSink() as running:
+        yield running
+
+
+@pytest.fixture
+def start_gateway(tmp_path, sink):
+    """Factory: start a gateway relaying to the sink, with optional config changes."""
+    started: list[RunningGateway] = []
+
+    def start(document: dict | None = None, overrides: tuple[str, ...] = (), clock=None,
+              next_hop_url: str | None = None) -> RunningGateway:
+        url = next_hop_url or f"smtp://127.0.0.1:{sink.port}"
+        gateway = RunningGateway(make_config(tmp_path, url, document, overrides), clock)
+        started.append(gateway.start())
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()

@@ -1,0 +1,164 @@
+"""Hostile and broken input: each case has a defined outcome, never a traceback, hang or lost mail."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import struct
+from email import message_from_bytes, policy
+
+import pytest
+
+from tests.e2e.test_relay_corpus import links_in
+from tests.support.running import CORPUS, send
+
+AES_ZIP = (CORPUS / "files" / "01_aes256_7zip_ja.zip").read_bytes()
+SENDER, EXTERNAL = "somu@city.example.lg.jp", "tanaka@partner.example.com"
+
+
+def b64(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+
+
+def mixed(body_part: bytes, attachment_headers: bytes, payload: bytes, subject: bytes = b"test",
+          closing: bool = True) -> bytes:
+    parts = [
+        b"From: <somu@city.example.lg.jp>\r\nTo: <tanaka@partner.example.com>\r\n",
+        b"Subject: " + subject + b"\r\nMessage-ID: <bad-input@city.example.lg.jp>\r\n",
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"BOUND\"\r\n\r\n",
+        b"--BOUND\r\n", body_part, b"\r\n--BOUND\r\n", attachment_headers, b"\r\n", payload, b"\r\n",
+    ]
+    if closing:
+        parts.append(b"--BOUND--\r\n")
+    return b"".join(parts)
+
+
+TEXT = b"Content-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n"
+ZIP_HEADERS = (b"Content-Type: application/zip; name=\"a.zip\"\r\n"
+               b"Content-Transfer-Encoding: base64\r\n"
+               b"Content-Disposition: attachment; filename=\"a.zip\"\r\n")
+
+
+def assert_converted(sink, data_sent: bytes) -> bytes:
+    (message,) = sink.wait_for(1)
+    assert message.data != data_sent
+    assert len(links_in(message.data)) == 1
+    assert b"PK\x03\x04" not in b"".join(
+        (p.get_payload(decode=True) or b"") for p in message_from_bytes(message.data).walk()
+        if not p.is_multipart()
+    )
+    return message.data
+
+
+def test_unclosed_multipart_with_encrypted_zip_is_converted(sink, start_gateway):
+    running = start_gateway()
+    data = mixed(TEXT, ZIP_HEADERS, b64(AES_ZIP), closing=False)
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    assert_converted(sink, data)
+
+
+def test_unknown_charset_body_gets_the_notice_as_utf8(sink, start_gateway):
+    running = start_gateway()
+    body = b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\nHello\r\n"
+    data = mixed(body, ZIP_HEADERS, b64(AES_ZIP))
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    out = assert_converted(sink, data)
+    text_parts = [p for p in message_from_bytes(out, policy=policy.default).walk()
+                  if p.get_content_type() == "text/plain"]
+    assert text_parts and all(p.get_content_charset() == "utf-8" for p in text_parts)
+
+
+def test_broken_base64_zip_is_kept_from_travelling(sink, start_gateway):
+    running = start_gateway()
+    broken = b64(AES_ZIP)[:-200] + b"!!!not*base64***\r\n"
+    data = mixed(TEXT, ZIP_HEADERS, broken)
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    assert_converted(sink, data)
+
+
+def test_truncated_encrypted_zip_is_converted(sink, start_gateway):
+    running = start_gateway()
+    data = mixed(TEXT, ZIP_HEADERS, b64(AES_ZIP[: len(AES_ZIP) // 2]))
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    assert_converted(sink, data)
+
+
+def test_zip_claiming_huge_sizes_is_converted_without_inflating(sink, start_gateway):
+    running = start_gateway()
+    name = b"huge.bin"
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 1, 8, 0, 0, 0, 0xFFFFFFF0, 0xFFFFFFF0,
+                        len(name), 0) + name + b"\x00" * 32
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 1, 8, 0, 0, 0, 0xFFFFFFF0,
+                          0xFFFFFFF0, len(name), 0, 0, 0, 0, 0, 0) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local), 0)
+    data = mixed(TEXT, ZIP_HEADERS, b64(local + central + end))
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    assert_converted(sink, data)
+
+
+def test_hostile_filename_never_reaches_a_header_or_the_notice_raw(sink, start_gateway):
+    running = start_gateway()
+    headers = (b"Content-Type: application/octet-stream\r\n"
+               b"Content-Transfer-Encoding: base64\r\n"
+               b"Content-Disposition: attachment; filename*=utf-8''..%2F..%2Fetc%2Fpasswd%0D%0ABcc%3A%20evil%40x.example%E2%80%AE.zip\r\n")
+    data = mixed(TEXT, headers, b64(AES_ZIP))
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    out = assert_converted(sink, data)
+    assert b"\r\nBcc:" not in out and b"etc/passwd" not in out
+    assert "\u202e" not in out.decode("utf-8", "replace")
+
+
+def test_nul_bytes_and_undecodable_headers_pass_unchanged(sink, start_gateway):
+    running = start_gateway()
+    data = (b"From: <somu@city.example.lg.jp>\r\nTo: <tanaka@partner.example.com>\r\n"
+            b"Subject: =?x-unknown?B?????=?= \xff\xfe raw\r\n\r\nbody with a NUL \x00 byte\r\n")
+    assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
+    assert sink.wait_for(1)[0].data == data
+
+
+def test_long_lines_pass_and_overlong_lines_are_refused_with_a_reason(sink, start_gateway):
+    running = start_gateway()
+    long_line = b"From: <somu@city.example.lg.jp>\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    assert send(running.port, SENDER, [EXTERNAL], long_line)[0] == 250
+    assert sink.wait_for(1)[0].data == long_line
+    overlong = b"From: <somu@city.example.lg.jp>\r\n\r\n" + b"y" * 70000 + b"\r\n"
+    code, text = send(running.port, SENDER, [EXTERNAL], overlong)
+    assert code == 500 and "5.5.2" in text and "Line too long" in text
+    assert len(sink.messages) == 1
+
+
+def raw_session(port: int, payload: bytes) -> list[bytes]:
+    """Speak SMTP by hand, so line endings are exactly what we send."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        reader = conn.makefile("rb")
+        replies = [reader.readline()]
+        for command in (b"EHLO raw.test", b"MAIL FROM:<somu@city.example.lg.jp>",
+                        b"RCPT TO:<tanaka@partner.example.com>", b"DATA"):
+            conn.sendall(command + b"\r\n")
+            line = reader.readline()
+            while line[3:4] == b"-":
+                line = reader.readline()
+            replies.append(line)
+        conn.sendall(payload + b"\r\n.\r\n")
+        replies.append(reader.readline())
+        conn.sendall(b"QUIT\r\n")
+        return replies
+
+
+def test_bare_lf_message_with_encrypted_zip_is_converted_to_crlf(sink, start_gateway):
+    running = start_gateway()
+    data = mixed(TEXT, ZIP_HEADERS, b64(AES_ZIP)).replace(b"\r\n", b"\n")
+    replies = raw_session(running.port, data)
+    assert replies[-1].startswith(b"250"), replies
+    (message,) = sink.wait_for(1)
+    assert len(links_in(message.data)) == 1
+    assert b"\n" not in message.data.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize("body", [b"", b"\r\n", b"Subject: only headers\r\n"])
+def test_degenerate_messages_are_relayed(body, sink, start_gateway):
+    running = start_gateway()
+    replies = raw_session(running.port, body)
+    assert replies[-1].startswith(b"250"), replies
+    assert len(sink.wait_for(1)) == 1

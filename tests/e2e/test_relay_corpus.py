@@ -1,0 +1,148 @@
+"""Real corpus mail through a real gateway to a real sink, over sockets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import replace
+from email import message_from_bytes, policy
+
+import dkim
+import pytest
+
+from gateway.dkimkeys import generate_dkim_key
+from gateway.store.passwords import hash_token
+from tests.support.running import CORPUS, PUBLIC_URL, corpus_mail, send_corpus
+
+LINK = re.compile(r"https?://[^\s\"<>]+/d/([A-Za-z0-9_-]{22,})")
+
+
+def texts_of(data: bytes) -> list[str]:
+    message = message_from_bytes(data, policy=policy.default)
+    found = []
+    for part in message.walk():
+        if part.get_content_maintype() == "text":
+            found.append(part.get_content())
+    return found
+
+
+def links_in(data: bytes) -> set[str]:
+    return {token for text in texts_of(data) for token in LINK.findall(text)}
+
+
+def assert_no_zip_bytes(data: bytes, zip_bytes: bytes) -> None:
+    message = message_from_bytes(data, policy=policy.default)
+    for part in message.walk():
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True) or b""
+            assert b"PK\x03\x04" not in payload
+    assert base64.b64encode(zip_bytes[:60])[:40] not in data.replace(b"\r\n", b"")
+
+
+def stored_bytes(running, file_row) -> bytes:
+    return b"".join(running.gateway.blobs.open(file_row.blob_id, file_row.wrapped_key))
+
+
+@pytest.mark.parametrize("name", ["01_outlook_jis_aes256", "02_thunderbird_rfc2231_longname",
+                                  "09a_ppap1_outlook_zip", "27_eicar_in_encrypted_zip"])
+def test_encrypted_zip_leaves_as_one_personal_link_per_recipient(name, sink, start_gateway):
+    running = start_gateway()
+    mail = corpus_mail(name)
+    code, text = send_corpus(running.port, mail)
+    assert code == 250, text
+    received = sink.wait_for(len(mail.rcpt_tos))
+    assert sorted(r for m in received for r in m.rcpt_tos) == sorted(mail.rcpt_tos)
+    attachment = mail.side["attachments"][0]
+    zip_bytes = (CORPUS / attachment["corpus_file"]).read_bytes()
+    tokens = []
+    for message in received:
+        assert len(message.rcpt_tos) == 1
+        assert_no_zip_bytes(message.data, zip_bytes)
+        found = links_in(message.data)
+        assert len(found) == 1, "each copy carries exactly its own link"
+        tokens.extend(found)
+        assert attachment["filename"] in "".join(texts_of(message.data))
+    assert len(set(tokens)) == len(mail.rcpt_tos)
+
+    db = running.db
+    links = [db.link_by_token_hash(hash_token(t)) for t in tokens]
+    assert all(link is not None and link.state == "active" for link in links)
+    assert {link.recipient for link in links} == set(mail.rcpt_tos)
+    (file_row,) = db.files_of(links[0].transfer_id)
+    assert file_row.display_name == attachment["filename"]
+    assert file_row.sha256 == attachment["sha256"]
+    assert hashlib.sha256(stored_bytes(running, file_row)).hexdigest() == attachment["sha256"]
+
+
+@pytest.mark.parametrize("name", ["13_no_attachment", "20_unencrypted_zip", "29_plain_pdf"])
+def test_mail_without_encrypted_zip_passes_byte_identical(name, sink, start_gateway):
+    running = start_gateway()
+    mail = corpus_mail(name)
+    code, text = send_corpus(running.port, mail)
+    assert code == 250, text
+    (received,) = sink.wait_for(1)
+    assert received.data == mail.raw
+    assert received.rcpt_tos == mail.rcpt_tos
+
+
+def test_mixed_recipients_internal_copy_identical_externals_each_own_link(sink, start_gateway):
+    running = start_gateway()
+    mail = corpus_mail("12_mixed_recipients")
+    code, text = send_corpus(running.port, mail)
+    assert code == 250, text
+    internal = [r for r in mail.rcpt_tos if r.endswith("@city.example.lg.jp")]
+    external = [r for r in mail.rcpt_tos if r not in internal]
+    received = sink.wait_for(1 + len(external))
+    originals = [m for m in received if m.data == mail.raw]
+    assert len(originals) == 1 and sorted(originals[0].rcpt_tos) == sorted(internal)
+    rewritten = [m for m in received if m.data != mail.raw]
+    assert sorted(m.rcpt_tos[0] for m in rewritten) == sorted(external)
+    tokens = [links_in(m.data) for m in rewritten]
+    assert all(len(t) == 1 for t in tokens) and len(set().union(*tokens)) == len(external)
+    for message in rewritten:
+        assert not re.search(rb"(?im)^bcc:", message.data)
+
+
+def test_external_bcc_recipient_gets_own_link_and_stays_hidden(sink, start_gateway):
+    running = start_gateway()
+    mail = corpus_mail("01_outlook_jis_aes256")
+    hidden = "auditor@other.example.net"
+    code, text = send_corpus(running.port, replace(mail, side={
+        **mail.side, "envelope": {**mail.side["envelope"], "rcpt_to": mail.rcpt_tos + [hidden]}}))
+    assert code == 250, text
+    received = sink.wait_for(3)
+    assert sorted(m.rcpt_tos[0] for m in received) == sorted(mail.rcpt_tos + [hidden])
+    for message in received:
+        assert len(links_in(message.data)) == 1
+        assert hidden.encode() not in message.data
+
+
+def test_converted_mail_is_dkim_signed_and_verifies_against_printed_record(
+    tmp_path, sink, start_gateway
+):
+    key = generate_dkim_key("city.example.lg.jp", "ppap2026", tmp_path / "dkim")
+    running = start_gateway({"dkim": {"keys": [{
+        "domain": "city.example.lg.jp", "selector": "ppap2026", "key_file": str(key.key_path),
+    }]}})
+    mail = corpus_mail("01_outlook_jis_aes256")
+    assert send_corpus(running.port, mail)[0] == 250
+    record = key.txt_value.encode()
+
+    def dns(name, timeout=5):
+        assert name == b"ppap2026._domainkey.city.example.lg.jp."
+        return record
+
+    for message in sink.wait_for(2):
+        assert message.data.startswith(b"DKIM-Signature:")
+        assert dkim.verify(message.data, dnsfunc=dns)
+
+
+def test_plain_mail_is_not_signed_even_with_a_key(tmp_path, sink, start_gateway):
+    key = generate_dkim_key("city.example.lg.jp", "s1", tmp_path / "dkim")
+    running = start_gateway({"dkim": {"keys": [{
+        "domain": "city.example.lg.jp", "selector": "s1", "key_file": str(key.key_path),
+    }]}})
+    mail = corpus_mail("13_no_attachment")
+    assert send_corpus(running.port, mail)[0] == 250
+    assert sink.wait_for(1)[0].data == mail.raw

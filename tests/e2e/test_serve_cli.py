@@ -1,0 +1,66 @@
+"""What a newcomer does: start `ppap-gateway serve` on the embedded defaults, send the sample,
+find the rewritten mail in the outbox. Runs the real command as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.e2e.test_relay_corpus import links_in
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gateway did not start listening")
+
+
+def test_serve_with_example_config_writes_rewritten_sample_to_outbox(tmp_path):
+    port = free_port()
+    outbox, data = tmp_path / "outbox", tmp_path / "data"
+    command = [
+        sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "config" / "gateway.toml"),
+        "-o", f"smtp.listen=127.0.0.1:{port}", "-o", f"next_hop.url=outbox:{outbox}",
+        "-o", f"storage.data_dir={data}", "-o", f"storage.database={data}/gw.sqlite3",
+        "-o", f"storage.master_key_file={data}/master.key",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PPAP_GATEWAY_MASTER_KEY"}
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_listening(port, process)
+        sent = subprocess.run(
+            [sys.executable, "-m", "gateway", "send-sample", "--server", f"127.0.0.1:{port}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert sent.returncode == 0 and sent.stdout.startswith("250"), sent.stdout + sent.stderr
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    (eml,) = outbox.glob("*.eml")
+    (sidecar,) = outbox.glob("*.json")
+    assert json.loads(sidecar.read_text())["rcpt_tos"] == ["tanaka@partner.example.com"]
+    assert len(links_in(eml.read_bytes())) == 1
+    assert oct((data / "master.key").stat().st_mode & 0o777) == "0o600"
+    message_lines = [line for line in stderr.splitlines() if "queue_id=" in line]
+    assert len(message_lines) == 1
+    assert "decision=convert" in message_lines[0] and "reply=250" in message_lines[0]

@@ -1,0 +1,338 @@
+"""classify: every corpus mail as its sidecar says, disguised and nested ZIPs, hostile structure."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+
+from gateway.model import Classification, ZipVerdict
+from gateway.pipeline.classify import classify
+from gateway.pipeline.parse import MAX_DEPTH, parse_message, part_at
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+CORPUS_MAILS = sorted(path.stem for path in (CORPUS / "mail").glob("*.eml"))
+ENCRYPTED_ZIP = (CORPUS / "files" / "02_zipcrypto_infozip_ascii.zip").read_bytes()
+
+
+def classify_bytes(raw: bytes) -> Classification:
+    return classify(parse_message(raw))
+
+
+def mime(*lines: str | bytes) -> bytes:
+    """CRLF-joined lines: headers, an empty line, then the body."""
+    return b"\r\n".join(line.encode() if isinstance(line, str) else line for line in lines) + b"\r\n"
+
+
+def base64_lines(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+
+
+def file_part(filename: str, data: bytes, content_type: str = "application/zip") -> bytes:
+    return mime(
+        f"Content-Type: {content_type}",
+        f'Content-Disposition: attachment; filename="{filename}"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        base64_lines(data),
+    )
+
+
+def mixed(*parts: bytes, boundary: str = "b1") -> bytes:
+    head = mime(
+        "From: somu@city.example.lg.jp",
+        "To: tanaka@partner.example.com",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/mixed; boundary="{boundary}"',
+        "",
+    )
+    body = b"".join(mime(f"--{boundary}") + part for part in parts)
+    return head + body + mime(f"--{boundary}--")
+
+
+TEXT_PART = mime("Content-Type: text/plain; charset=utf-8", "", "本文です。")
+
+
+@pytest.mark.parametrize("stem", CORPUS_MAILS)
+def test_corpus_mail_classifies_as_its_sidecar_says(stem: str) -> None:
+    sidecar = json.loads((CORPUS / "mail" / f"{stem}.json").read_text(encoding="utf-8"))
+    expected = sidecar["attachments"]
+    result = classify_bytes((CORPUS / "mail" / f"{stem}.eml").read_bytes())
+    assert [a.filename for a in result.attachments] == [e["filename"] for e in expected]
+    assert [a.content_type for a in result.attachments] == [e["content_type"] for e in expected]
+    digests = [hashlib.sha256(a.data).hexdigest() for a in result.attachments]
+    assert digests == [e["sha256"] for e in expected]
+    encrypted = [a.filename for a in result.attachments if a.zip.verdict is ZipVerdict.ENCRYPTED_ZIP]
+    assert encrypted == sidecar["password_protected_zips"]
+    assert not result.signed_or_encrypted
+    assert not any(a.inside_rfc822 for a in result.attachments)
+
+
+def test_attachment_paths_locate_the_parts_in_the_tree() -> None:
+    root = parse_message((CORPUS / "mail" / "01_outlook_jis_aes256.eml").read_bytes())
+    (attachment,) = classify(root).attachments
+    assert part_at(root, attachment.path).get_content_type() == "application/x-zip-compressed"
+
+
+def test_encrypted_zip_disguised_as_pdf_is_found() -> None:
+    raw = mixed(TEXT_PART, file_part("report.pdf", ENCRYPTED_ZIP, "application/pdf"))
+    (attachment,) = classify_bytes(raw).attachments
+    assert (attachment.filename, attachment.content_type) == ("report.pdf", "application/pdf")
+    assert attachment.zip.verdict is ZipVerdict.ENCRYPTED_ZIP
+
+
+def test_encrypted_zip_inside_an_attached_message_is_found() -> None:
+    inner = mixed(TEXT_PART, file_part("inner.zip", ENCRYPTED_ZIP), boundary="inner")
+    wrapper = mime("Content-Type: message/rfc822", 'Content-Disposition: attachment; filename="fwd.eml"', "")
+    root = parse_message(mixed(TEXT_PART, wrapper + inner))
+    (attachment,) = classify(root).attachments
+    assert attachment.zip.verdict is ZipVerdict.ENCRYPTED_ZIP
+    assert attachment.inside_rfc822
+    assert attachment.path == (1, 0, 1)
+    assert part_at(root, attachment.path).get_content_type() == "application/zip"
+
+
+def test_body_text_is_not_an_attachment_but_named_or_attached_text_is() -> None:
+    raw = mixed(
+        TEXT_PART,
+        mime("Content-Type: text/html; charset=utf-8", "", "<p>本文</p>"),
+        mime("Content-Type: text/plain", "Content-Disposition: attachment", "", "attached text"),
+        mime('Content-Type: text/csv; name="list.csv"', "", "a,b"),
+        mime('Content-Type: text/plain; name="notes.txt"', "", "named text"),
+        mime("Content-Type: image/png", "Content-Disposition: inline", "", "inline image"),
+    )
+    result = classify_bytes(raw)
+    assert [a.path for a in result.attachments] == [(2,), (3,), (4,), (5,)]
+    assert [a.filename for a in result.attachments] == ["", "list.csv", "notes.txt", ""]
+    assert all(a.zip.verdict is ZipVerdict.NOT_ZIP for a in result.attachments)
+
+
+def test_broken_base64_does_not_raise_and_is_noted() -> None:
+    broken = mime(
+        "Content-Type: application/zip",
+        "Content-Transfer-Encoding: base64",
+        "",
+        "UEsDBA=!!*=x",
+    )
+    result = classify_bytes(mixed(broken))
+    (attachment,) = result.attachments
+    assert attachment.data.startswith(b"PK\x03\x04")
+    assert attachment.zip.verdict is ZipVerdict.CORRUPT_ZIP
+    assert "part 0: InvalidBase64CharactersDefect" in result.notes
+
+
+def test_base64_cut_to_a_bad_length_is_decoded_as_far_as_it_goes() -> None:
+    # the stdlib returns the base64 text itself when its length is 1 mod 4
+    whole = base64.b64encode(ENCRYPTED_ZIP)[:-200]
+    broken = mime("Content-Type: application/zip", "Content-Transfer-Encoding: base64", "", whole + b"!!!not*base64***")
+    result = classify_bytes(mixed(broken))
+    (attachment,) = result.attachments
+    kept = len(whole) // 4 * 3
+    assert attachment.data[:kept] == ENCRYPTED_ZIP[:kept]
+    assert attachment.zip.verdict is ZipVerdict.ENCRYPTED_ZIP
+    assert "part 0: InvalidBase64LengthDefect" in result.notes
+
+
+def test_unknown_charset_in_a_filename_does_not_raise() -> None:
+    part = mime(
+        "Content-Type: application/octet-stream",
+        "Content-Disposition: attachment; filename=\"=?x-unknown?B?6KaL?=.zip\"; filename*=x-bogus''%E8%A6%8B",
+        "",
+        "data",
+    )
+    (attachment,) = classify_bytes(mixed(part)).attachments
+    assert attachment.filename == "見"
+
+
+def test_empty_attachment_has_empty_data() -> None:
+    raw = mixed(mime("Content-Type: application/zip", 'Content-Disposition: attachment; filename="e.zip"', ""))
+    (attachment,) = classify_bytes(raw).attachments
+    assert attachment.data == b""
+    assert attachment.zip.verdict is ZipVerdict.NOT_ZIP
+
+
+@pytest.fixture(scope="module")
+def signer() -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, "somu@city.example.lg.jp")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def with_headers(body: bytes) -> bytes:
+    return mime("From: somu@city.example.lg.jp", "To: tanaka@partner.example.com", "Subject: test") + body
+
+
+def test_smime_detached_signature_sets_signed_or_encrypted(signer) -> None:
+    cert, key = signer
+    content = mixed(TEXT_PART, file_part("a.zip", ENCRYPTED_ZIP))
+    signed = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(content)
+        .add_signer(cert, key, hashes.SHA256())
+        .sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature])
+    )
+    result = classify_bytes(with_headers(signed))
+    assert result.signed_or_encrypted
+    assert any(a.zip.verdict is ZipVerdict.ENCRYPTED_ZIP for a in result.attachments)  # still reported
+
+
+def test_smime_opaque_signed_data_sets_signed_or_encrypted(signer) -> None:
+    cert, key = signer
+    der = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(TEXT_PART)
+        .add_signer(cert, key, hashes.SHA256())
+        .sign(serialization.Encoding.DER, [])
+    )
+    opaque = mime(
+        "MIME-Version: 1.0",
+        'Content-Type: application/x-pkcs7-mime; smime-type=signed-data; name="smime.p7m"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        base64_lines(der),
+    )
+    assert classify_bytes(with_headers(opaque)).signed_or_encrypted
+
+
+def test_smime_enveloped_data_sets_signed_or_encrypted(signer) -> None:
+    cert, _ = signer
+    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(TEXT_PART).add_recipient(cert)
+    enveloped = builder.encrypt(serialization.Encoding.SMIME, [])
+    result = classify_bytes(with_headers(enveloped))
+    assert result.signed_or_encrypted
+    assert [a.content_type for a in result.attachments] == ["application/pkcs7-mime"]
+
+
+def test_pgp_mime_encrypted_sets_signed_or_encrypted() -> None:
+    raw = with_headers(
+        mime(
+            "MIME-Version: 1.0",
+            'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="pgp"',
+            "",
+            "--pgp",
+            "Content-Type: application/pgp-encrypted",
+            "",
+            "Version: 1",
+            "--pgp",
+            'Content-Type: application/octet-stream; name="encrypted.asc"',
+            "",
+            "-----BEGIN PGP MESSAGE-----",
+            "",
+            "hF4DAAAAAAAAAAASAQdAexample",
+            "-----END PGP MESSAGE-----",
+            "--pgp--",
+        )
+    )
+    assert classify_bytes(raw).signed_or_encrypted
+
+
+def test_pgp_mime_signed_sets_signed_or_encrypted() -> None:
+    raw = with_headers(
+        mime(
+            "MIME-Version: 1.0",
+            "Content-Type: multipart/signed; micalg=pgp-sha256;",
+            ' protocol="application/pgp-signature"; boundary="sig"',
+            "",
+            "--sig",
+            "Content-Type: text/plain; charset=utf-8",
+            "",
+            "本文",
+            "--sig",
+            'Content-Type: application/pgp-signature; name="signature.asc"',
+            "",
+            "-----BEGIN PGP SIGNATURE-----",
+            "",
+            "iHUEARYIAB0WIQexample",
+            "-----END PGP SIGNATURE-----",
+            "--sig--",
+        )
+    )
+    result = classify_bytes(raw)
+    assert result.signed_or_encrypted
+    assert [a.filename for a in result.attachments] == ["signature.asc"]
+
+
+def test_nesting_past_the_depth_limit_is_noted() -> None:
+    levels = range(MAX_DEPTH + 10)
+    opening = b"".join(
+        mime(f'Content-Type: multipart/mixed; boundary="n{level}"', "", f"--n{level}") for level in levels
+    )
+    closing = b"".join(mime(f"--n{level}--") for level in reversed(levels))
+    deepest = mime("Content-Type: application/zip", "", "x")
+    result = classify_bytes(mime("From: a@city.example.lg.jp") + opening + deepest + closing)
+    assert any("depth limit" in note for note in result.notes)
+
+
+def test_multipart_without_boundary_is_noted_not_treated_as_a_file() -> None:
+    raw = mime("From: a@city.example.lg.jp", "Content-Type: multipart/mixed", "", "no parts here")
+    result = classify_bytes(raw)
+    assert result.attachments == ()
+    assert any("without parseable parts" in note for note in result.notes)
+
+
+def test_base64_encoded_attached_message_is_noted() -> None:
+    encoded_message = mime(
+        "Content-Type: message/rfc822",
+        "Content-Transfer-Encoding: base64",
+        "",
+        base64_lines(b"Subject: hi\r\n\r\nbody\r\n"),
+    )
+    assert any("message/rfc822 in base64" in note for note in classify_bytes(mixed(encoded_message)).notes)
+
+
+def test_many_defects_give_a_bounded_list_of_notes() -> None:
+    broken = [
+        mime("Content-Type: application/zip", "Content-Transfer-Encoding: base64", "", f"QQ!x{index}")
+        for index in range(200)
+    ]
+    notes = classify_bytes(mixed(*broken)).notes
+    assert len(notes) == 21
+    assert notes[-1].startswith("and ") and notes[-1].endswith(" more notes")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\r\n",
+        b"garbage without headers",
+        b"\x00\xff" * 1000,
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n",
+        b"Content-Type: message/rfc822\r\n\r\n",
+        b"Content-Type: application/zip\r\nContent-Transfer-Encoding: base64\r\n\r\n====",
+        b'Content-Type: application/zip; name="\xff\xfe"\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n'
+        b"begin 644 a\r\n!!!\r\n",
+    ],
+)
+def test_odd_messages_classify_without_raising(raw: bytes) -> None:
+    assert isinstance(classify_bytes(raw), Classification)
+
+
+def test_wide_message_with_many_parts_classifies_in_linear_time() -> None:
+    root = parse_message(mixed(*[mime("Content-Type: application/octet-stream", "", "x")] * 20_000))
+    started = time.perf_counter()
+    result = classify(root)
+    assert time.perf_counter() - started < 60  # hang guard (quadratic took minutes), not a speed target
+    assert len(result.attachments) == 20_000
