@@ -101,7 +101,7 @@ class Gateway:
         )
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         log.info(
-            "listening smtp=%s:%s next_hop=%s data=%s",
+            "ready: smtp=%s:%s next_hop=%s data=%s logs=stderr (one line per message)",
             config.smtp.listen_host, self.smtp_port, self._next_hop.describe(),
             storage.data_dir.resolve(),
         )

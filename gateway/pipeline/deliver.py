@@ -342,7 +342,7 @@ class OutboxNextHop:
         self._clock = clock
 
     def describe(self) -> str:
-        return f"outbox:{self.path}"
+        return f"outbox:{self.path.resolve()}"
 
     async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
         return await asyncio.to_thread(self._write, message)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from email import message_from_bytes, policy
 
@@ -118,24 +120,43 @@ def test_external_bcc_recipient_gets_own_link_and_stays_hidden(sink, start_gatew
         assert hidden.encode() not in message.data
 
 
-def test_converted_mail_is_dkim_signed_and_verifies_against_printed_record(
+def keygen_cli(tmp_path, selector: str, algorithm: str) -> tuple[str, bytes]:
+    """Run `ppap-gateway dkim-keygen` as an admin would; return the key path and the TXT value
+    exactly as the printed zone line gives it (its quoted strings joined)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "dkim-keygen", "--domain", "city.example.lg.jp",
+         "--selector", selector, "--out", str(tmp_path / "dkim"), "--algorithm", algorithm],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    (key_path,) = (tmp_path / "dkim").glob(f"{selector}.*")
+    return str(key_path), "".join(re.findall(r'"([^"]*)"', result.stdout)).encode()
+
+
+def test_converted_mail_is_dkim_signed_and_verifies_against_printed_records(
     tmp_path, sink, start_gateway
 ):
-    key = generate_dkim_key("city.example.lg.jp", "ppap2026", tmp_path / "dkim")
-    running = start_gateway({"dkim": {"keys": [{
-        "domain": "city.example.lg.jp", "selector": "ppap2026", "key_file": str(key.key_path),
-    }]}})
+    rsa_key, rsa_record = keygen_cli(tmp_path, "rsa2026", "rsa-sha256")
+    ed_key, ed_record = keygen_cli(tmp_path, "ed2026", "ed25519-sha256")
+    records = {b"rsa2026._domainkey.city.example.lg.jp.": rsa_record,
+               b"ed2026._domainkey.city.example.lg.jp.": ed_record}
+    running = start_gateway({"dkim": {"keys": [
+        {"domain": "city.example.lg.jp", "selector": "rsa2026", "key_file": rsa_key},
+        {"domain": "city.example.lg.jp", "selector": "ed2026", "key_file": ed_key,
+         "algorithm": "ed25519-sha256"},
+    ]}})
     mail = corpus_mail("01_outlook_jis_aes256")
     assert send_corpus(running.port, mail)[0] == 250
-    record = key.txt_value.encode()
 
     def dns(name, timeout=5):
-        assert name == b"ppap2026._domainkey.city.example.lg.jp."
-        return record
+        return records[name]
 
     for message in sink.wait_for(2):
         assert message.data.startswith(b"DKIM-Signature:")
-        assert dkim.verify(message.data, dnsfunc=dns)
+        verifier = dkim.DKIM(message.data)
+        assert [verifier.verify(idx=i, dnsfunc=dns) for i in range(2)] == [True, True]
+        tampered = message.data.replace(b"/d/", b"/e/", 1)
+        with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
+            dkim.DKIM(tampered).verify(idx=0, dnsfunc=dns)
 
 
 def test_plain_mail_is_not_signed_even_with_a_key(tmp_path, sink, start_gateway):
