@@ -8,16 +8,11 @@ sending client keeps the message and retries. Nothing here raises for network or
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import json
-import os
 import re
-import secrets
 import ssl
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -46,7 +41,7 @@ class NextHop(Protocol):
         ...
 
 
-def _failure(code: int, text: str, rejected: dict[str, tuple[int, str]] | None = None) -> DeliveryResult:
+def failure(code: int, text: str, rejected: dict[str, tuple[int, str]] | None = None) -> DeliveryResult:
     return DeliveryResult(accepted=False, code=code, message=text, rejected_recipients=rejected or {})
 
 
@@ -61,14 +56,14 @@ class _Abandon(Exception):
 def _result_for_error(error: BaseException) -> DeliveryResult:
     """Map a network-level exception to a temporary failure, most specific class first."""
     if isinstance(error, (aiosmtplib.SMTPTimeoutError, TimeoutError)):
-        return _failure(451, "4.4.2 next hop timed out")
+        return failure(451, "4.4.2 next hop timed out")
     if isinstance(error, aiosmtplib.SMTPConnectResponseError):
-        return _failure(451, "4.4.2 next hop refused the session")
+        return failure(451, "4.4.2 next hop refused the session")
     if isinstance(error, aiosmtplib.SMTPConnectError):
-        return _failure(451, "4.4.1 next hop unreachable")
+        return failure(451, "4.4.1 next hop unreachable")
     if isinstance(error, aiosmtplib.SMTPResponseException):
-        return _failure(451, "4.4.2 unexpected reply from next hop")
-    return _failure(451, "4.4.2 connection to next hop lost")
+        return failure(451, "4.4.2 unexpected reply from next hop")
+    return failure(451, "4.4.2 connection to next hop lost")
 
 
 def _reply_text(text: str) -> str:
@@ -80,10 +75,10 @@ def _reply_text(text: str) -> str:
 def _refusal(reply: SMTPResponse, rejected: dict[str, tuple[int, str]] | None = None) -> DeliveryResult:
     """The result for a refusing reply; _Abandon when the session cannot go on after it."""
     if reply.code == 421:  # the next hop is closing the session: a temporary failure on our side
-        raise _Abandon(_failure(451, "4.4.2 next hop is closing the connection", rejected))
+        raise _Abandon(failure(451, "4.4.2 next hop is closing the connection", rejected))
     if not 400 <= reply.code < 600:
-        raise _Abandon(_failure(451, "4.4.2 unexpected reply from next hop", rejected))
-    return _failure(reply.code, _reply_text(reply.message), rejected)
+        raise _Abandon(failure(451, "4.4.2 unexpected reply from next hop", rejected))
+    return failure(reply.code, _reply_text(reply.message), rejected)
 
 
 _QUOTED_LOCAL_PART = re.compile(r'^"(?:[^"\\\x00-\x1f\x7f]|\\[\x20-\x7e])*"')
@@ -143,9 +138,9 @@ class SmtpNextHop:
 
     async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
         if not message.rcpt_tos:
-            return _failure(554, "5.5.1 no recipients")
+            return failure(554, "5.5.1 no recipients")
         if _smtp_path(message.mail_from) is None:
-            return _failure(553, "5.1.7 sender address cannot be relayed")
+            return failure(553, "5.1.7 sender address cannot be relayed")
         try:
             client = await self._acquire()
         except _Abandon as abandon:
@@ -233,7 +228,7 @@ class SmtpNextHop:
         if not client.supports_extension("starttls"):
             if self.starttls == "required":
                 client.close()
-                raise _Abandon(_failure(451, "4.7.0 next hop offers no STARTTLS"))
+                raise _Abandon(failure(451, "4.7.0 next hop offers no STARTTLS"))
             return client
         try:
             await client.starttls(tls_context=self.tls_context)
@@ -242,7 +237,7 @@ class SmtpNextHop:
         except _NETWORK_ERRORS:
             client.close()
         if self.starttls == "required":
-            raise _Abandon(_failure(451, "4.7.0 TLS handshake with next hop failed"))
+            raise _Abandon(failure(451, "4.7.0 TLS handshake with next hop failed"))
         # Opportunistic: a failed handshake leaves the session unusable; plaintext beats no delivery.
         return await self._connect()
 
@@ -273,7 +268,7 @@ class SmtpNextHop:
         options: list[bytes] = []
         if utf8:
             if not client.supports_extension("smtputf8"):
-                return _failure(553, "5.6.7 next hop lacks SMTPUTF8")
+                return failure(553, "5.6.7 next hop lacks SMTPUTF8")
             options.append(b"SMTPUTF8")
         if message.body_8bit and client.supports_extension("8bitmime"):
             options.append(b"BODY=8BITMIME")
@@ -308,7 +303,7 @@ class SmtpNextHop:
         # Prefer a temporary code: the client then retries, and the 5xx recipients bounce later.
         replies = list(rejected.values())
         code, text = next((reply for reply in replies if reply[0] < 500), replies[0])
-        return _failure(code, text, rejected)
+        return failure(code, text, rejected)
 
     async def _send_data(
         self, client: aiosmtplib.SMTP, data: bytes, rejected: dict[str, tuple[int, str]]
@@ -320,96 +315,6 @@ class SmtpNextHop:
         return DeliveryResult(
             accepted=True, code=reply.code, message=_reply_text(reply.message), rejected_recipients=rejected
         )
-
-
-class OutboxNextHop:
-    """Write each message as NAME.eml plus a NAME.json envelope, for another process to pick up.
-
-    The .json is written first and the .eml's rename is the commit point, so a reader that only
-    looks at *.eml never sees a message without its envelope. Temporary files start with ".".
-    The directory is created (0700) on first use; files are 0600, as they hold whole mails.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        fsync: Callable[[int], None] = os.fsync,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-    ) -> None:
-        self.path = path
-        self._fsync = fsync
-        self._clock = clock
-
-    def describe(self) -> str:
-        return f"outbox:{self.path.resolve()}"
-
-    async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
-        return await asyncio.to_thread(self._write, message)
-
-    async def check(self) -> bool:
-        return await asyncio.to_thread(self._writable)
-
-    async def close(self) -> None:
-        return None
-
-    def _writable(self) -> bool:
-        probe = self.path / f".probe-{secrets.token_hex(8)}"
-        try:
-            self._ensure_directory()
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError:
-            return False
-        return True
-
-    def _write(self, message: OutgoingMessage) -> DeliveryResult:
-        queued_at = self._clock().astimezone(timezone.utc)
-        name = f"{queued_at:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(8)}"
-        envelope = {
-            "mail_from": message.mail_from,
-            "rcpt_tos": list(message.rcpt_tos),
-            "queued_at": queued_at.isoformat(),
-        }
-        eml, sidecar = self.path / f"{name}.eml", self.path / f"{name}.json"
-        try:
-            self._ensure_directory()
-            self._write_atomically(sidecar, json.dumps(envelope).encode("ascii"))
-            self._write_atomically(eml, message.data)
-        except OSError:
-            # Not durable, so not accepted: remove what got through, the client will retry.
-            for leftover in (eml, sidecar):
-                with contextlib.suppress(OSError):
-                    leftover.unlink(missing_ok=True)
-            return _failure(451, "4.3.0 outbox write failed")
-        return DeliveryResult(accepted=True, code=250, message=f"2.0.0 queued in outbox as {name}")
-
-    def _write_atomically(self, final: Path, content: bytes) -> None:
-        temporary = final.with_name(f".{final.name}.tmp")
-        stream = os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-        try:
-            with stream:
-                stream.write(content)
-                stream.flush()
-                self._fsync(stream.fileno())
-            os.replace(temporary, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
-            raise
-        self._fsync_directory(self.path)
-
-    def _ensure_directory(self) -> None:
-        if not self.path.is_dir():
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fsync_directory(self.path.parent)  # make the new directory entry durable too
-
-    def _fsync_directory(self, directory: Path) -> None:
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self._fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -475,6 +380,8 @@ def make_next_hop(
 ) -> NextHop:
     parsed = parse_next_hop_url(url)
     if parsed[0] == "outbox":
+        from gateway.pipeline.outbox import OutboxNextHop  # outbox.py imports this module
+
         return OutboxNextHop(Path(parsed[1]))
     _, host, port = parsed
     return SmtpNextHop(

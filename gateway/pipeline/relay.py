@@ -26,6 +26,7 @@ from gateway.model import (
     Envelope,
     OutgoingMessage,
     StoredTransfer,
+    ZipVerdict,
 )
 from gateway.pipeline.classify import classify
 from gateway.pipeline.deliver import NextHop
@@ -131,6 +132,10 @@ class Relay:
         outcome.internal = sum(1 for r in decision.recipients if r.internal)
         outcome.external = len(decision.recipients) - outcome.internal
         outcome.notes.extend(classification.notes)
+        outcome.notes.extend(
+            f"corrupt-zip held back: {a.zip.reason}"
+            for a in decision.to_convert if a.zip.verdict is ZipVerdict.CORRUPT_ZIP
+        )
 
         transfer = None
         if decision.converting:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator
 
+from gateway.durable import fsync_directory, make_directories
 from gateway.store.crypto import (
     DEFAULT_CHUNK_SIZE,
     BlobEncryptor,
@@ -105,26 +106,6 @@ class BlobStore:
         _check_blob_id(blob_id)
         return self.root / blob_id[:2] / blob_id[2:4] / blob_id
 
-    def _fsync_dir(self, directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self._fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _make_dirs(self, directory: Path) -> None:
-        """Create `directory` and missing parents (0700), fsyncing each parent that gained one."""
-        missing: list[Path] = []
-        while not directory.is_dir():
-            missing.append(directory)
-            directory = directory.parent
-        for new_dir in reversed(missing):
-            try:
-                new_dir.mkdir(mode=0o700)
-            except FileExistsError:
-                continue  # a concurrent writer made it
-            self._fsync_dir(new_dir.parent)
-
     def write(self, chunks: Iterable[bytes]) -> BlobInfo:
         """Encrypt and store the concatenation of `chunks`; durable when this returns."""
         blob_id = secrets.token_hex(16)
@@ -134,7 +115,7 @@ class BlobStore:
         size = 0
         temp: Path | None = None
         try:
-            self._make_dirs(final.parent)
+            make_directories(final.parent, self._fsync)
             fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=final.parent)
             temp = Path(temp_name)
             with os.fdopen(fd, "wb") as raw_file:
@@ -150,7 +131,7 @@ class BlobStore:
                 self._fsync(raw_file.fileno())
             os.rename(temp, final)
             temp = final  # from here a failure must remove the renamed file
-            self._fsync_dir(final.parent)
+            fsync_directory(final.parent, self._fsync)
         except BaseException as exc:
             if temp is not None:
                 temp.unlink(missing_ok=True)
@@ -178,7 +159,7 @@ class BlobStore:
         try:
             size = path.stat().st_size
             path.unlink()
-            self._fsync_dir(path.parent)
+            fsync_directory(path.parent, self._fsync)
         except FileNotFoundError:
             return 0
         except OSError as exc:

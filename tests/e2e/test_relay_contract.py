@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import sqlite3
 
-from tests.e2e.test_relay_corpus import links_in
 from tests.support.running import corpus_mail, send, send_corpus
 
 PPAP = "01_outlook_jis_aes256"

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.dkimkeys import generate_dkim_key
 from gateway.store.passwords import hash_token
-from tests.support.running import CORPUS, PUBLIC_URL, corpus_mail, send_corpus
+from tests.support.running import CORPUS, corpus_mail, send_corpus
 
 LINK = re.compile(r"https?://[^\s\"<>]+/d/([A-Za-z0-9_-]{22,})")
 

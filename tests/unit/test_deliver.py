@@ -18,12 +18,8 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.model import DeliveryResult, OutgoingMessage
-from gateway.pipeline.deliver import (
-    OutboxNextHop,
-    SmtpNextHop,
-    make_next_hop,
-    parse_next_hop_url,
-)
+from gateway.pipeline.deliver import SmtpNextHop, make_next_hop, parse_next_hop_url
+from gateway.pipeline.outbox import OutboxNextHop
 from tests.support.sink import RecordingSink
 from tests.support.tls import write_self_signed
 
