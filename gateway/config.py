@@ -104,6 +104,26 @@ class StorageSettings:
 @dataclass(frozen=True)
 class PortalSettings:
     public_url: str = "http://localhost:8080"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    # Reverse proxies whose X-Forwarded-For we believe (the client IP in audit events).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    password_max_attempts: int = 5
+    password_lockout: timedelta = timedelta(minutes=15)
+    session_lifetime: timedelta = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The operations listener (/healthz, /metrics): loopback only unless told otherwise."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9100
+
+
+@dataclass(frozen=True)
+class HousekeepingSettings:
+    purge_interval: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,8 @@ class Config:
     next_hop: NextHopSettings
     storage: StorageSettings
     portal: PortalSettings
+    admin: AdminSettings
+    housekeeping: HousekeepingSettings
     dkim_keys: tuple[DkimKeySettings, ...]
     policy: Policy
     departments: tuple[Department, ...]
@@ -285,7 +307,16 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "master_key_env": _str,
         "chunk_size": _size(4096),
     },
-    "portal": {"public_url": _public_url},
+    "portal": {
+        "public_url": _public_url,
+        "listen": _listen,
+        "trusted_proxies": _networks,
+        "password_max_attempts": _int(1, 1000),
+        "password_lockout": _duration,
+        "session_lifetime": _duration,
+    },
+    "admin": {"listen": _listen},
+    "housekeeping": {"purge_interval": _duration},
     "policy": POLICY_KEYS,
 }
 
@@ -366,6 +397,13 @@ def _build_dkim(raw: Any) -> tuple[DkimKeySettings, ...]:
     return tuple(keys)
 
 
+def _split_listen(values: dict) -> dict:
+    """`listen = "HOST:PORT"` in the file becomes listen_host and listen_port."""
+    if "listen" in values:
+        values["listen_host"], values["listen_port"] = values.pop("listen")
+    return values
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """`section.key=value` → (section, key, value). The value is read as TOML when it parses
     as a TOML value (numbers, booleans, arrays, quoted strings), else taken as a bare string."""
@@ -401,10 +439,7 @@ def build_config(
     values = {s: _check_table(s, document.get(s, {}), keys) for s, keys in SECTION_KEYS.items()}
 
     gateway = GatewaySettings(**values["gateway"])
-    smtp_values = values["smtp"]
-    if "listen" in smtp_values:
-        smtp_values["listen_host"], smtp_values["listen_port"] = smtp_values.pop("listen")
-    smtp = SmtpSettings(**smtp_values)
+    smtp = SmtpSettings(**_split_listen(values["smtp"]))
     if (smtp.tls_cert is None) != (smtp.tls_key is None):
         raise ConfigError("smtp.tls_key", "tls_cert and tls_key must be set together")
     if smtp.auth_users_file and not smtp.tls_cert:
@@ -424,7 +459,9 @@ def build_config(
         smtp=smtp,
         next_hop=NextHopSettings(**values["next_hop"]),
         storage=storage,
-        portal=PortalSettings(**values["portal"]),
+        portal=PortalSettings(**_split_listen(values["portal"])),
+        admin=AdminSettings(**_split_listen(values["admin"])),
+        housekeeping=HousekeepingSettings(**values["housekeeping"]),
         dkim_keys=_build_dkim(document.get("dkim", {})),
         policy=policy,
         departments=_build_departments(document.get("departments", []), policy),
