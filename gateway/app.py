@@ -1,20 +1,27 @@
 """Assemble the running gateway from a Config: the edges (disk, network, clock) are made here.
 
-`Gateway.start()` opens the store, the next hop and the SMTP listener in the running event
-loop; `stop()` closes them. Tests run the same object on ephemeral ports.
+`Gateway.start()` opens the store, the next hop, and the listeners (SMTP, download portal,
+admin) in the running event loop, and starts housekeeping; `stop()` closes them in reverse.
+Tests run the same object on ephemeral ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
+from aiohttp import web
+
 from gateway.config import Config, ConfigError
 from gateway.dkimkeys import load_private_key
 from gateway.log import MessageLogger
+from gateway.ops.admin import build_admin_app, next_hop_check, store_writable_check
+from gateway.ops.housekeeping import purge, run_periodically
+from gateway.ops.metrics import GatewayMetrics
 from gateway.pipeline.deliver import NextHop, make_next_hop
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.relay import Relay
@@ -49,6 +56,28 @@ def unsigned_domains(config: Config) -> list[str]:
     return sorted(d for d in config.gateway.internal_domains if d.lstrip("*.") not in signed)
 
 
+def load_master_key(config: Config) -> bytes:
+    storage = config.storage
+    try:
+        return load_or_create_master_key(storage.master_key_file, storage.master_key_from_env)
+    except MasterKeyError as error:
+        raise ConfigError("storage.master_key_file", str(error)) from None
+
+
+def open_store(config: Config, master_key: bytes) -> tuple[Database, BlobStore]:
+    storage = config.storage
+    storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(storage.database)
+    return db, BlobStore(storage.data_dir / "blobs", master_key, storage.chunk_size)
+
+
+async def start_web(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner, runner.addresses[0][1]
+
+
 class Gateway:
     def __init__(
         self,
@@ -58,59 +87,88 @@ class Gateway:
     ):
         self.config = config
         self.clock = clock
+        self.metrics = GatewayMetrics()
         self._next_hop = next_hop
         self.db: Database | None = None
         self.blobs: BlobStore | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._runners: list[web.AppRunner] = []
+        self._purger: asyncio.Task | None = None
         self.smtp_port: int | None = None
+        self.admin_port: int | None = None
 
     async def start(self) -> None:
         config = self.config
-        storage = config.storage
-        storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            master_key = load_or_create_master_key(
-                storage.master_key_file, storage.master_key_from_env
-            )
-        except MasterKeyError as error:
-            raise ConfigError("storage.master_key_file", str(error)) from None
-        self.db = await asyncio.to_thread(Database, storage.database)
-        self.blobs = BlobStore(storage.data_dir / "blobs", master_key, storage.chunk_size)
+        master_key = load_master_key(config)
+        self.db, self.blobs = await asyncio.to_thread(open_store, config, master_key)
         if self._next_hop is None:
             hop = config.next_hop
             self._next_hop = make_next_hop(
                 hop.url, starttls=hop.starttls, timeout=hop.timeout.total_seconds(),
                 helo_name=config.gateway.hostname, pool_size=hop.pool_size,
             )
+        await self._start_smtp(master_key)
+        await self._start_admin()
+        self._purger = asyncio.create_task(run_periodically(
+            config.housekeeping.purge_interval, self.purge_now,
+            logging.getLogger("gateway.housekeeping"),
+        ))
+        log.info(
+            "ready: smtp=%s:%s admin=%s:%s next_hop=%s data=%s logs=stderr (one line per message)",
+            config.smtp.listen_host, self.smtp_port, config.admin.listen_host, self.admin_port,
+            self._next_hop.describe(), config.storage.data_dir.resolve(),
+        )
+
+    async def _start_smtp(self, master_key: bytes) -> None:
+        config = self.config
         signer = load_signer(config)
         for domain in unsigned_domains(config):
             log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
+        writer = TransferWriter(self.db, self.blobs, master_key, config.storage.chunk_size)
         relay = Relay(
-            config, self.db, TransferWriter(self.db, self.blobs, master_key, storage.chunk_size),
-            self._next_hop, signer, make_template_env(config.gateway.templates_dir), self.clock,
+            config, self.db, writer, self._next_hop, signer,
+            make_template_env(config.gateway.templates_dir), self.clock,
         )
         authenticator = None
         if config.smtp.auth_users_file:
             authenticator = PasswordFileAuthenticator(load_users(config.smtp.auth_users_file))
         handler = GatewayHandler(
             relay, RelayAccess(config.smtp.allowed_clients), config.smtp.max_recipients,
-            MessageLogger(config.gateway.log_format),
+            MessageLogger(config.gateway.log_format), self.metrics,
         )
         self._server = await start_smtp_server(
             handler, config.smtp, config.gateway.hostname, authenticator
         )
         self.smtp_port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "ready: smtp=%s:%s next_hop=%s data=%s logs=stderr (one line per message)",
-            config.smtp.listen_host, self.smtp_port, self._next_hop.describe(),
-            storage.data_dir.resolve(),
+
+    async def _start_admin(self) -> None:
+        config = self.config
+        checks = [
+            store_writable_check(config.storage.data_dir, self.db),
+            next_hop_check(self._next_hop, timeout=config.next_hop.timeout.total_seconds() + 1),
+        ]
+        app = build_admin_app(metrics=self.metrics, health_checks=checks)
+        runner, self.admin_port = await start_web(
+            app, config.admin.listen_host, config.admin.listen_port
         )
+        self._runners.append(runner)
+
+    async def purge_now(self):
+        return await asyncio.to_thread(purge, self.db, self.blobs, self.clock())
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger  # a purge already running finishes first
+            self._purger = None
         if self._next_hop is not None:
             await self._next_hop.close()
         if self.db is not None:
@@ -126,5 +184,10 @@ class Gateway:
 
 
 def with_ephemeral_port(config: Config) -> Config:
-    """The same configuration listening on a free loopback port (tests, samples)."""
-    return replace(config, smtp=replace(config.smtp, listen_host="127.0.0.1", listen_port=0))
+    """The same configuration listening on free loopback ports (tests, samples)."""
+    return replace(
+        config,
+        smtp=replace(config.smtp, listen_host="127.0.0.1", listen_port=0),
+        portal=replace(config.portal, listen_host="127.0.0.1", listen_port=0),
+        admin=replace(config.admin, listen_host="127.0.0.1", listen_port=0),
+    )

@@ -1,4 +1,4 @@
-"""Command line: serve, check-config, explain, dkim-keygen, hash-password, send-sample.
+"""Command line: serve, check-config, explain, dkim-keygen, purge, hash-password, send-sample.
 
 Configuration problems exit with status 2 and one line naming the key and the problem.
 """
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", default="var/dkim", help="directory for the private key")
     keygen.add_argument("--algorithm", default="rsa-sha256", choices=("rsa-sha256", "ed25519-sha256"))
     keygen.add_argument("--bits", type=int, default=2048)
+
+    purge = commands.add_parser("purge", help="delete expired transfers' files now (events stay)")
+    _add_config_options(purge, overrides=True)
 
     commands.add_parser("hash-password", help="hash an SMTP AUTH password for the users file")
 
@@ -132,6 +135,19 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
+def cmd_purge(args) -> int:
+    from gateway.app import load_master_key, open_store, utc_now
+    from gateway.ops.housekeeping import format_report, purge
+
+    config = _config(args)
+    db, blobs = open_store(config, load_master_key(config))
+    try:
+        print(format_report(purge(db, blobs, utc_now())))
+    finally:
+        db.close()
+    return 0
+
+
 def cmd_send_sample(args) -> int:
     from gateway.sample import send_sample
 
@@ -165,6 +181,7 @@ COMMANDS = {
     "explain": cmd_explain,
     "dkim-keygen": cmd_dkim_keygen,
     "hash-password": cmd_hash_password,
+    "purge": cmd_purge,
     "send-sample": cmd_send_sample,
 }
 
@@ -177,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppap-gateway: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except (ValueError, OSError) as error:
-        if args.command in ("check-config", "serve", "explain"):
+        if args.command in ("check-config", "serve", "explain", "purge"):
             print(f"ppap-gateway: cannot start: {' '.join(str(error).split())}", file=sys.stderr)
             return EXIT_CONFIG
         raise

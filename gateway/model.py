@@ -128,6 +128,7 @@ class StoredTransfer:
     links: tuple[IssuedLink, ...]
     expires_at: datetime  # aware, UTC
     password_channel: str  # "none" | "recipient-email" | "sender-email" | ...
+    reused: bool = False  # a retry of a message whose files were stored by an earlier attempt
 
     def link_for(self, recipient: str) -> IssuedLink:
         for link in self.links:

@@ -55,6 +55,8 @@ class Outcome:
     internal: int = 0
     external: int = 0
     converted_files: int = 0
+    bytes_stored: int = 0  # plaintext bytes newly stored (not counting a retry's reused files)
+    links_created: int = 0  # links whose mail the next hop accepted
     notes: list[str] = field(default_factory=list)
 
 
@@ -145,13 +147,15 @@ class Relay:
             transfer = await self._writer.store(envelope, decision, facts, self._clock())
             outcome.transfer_id = transfer.transfer_id
             outcome.converted_files = len(transfer.files)
+            if not transfer.reused:
+                outcome.bytes_stored = sum(f.size for f in transfer.files)
         try:
             messages = await self._build_messages(envelope, raw, decision, transfer)
         except BaseException:
             if transfer is not None:  # nothing left the gateway: the links must not stay
                 await self._writer.discard(transfer)
             raise
-        outcome.reply = await self._deliver_all(fingerprint, messages, transfer)
+        outcome.reply = await self._deliver_all(fingerprint, messages, transfer, outcome)
 
     async def _build_messages(
         self, envelope: Envelope, raw: bytes, decision: Decision, transfer: StoredTransfer | None
@@ -183,7 +187,8 @@ class Relay:
         return self._signer.sign(rewrite_message(raw, paths, text, html))
 
     async def _deliver_all(
-        self, fingerprint: str, messages: list[OutgoingMessage], transfer: StoredTransfer | None
+        self, fingerprint: str, messages: list[OutgoingMessage], transfer: StoredTransfer | None,
+        outcome: Outcome,
     ) -> Reply:
         temporary: Reply | None = None
         permanent: Reply | None = None
@@ -191,6 +196,8 @@ class Relay:
         for message in messages:
             result = await self._next_hop.deliver(message)
             await asyncio.to_thread(self._record, fingerprint, message, result, transfer)
+            if result.accepted and message.link_id:
+                outcome.links_created += 1
             if not result.accepted:
                 reply = _reply_from_result(result)
                 if result.temporary:

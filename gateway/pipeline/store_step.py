@@ -56,7 +56,11 @@ class TransferWriter:
         self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime
     ) -> StoredTransfer:
         existing = self._db.transfer_by_fingerprint(facts.fingerprint)
-        reuse = existing is not None and existing.state in ("pending", "active")
+        # A retry reuses the files stored by the first attempt, unless their links have expired.
+        reuse = (
+            existing is not None and existing.state in ("pending", "active")
+            and existing.expires_at > now
+        )
         new_files: list[tuple[Attachment, StoredFile, bytes]] = []
         if reuse:
             transfer_id, expires_at = existing.id, existing.expires_at
@@ -96,7 +100,9 @@ class TransferWriter:
             for _, stored, _ in new_files:
                 self._blobs.delete(stored.blob_id)
             raise
-        return StoredTransfer(transfer_id, files, links, expires_at, decision.policy.password)
+        return StoredTransfer(
+            transfer_id, files, links, expires_at, decision.policy.password, reused=reuse
+        )
 
     def _write_blob(self, attachment: Attachment) -> tuple[Attachment, StoredFile, bytes]:
         info = self._blobs.write(_chunks(attachment.data, self._chunk_size))

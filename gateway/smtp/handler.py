@@ -12,6 +12,7 @@ import time
 
 from gateway.log import MessageLogger
 from gateway.model import Envelope
+from gateway.ops.metrics import GatewayMetrics
 from gateway.pipeline.relay import Relay
 from gateway.replies import INTERNAL_ERROR, RELAY_DENIED, TOO_MANY_RECIPIENTS
 from gateway.smtp.access import RelayAccess
@@ -24,11 +25,15 @@ def _safe(address: str) -> str:
 
 
 class GatewayHandler:
-    def __init__(self, relay: Relay, access: RelayAccess, max_recipients: int, messages: MessageLogger):
+    def __init__(
+        self, relay: Relay, access: RelayAccess, max_recipients: int, messages: MessageLogger,
+        metrics: GatewayMetrics | None = None,
+    ):
         self._relay = relay
         self._access = access
         self._max_recipients = max_recipients
         self._messages = messages
+        self._metrics = metrics
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         envelope.mail_from = address
@@ -59,7 +64,13 @@ class GatewayHandler:
         )
         outcome = await self._relay.handle(incoming, envelope.original_content or b"")
         reply = outcome.reply.render(txid)
-        self._messages.message(txid, incoming, outcome, reply, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._messages.message(txid, incoming, outcome, reply, seconds)
+        if self._metrics is not None:
+            self._metrics.message_relayed(
+                outcome.decision, outcome.reply.code, seconds,
+                outcome.bytes_stored, outcome.links_created,
+            )
         return reply
 
     async def handle_exception(self, error: Exception) -> str:

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 _BLOB_ID = re.compile(r"[0-9a-f]{32}")
-_TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"
 
 
 class StorageError(Exception):
@@ -116,7 +116,7 @@ class BlobStore:
         temp: Path | None = None
         try:
             make_directories(final.parent, self._fsync)
-            fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=final.parent)
+            fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
             temp = Path(temp_name)
             with os.fdopen(fd, "wb") as raw_file:
                 out = self._wrap_temp_file(raw_file) if self._wrap_temp_file else raw_file

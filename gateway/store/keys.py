@@ -109,3 +109,14 @@ def load_or_create_master_key(path: Path, env_value: str | None) -> bytes:
         except OSError as exc:
             raise MasterKeyError(f"{path}: cannot create master key file: {exc.strerror}") from exc
     return _read_key_file(path)
+
+
+def derive_key(master_key: bytes, purpose: str) -> bytes:
+    """A separate 32-byte key for one purpose (e.g. signing portal sessions), so that the
+    master key itself only ever wraps data keys."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=f"ppap-gateway {purpose}".encode()
+    ).derive(master_key)

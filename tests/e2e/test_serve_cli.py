@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.e2e.test_relay_corpus import links_in
@@ -35,13 +36,14 @@ def wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) ->
 
 
 def test_serve_with_example_config_writes_rewritten_sample_to_outbox(tmp_path):
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     outbox, data = tmp_path / "outbox", tmp_path / "data"
     command = [
         sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "config" / "gateway.toml"),
         "-o", f"smtp.listen=127.0.0.1:{port}", "-o", f"next_hop.url=outbox:{outbox}",
         "-o", f"storage.data_dir={data}", "-o", f"storage.database={data}/gw.sqlite3",
         "-o", f"storage.master_key_file={data}/master.key",
+        "-o", f"admin.listen=127.0.0.1:{admin_port}", "-o", f"portal.listen=127.0.0.1:{free_port()}",
     ]
     env = {k: v for k, v in os.environ.items() if k != "PPAP_GATEWAY_MASTER_KEY"}
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
@@ -52,6 +54,10 @@ def test_serve_with_example_config_writes_rewritten_sample_to_outbox(tmp_path):
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
         assert sent.returncode == 0 and sent.stdout.startswith("250"), sent.stdout + sent.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=10) as health:
+            assert health.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as metrics:
+            assert b'ppap_messages_total{decision="convert"} 1.0' in metrics.read()
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
@@ -64,3 +70,15 @@ def test_serve_with_example_config_writes_rewritten_sample_to_outbox(tmp_path):
     message_lines = [line for line in stderr.splitlines() if "queue_id=" in line]
     assert len(message_lines) == 1
     assert "decision=convert" in message_lines[0] and "reply=250" in message_lines[0]
+
+
+def test_purge_command_reports_what_it_freed(tmp_path):
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "purge", "--config", str(ROOT / "config" / "gateway.toml"),
+         "-o", f"storage.data_dir={data}", "-o", f"storage.database={data}/gw.sqlite3",
+         "-o", f"storage.master_key_file={data}/master.key"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("purged 0 transfers")

@@ -74,6 +74,10 @@ class RunningGateway:
         self._thread.join(timeout=10)
         self.loop.close()
 
+    def call(self, coroutine):
+        """Run a coroutine in the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
     def __enter__(self) -> "RunningGateway":
         return self.start()
 

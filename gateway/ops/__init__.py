@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, the /healthz + /metrics admin listener, housekeeping purges."""

@@ -1,0 +1,194 @@
+"""Purge what the gateway must no longer keep: files of expired, failed and abandoned transfers.
+
+A purge deletes each such transfer's blobs and then its files rows (with the wrapped data keys)
+and password, keeping the transfer row and its events as the audit trail. It then removes blob
+files no row refers to and temp files left by a crash, but only when they are older than a
+grace period, so a blob being written right now is never touched. Finally the WAL is
+checkpointed so purged keys do not linger in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Awaitable, Callable, Iterator
+
+from gateway.store.blobs import TEMP_PREFIX
+from gateway.store.blobs import BlobStore, StorageError
+from gateway.store.db import Database
+
+_log = logging.getLogger("gateway.housekeeping")
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    transfers_purged: int = 0
+    blobs_deleted: int = 0  # blobs of purged transfers
+    bytes_freed: int = 0  # transfer blobs, orphans and temp files together
+    orphans_deleted: int = 0  # unreferenced blob files and leftover temp files
+    errors: int = 0  # files that could not be deleted; tried again on the next run
+
+
+@dataclass
+class _Tally:
+    transfers: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    orphans: int = 0
+    errors: int = 0
+
+    def report(self) -> PurgeReport:
+        return PurgeReport(self.transfers, self.blobs, self.bytes, self.orphans, self.errors)
+
+
+def purge(
+    db: Database,
+    blobs: BlobStore,
+    now: datetime,
+    *,
+    stale_pending_after: timedelta = timedelta(hours=1),
+    orphan_grace: timedelta = timedelta(hours=1),
+) -> PurgeReport:
+    """Run one purge (blocking: call it in a thread from async code)."""
+    tally = _Tally()
+    expired = db.failed_or_expired_transfers(now)
+    stale = db.stale_pending_transfers(now - stale_pending_after)
+    due = dict.fromkeys([*expired, *stale])  # a transfer can be both; purge it once
+    for transfer_id in due:
+        _purge_transfer(db, blobs, transfer_id, now, tally)
+    cutoff = (now - orphan_grace).timestamp()
+    _delete_orphans(db, blobs, cutoff, tally)
+    _delete_temp_files(blobs.root, cutoff, tally)
+    db.checkpoint()
+    return tally.report()
+
+
+def _purge_transfer(
+    db: Database, blobs: BlobStore, transfer_id: str, now: datetime, tally: _Tally
+) -> None:
+    transfer = db.transfer(transfer_id)
+    files = db.files_of(transfer_id)
+    if transfer is None or (transfer.state == "failed" and not files):
+        return  # a failed transfer stays listed once purged; there is nothing left to do
+    freed = 0
+    for stored in files:
+        try:
+            freed += blobs.delete(stored.blob_id)
+            tally.blobs += 1
+        except StorageError as error:
+            # The key goes anyway (the blob is unreadable without it); the blob is now an
+            # orphan, and the orphan sweep tries again.
+            _log.warning("purge: %s", error)
+            tally.errors += 1
+    end_state = "failed" if transfer.state == "failed" else "purged"
+    with db.transaction():
+        db.mark_purged(transfer_id, state=end_state)
+        db.append_event(
+            "transfer.purged", now, transfer_id=transfer_id,
+            detail={"files": len(files), "bytes": freed, "state": end_state},
+        )
+    tally.transfers += 1
+    tally.bytes += freed
+
+
+def _is_old(path: Path, cutoff: float) -> bool:
+    try:
+        return path.lstat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _delete_orphans(db: Database, blobs: BlobStore, cutoff: float, tally: _Tally) -> None:
+    # Disk first, then the rows: a blob committed in between is young, so the grace spares it.
+    on_disk = list(blobs.iter_blob_ids())
+    referenced = db.referenced_blob_ids()
+    for blob_id in on_disk:
+        if blob_id in referenced or not _is_old(blobs.path_of(blob_id), cutoff):
+            continue
+        try:
+            tally.bytes += blobs.delete(blob_id)
+            tally.orphans += 1
+        except StorageError as error:
+            _log.warning("purge: %s", error)
+            tally.errors += 1
+
+
+def _temp_files(root: Path) -> Iterator[Path]:
+    for directory, _subdirs, names in os.walk(root):
+        for name in names:
+            if name.startswith(TEMP_PREFIX):
+                yield Path(directory) / name
+
+
+def _delete_temp_files(root: Path, cutoff: float, tally: _Tally) -> None:
+    for path in _temp_files(root):
+        if not _is_old(path, cutoff):
+            continue
+        try:
+            size = path.lstat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            _log.warning("purge: cannot delete temp file %s: %s", path, error)
+            tally.errors += 1
+            continue
+        tally.bytes += size
+        tally.orphans += 1
+
+
+def _size_text(size: int) -> str:
+    for unit, factor in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} B"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_report(report: PurgeReport) -> str:
+    """One line, e.g. "purged 3 transfers, 5 blobs, 12.3 MB freed, 0 orphans"."""
+    text = (
+        f"purged {_plural(report.transfers_purged, 'transfer')}, "
+        f"{_plural(report.blobs_deleted, 'blob')}, {_size_text(report.bytes_freed)} freed, "
+        f"{_plural(report.orphans_deleted, 'orphan')}"
+    )
+    if report.errors:
+        text += f", {_plural(report.errors, 'error')} (retried next run)"
+    return text
+
+
+async def run_periodically(
+    interval: timedelta,
+    job: Callable[[], Awaitable[PurgeReport]],
+    log: logging.Logger,
+) -> None:
+    """Run `job` every `interval` (first run after one interval) until cancelled.
+
+    One log line per run; a failing run is logged and the next one comes as planned. When
+    cancelled during a run, the run is allowed to finish first: the caller closes the store
+    right after, and a purge must not lose it halfway.
+    """
+    seconds = interval.total_seconds()
+    if seconds <= 0:
+        raise ValueError(f"purge interval must be positive, got {interval}")
+    while True:
+        await asyncio.sleep(seconds)
+        started = time.monotonic()
+        running = asyncio.ensure_future(job())
+        try:
+            report = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.gather(running, return_exceptions=True)
+            raise
+        except Exception:
+            log.exception("purge failed; next try in %s", interval)
+            continue
+        log.info("purge: %s (%.2f s)", format_report(report), time.monotonic() - started)
