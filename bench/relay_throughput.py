@@ -25,23 +25,25 @@ import pstats
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator
 
 import aiosmtplib
 
+from gateway.sample import build_encrypted_zip
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from gateway.sample import build_encrypted_zip  # noqa: E402  (after the path set-up)
 
 SENDER = "somu@city.example.lg.jp"
 RECIPIENT = "tanaka@partner.example.com"
@@ -96,7 +98,7 @@ class MessageSource:
         self._run = secrets.token_hex(4)
 
     def message(self, index: int) -> bytes:
-        unique = f"BENCH-{self._run}-{index:020d}".encode()
+        unique = f"BENCH-{self._run}-{index:016d}".encode()
         return self._templates[index % len(self._templates)].replace(PLACEHOLDER, unique, 1)
 
     @property
@@ -154,7 +156,8 @@ def spawn(name: str, command: list[str], workdir: Path) -> Child:
 
 def wait_for_line(child: Child, path: Path, pattern: str, deadline: float) -> re.Match:
     regex = re.compile(pattern)
-    while time.monotonic() < min(deadline, time.monotonic() + 60):
+    give_up = min(deadline, time.monotonic() + 60)
+    while time.monotonic() < give_up:
         for line in path.read_text(errors="replace").splitlines():
             if match := regex.search(line):
                 return match
@@ -179,7 +182,7 @@ def process_usage(pid: int) -> ProcessUsage:
     stat = Path(f"/proc/{pid}/stat").read_text()
     utime, stime = (int(v) for v in stat.rpartition(")")[2].split()[11:13])
     status = Path(f"/proc/{pid}/status").read_text()
-    hwm_kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))
+    hwm_kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1))
     return ProcessUsage((utime + stime) / os.sysconf("SC_CLK_TCK"), hwm_kb * 1024)
 
 
@@ -380,9 +383,10 @@ def run_gateway(workdir: Path, source: MessageSource, args, concurrency: int, de
     gateway: Child | None = None
     try:
         sink_start = process_usage(sink.process.pid)
-        command = gateway_command(data_dir, sink_port, args.gateway_option, args.profile)
+        profile = profile_path(args, concurrency)
+        command = gateway_command(data_dir, sink_port, args.gateway_option, profile)
         gateway = spawn(f"gateway-c{concurrency}", command, workdir)
-        port = int(wait_for_line(gateway, gateway.stderr, r"listening smtp=\S+:(\d+)", deadline).group(1))
+        port = int(wait_for_line(gateway, gateway.stderr, r"\bsmtp=\S*:(\d+)(?:\s|$)", deadline).group(1))
         gateway_start = process_usage(gateway.process.pid)
         client = drive_clients(port, source, args, concurrency, deadline)
         gateway_usage = usage_since(gateway.process.pid, gateway_start)
@@ -397,13 +401,20 @@ def run_gateway(workdir: Path, source: MessageSource, args, concurrency: int, de
         if gateway is not None:
             gateway.stop()
         sink.stop()
-        if args.profile is None:  # the next level starts afresh; ~N x 1.5 MB need not stay
-            subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)  # ~N x 1.5 MB; the next level starts afresh
+
+
+def profile_path(args: argparse.Namespace, concurrency: int) -> Path | None:
+    """--profile's file, one per level when there are several (NAME.c20.pstats)."""
+    if args.profile is None or len(args.levels) == 1:
+        return args.profile
+    return args.profile.with_suffix(f".c{concurrency}{args.profile.suffix}")
 
 
 def problems_of(phase: Phase, messages: int) -> list[str]:
     label = f"{phase.path} c={phase.concurrency}"
-    found = [f"{label}: refused or failed: {failure}" for failure in phase.client.failures[:5]]
+    failures = Counter(phase.client.failures).most_common(5)
+    found = [f"{label}: {count} x refused or failed: {failure}" for failure, count in failures]
     if len(phase.client.latencies) != messages:
         found.append(f"{label}: {len(phase.client.latencies)} of {messages} messages got 250")
     if phase.sink.messages != messages:
@@ -438,7 +449,7 @@ def rate(phase: Phase) -> float:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f}"
+    return "–" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
 
 
 def per_message_ms(cpu_seconds: float, phase: Phase) -> str:
@@ -448,8 +459,10 @@ def per_message_ms(cpu_seconds: float, phase: Phase) -> str:
 def results_table(phases: list[Phase]) -> list[str]:
     reference = {p.concurrency: p for p in phases if p.path == "reference"}
     rows = [
-        "| path | sessions | msgs ok | msg/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| gateway peak RSS MiB | CPU ms/msg gateway · sink · client |",
+        (
+            "| path | sessions | msgs ok | msg/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+            "| gateway peak RSS MiB | CPU ms/msg gateway · sink · client |"
+        ),
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for phase in phases:
@@ -494,7 +507,7 @@ def gateway_lines(phases: list[Phase]) -> list[str]:
             continue
         lines.append(
             f"- gateway, {phase.concurrency} session(s): own handling time (log `ms`) "
-            f"p50 {percentile(gw.handling_ms, 50):.0f} ms, p99 {percentile(gw.handling_ms, 99):.0f} ms; "
+            f"p50 {ms(percentile(gw.handling_ms, 50) / 1000)} ms, p99 {ms(percentile(gw.handling_ms, 99) / 1000)} ms; "
             f"data dir: {gw.blob_files} blobs, {gw.blob_bytes / MiB:.1f} MiB, SQLite {gw.database_bytes / MiB:.1f} MiB; "
             f"sink got {phase.sink.messages} messages of {phase.sink.bytes / max(1, phase.sink.messages) / 1024:.1f} KiB "
             f"on {phase.sink.connections} connection(s); log trouble lines: {len(gw.trouble)}"
@@ -524,12 +537,14 @@ def machine_line(workdir: Path) -> str:
 def report(phases: list[Phase], source: MessageSource, args, argv: list[str], workdir: Path,
            problems: list[str]) -> str:
     lines = [
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on: {machine_line(workdir)}.",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on: {machine_line(workdir)}.",
         "",
         f"Command: `.venv/bin/python bench/relay_throughput.py {shlex.join(argv)}`".rstrip() + "  ",
-        f"{args.messages} messages per path and level, each {source.size / 1e6:.2f} MB "
-        f"(AES-256 ZIP of {args.payload_bytes / 1e6:.2f} MB random bytes, base64), "
-        f"one external recipient each.",
+        (
+            f"{args.messages} messages per path and level, each {source.size / 1e6:.2f} MB "
+            f"(AES-256 ZIP of {args.payload_bytes / 1e6:.2f} MB random bytes, base64), "
+            "one external recipient each."
+        ),
         "",
         *results_table(phases),
         "",
@@ -593,12 +608,6 @@ def run_all(args, workdir: Path, deadline: float) -> tuple[list[Phase], MessageS
     phases: list[Phase] = []
     for level in args.levels:
         for path, run in (("reference", run_reference), ("gateway", run_gateway)):
-            if args.profile is not None and path == "gateway" and level != args.levels[-1]:
-                args_profile = args.profile.with_suffix(f".c{level}{args.profile.suffix}")
-                args.profile, saved = args_profile, args.profile
-                phases.append(run(workdir, source, args, level, deadline))
-                args.profile = saved
-                continue
             phases.append(run(workdir, source, args, level, deadline))
             print(f"  {path:9} c={level:<3} {rate(phases[-1]):6.1f} msg/s "
                   f"({len(phases[-1].client.latencies)}/{args.messages} ok)", flush=True)
@@ -620,12 +629,16 @@ def main(argv: list[str] | None = None) -> int:
         block = report(phases, source, args, argv, workdir, problems)
     print()
     print(block)
-    if args.profile is not None:
-        print_profile(args.profile)
+    for level in args.levels if args.profile is not None else ():
+        print(f"\n== gateway CPU profile, {level} session(s): {profile_path(args, level)}")
+        print_profile(profile_path(args, level))
     if args.write_docs is not None:
         write_docs(args.write_docs, block)
         print(f"\nwrote the generated block of {args.write_docs}")
-    return 1 if problems else 0
+    if problems:
+        print(f"\nrelay_throughput: FAILED, {len(problems)} problem(s) listed above", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.blobs import BlobStore
 from gateway.store.db import Database
-from gateway.store.keys import MasterKeyError, load_or_create_master_key
+from gateway.store.keys import MasterKeyError, derive_key, load_or_create_master_key
+from gateway.web.portal import REFUSAL_STATUS, build_portal_app
 
 log = logging.getLogger("gateway")
 
@@ -87,7 +88,7 @@ class Gateway:
     ):
         self.config = config
         self.clock = clock
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(refusal_reasons=tuple(REFUSAL_STATUS))
         self._next_hop = next_hop
         self.db: Database | None = None
         self.blobs: BlobStore | None = None
@@ -95,6 +96,7 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self._purger: asyncio.Task | None = None
         self.smtp_port: int | None = None
+        self.portal_port: int | None = None
         self.admin_port: int | None = None
 
     async def start(self) -> None:
@@ -108,14 +110,17 @@ class Gateway:
                 helo_name=config.gateway.hostname, pool_size=hop.pool_size,
             )
         await self._start_smtp(master_key)
+        await self._start_portal(master_key)
         await self._start_admin()
         self._purger = asyncio.create_task(run_periodically(
             config.housekeeping.purge_interval, self.purge_now,
             logging.getLogger("gateway.housekeeping"),
         ))
         log.info(
-            "ready: smtp=%s:%s admin=%s:%s next_hop=%s data=%s logs=stderr (one line per message)",
-            config.smtp.listen_host, self.smtp_port, config.admin.listen_host, self.admin_port,
+            "ready: smtp=%s:%s portal=%s:%s admin=%s:%s next_hop=%s data=%s"
+            " logs=stderr (one line per message)",
+            config.smtp.listen_host, self.smtp_port, config.portal.listen_host, self.portal_port,
+            config.admin.listen_host, self.admin_port,
             self._next_hop.describe(), config.storage.data_dir.resolve(),
         )
 
@@ -140,6 +145,25 @@ class Gateway:
             handler, config.smtp, config.gateway.hostname, authenticator
         )
         self.smtp_port = self._server.sockets[0].getsockname()[1]
+
+    async def _start_portal(self, master_key: bytes) -> None:
+        config = self.config
+        app = build_portal_app(
+            settings=config.portal, db=self.db, blobs=self.blobs,
+            templates_dir=config.gateway.templates_dir, timezone=config.gateway.timezone,
+            secret=derive_key(master_key, "portal v1"), clock=self.clock,
+            events_hook=self._count_portal_event,
+        )
+        runner, self.portal_port = await start_web(
+            app, config.portal.listen_host, config.portal.listen_port
+        )
+        self._runners.append(runner)
+
+    def _count_portal_event(self, kind: str, labels: dict) -> None:
+        if kind == "download":
+            self.metrics.download()
+        elif kind == "refusal":
+            self.metrics.refusal(labels.get("reason", "other"))
 
     async def _start_admin(self) -> None:
         config = self.config

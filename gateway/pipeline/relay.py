@@ -31,9 +31,9 @@ from gateway.model import (
 from gateway.pipeline.classify import classify
 from gateway.pipeline.deliver import NextHop
 from gateway.pipeline.notice import Notice, NoticeFile, render_notice
-from gateway.pipeline.parse import parse_message
 from gateway.pipeline.policy import decide
-from gateway.pipeline.rewrite import rewrite_message
+from gateway.pipeline.parse import parse_message
+from gateway.pipeline.rewrite import rewrite_parsed
 from gateway.pipeline.sign import DkimSigner
 from gateway.pipeline.store_step import MessageFacts, TransferWriter
 from gateway.replies import ALREADY_DELIVERED, OK, Reply, reply_for_exception
@@ -150,7 +150,7 @@ class Relay:
             if not transfer.reused:
                 outcome.bytes_stored = sum(f.size for f in transfer.files)
         try:
-            messages = await self._build_messages(envelope, raw, decision, transfer)
+            messages = await self._build_messages(envelope, raw, message, decision, transfer)
         except BaseException:
             if transfer is not None:  # nothing left the gateway: the links must not stay
                 await self._writer.discard(transfer)
@@ -158,7 +158,8 @@ class Relay:
         outcome.reply = await self._deliver_all(fingerprint, messages, transfer, outcome)
 
     async def _build_messages(
-        self, envelope: Envelope, raw: bytes, decision: Decision, transfer: StoredTransfer | None
+        self, envelope: Envelope, raw: bytes, parsed, decision: Decision,
+        transfer: StoredTransfer | None,
     ) -> list[OutgoingMessage]:
         def outgoing(rcpts: tuple[str, ...], data: bytes, link_id: str | None = None):
             return OutgoingMessage(
@@ -170,12 +171,18 @@ class Relay:
         if transfer is None:
             return messages
         paths = [a.path for a in decision.to_convert]
-        for link in transfer.links:
-            data = await asyncio.to_thread(self._rewrite_for, raw, paths, decision, transfer, link)
+        for index, link in enumerate(transfer.links):
+            # The tree parsed for classification serves the last copy; the others parse anew.
+            tree = parsed if index == len(transfer.links) - 1 else None
+            data = await asyncio.to_thread(
+                self._rewrite_for, raw, tree, paths, decision, transfer, link
+            )
             messages.append(outgoing((link.recipient,), data, link.link_id))
         return messages
 
-    def _rewrite_for(self, raw, paths, decision: Decision, transfer: StoredTransfer, link) -> bytes:
+    def _rewrite_for(
+        self, raw: bytes, tree, paths, decision: Decision, transfer: StoredTransfer, link
+    ) -> bytes:
         notice = Notice(
             locale=decision.policy.locale,
             files=tuple(NoticeFile(f.display_name, f.size) for f in transfer.files),
@@ -184,7 +191,8 @@ class Relay:
             password=transfer.password_channel,
         )
         text, html = render_notice(self._templates, notice)
-        return self._signer.sign(rewrite_message(raw, paths, text, html))
+        root = tree if tree is not None else parse_message(raw)
+        return self._signer.sign(rewrite_parsed(root, paths, text, html))
 
     async def _deliver_all(
         self, fingerprint: str, messages: list[OutgoingMessage], transfer: StoredTransfer | None,

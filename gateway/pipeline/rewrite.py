@@ -59,7 +59,14 @@ def rewrite_message(
     raw: bytes, remove_paths: Sequence[tuple[int, ...]], notice_text: str, notice_html: str
 ) -> bytes:
     """The message without the parts at remove_paths, with the notice in its body; CRLF only."""
-    root = parse_message(raw)
+    return rewrite_parsed(parse_message(raw), remove_paths, notice_text, notice_html)
+
+
+def rewrite_parsed(
+    root: Message, remove_paths: Sequence[tuple[int, ...]], notice_text: str, notice_html: str
+) -> bytes:
+    """As rewrite_message, for a tree fresh from parse_message; it is changed in place, so a
+    caller that already parsed the message can spare a second parse of its last copy."""
     _check_depth(root)
     notice = _NoticeTexts(_lf(notice_text).strip("\n") + "\n", _lf(notice_html).strip("\n") + "\n")
     paths = {tuple(p) for p in remove_paths}

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -82,6 +82,15 @@ class EventRow:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class PasswordGuardRow:
+    """Download-password attempts counted against one link, and its lock-out if any."""
+
+    link_id: str
+    failures: int
+    locked_until: datetime | None
+
+
 class MetadataStore(Protocol):
     """What the gateway needs from a metadata backend."""
 
@@ -121,6 +130,11 @@ class MetadataStore(Protocol):
     def mark_purged(self, transfer_id: str, state: str = "purged") -> None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...
+    def password_guard(self, link_id: str) -> PasswordGuardRow: ...
+    def reserve_password_attempt(self, link_id: str, now: datetime,
+                                 max_attempts: int) -> bool: ...
+    def settle_password_attempt(self, link_id: str, correct: bool, now: datetime,
+                                max_attempts: int, lockout: timedelta) -> datetime | None: ...
 
 
 def _to_text(moment: datetime) -> str:
@@ -502,3 +516,53 @@ class Database:
             (_to_text(now),),
         )
         return [row[0] for row in rows]
+
+    # -- download passwords (portal) ---------------------------------------------------
+
+    def password_guard(self, link_id: str) -> PasswordGuardRow:
+        rows = self._query(
+            "SELECT failures, locked_until FROM link_password_guard WHERE link_id = ?", (link_id,)
+        )
+        if not rows:
+            return PasswordGuardRow(link_id, 0, None)
+        return PasswordGuardRow(link_id, rows[0][0], _optional_time(rows[0][1]))
+
+    def reserve_password_attempt(self, link_id: str, now: datetime, max_attempts: int) -> bool:
+        """Count one attempt before the password is checked; False if the link is locked or
+        its attempts are all taken. Counting first bounds guesses made in parallel."""
+        with self.transaction():
+            guard = self.password_guard(link_id)
+            failures = guard.failures
+            if guard.locked_until is not None:
+                if guard.locked_until > now:
+                    return False
+                failures = 0  # the lock-out is over: a fresh allowance
+            if failures >= max_attempts:
+                return False
+            self._execute(
+                "INSERT INTO link_password_guard (link_id, failures, locked_until)"
+                " VALUES (?, ?, NULL) ON CONFLICT (link_id) DO UPDATE"
+                " SET failures = excluded.failures, locked_until = NULL",
+                (link_id, failures + 1),
+            )
+            return True
+
+    def settle_password_attempt(
+        self, link_id: str, correct: bool, now: datetime, max_attempts: int,
+        lockout: timedelta,
+    ) -> datetime | None:
+        """After a reserved attempt: a correct password clears the count; a wrong one that
+        used the last attempt locks the link. Returns the lock's end when this call locked it."""
+        with self.transaction():
+            if correct:
+                self._execute("DELETE FROM link_password_guard WHERE link_id = ?", (link_id,))
+                return None
+            guard = self.password_guard(link_id)
+            if guard.failures < max_attempts or guard.locked_until is not None:
+                return None
+            locked_until = now + lockout
+            self._execute(
+                "UPDATE link_password_guard SET locked_until = ? WHERE link_id = ?",
+                (_to_text(locked_until), link_id),
+            )
+            return locked_until

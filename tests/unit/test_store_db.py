@@ -94,7 +94,7 @@ def test_migrations_apply_once_and_reopening_is_a_no_op(tmp_path: Path) -> None:
     with Database(path) as second:
         assert [tuple(r) for r in second._query("SELECT * FROM schema_migrations")] == applied
         assert second.transfer("t1") is not None
-    assert [row[0] for row in applied] == [1]
+    assert [row[0] for row in applied] == [1, 2]
 
 
 def copy_bundled(directory: Path) -> Path:
@@ -107,7 +107,7 @@ def copy_bundled(directory: Path) -> Path:
 def test_new_migration_is_applied_on_the_next_open(tmp_path: Path) -> None:
     migrations = copy_bundled(tmp_path / "migrations")
     Database(tmp_path / "meta.db", migrations=migrations).close()
-    (migrations / "0002_add_probe.sql").write_text(
+    (migrations / "0090_add_probe.sql").write_text(
         "-- a ';' inside a comment\n"
         "CREATE TABLE probe (v TEXT);\n"
         "INSERT INTO probe VALUES ('a;b');\n"
@@ -115,14 +115,14 @@ def test_new_migration_is_applied_on_the_next_open(tmp_path: Path) -> None:
         "INSERT INTO probe VALUES ('last, without a semicolon') -- and a closing comment"
     )
     with Database(tmp_path / "meta.db", migrations=migrations) as db:
-        assert [r[0] for r in db._query("SELECT version FROM schema_migrations")] == [1, 2]
+        assert [r[0] for r in db._query("SELECT version FROM schema_migrations")] == [1, 2, 90]
         values = [row[0] for row in db._query("SELECT v FROM probe")]
         assert values == ["a;b", "last, without a semicolon"]
 
 
 def test_failing_migration_rolls_back_entirely(tmp_path: Path) -> None:
     migrations = copy_bundled(tmp_path / "migrations")
-    (migrations / "0002_broken.sql").write_text(
+    (migrations / "0090_broken.sql").write_text(
         "CREATE TABLE half_done (v TEXT);\nINSERT INTO no_such_table VALUES (1);\n"
     )
     with pytest.raises(MetadataError):
@@ -131,7 +131,7 @@ def test_failing_migration_rolls_back_entirely(tmp_path: Path) -> None:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         versions = [r[0] for r in raw.execute("SELECT version FROM schema_migrations")]
     assert "half_done" not in tables and "transfers" in tables
-    assert versions == [1]
+    assert versions == [1, 2]
 
 
 def test_schema_newer_than_the_program_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,150 @@
+"""The portal's words in Japanese and English, and which of the two a visitor gets.
+
+Choice: `?lang=` in the URL, else the `lang` cookie, else Accept-Language, else Japanese.
+Messages are plain text; the templates escape them (and whatever is filled into them).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+LOCALES = ("ja", "en")
+DEFAULT_LOCALE = "ja"
+_MAX_LANGUAGE_RANGES = 32
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "ja": {
+        "site_name": "ファイル受け渡し",
+        "language": "表示言語",
+        "footer": "このページは送信元組織のメールゲートウェイ（ppap-gateway）が提供しています。",
+        "landing_title": "ファイルのダウンロード",
+        "landing_lead": "{sender} さんから、次のファイルが届いています。",
+        "from": "差出人",
+        "subject": "件名",
+        "recipient": "宛先",
+        "expires": "有効期限",
+        "downloads_left": "残りダウンロード回数",
+        "unlimited": "制限なし",
+        "times": "{count} 回",
+        "files": "ファイル",
+        "size": "サイズ",
+        "size_value": "{human}（{bytes} バイト）",
+        "sha256": "SHA-256",
+        "download": "ダウンロード",
+        "download_all": "すべてまとめてダウンロード（ZIP）",
+        "count_note": "ダウンロードボタンを押すたびに 1 回と数えます。このページを開くだけでは数えません。",
+        "hash_note": "受け取ったファイルの SHA-256 が上の値と同じなら、内容は送信されたときのままです。",
+        "password_heading": "パスワードの入力",
+        "password_lead": "ダウンロードにはパスワードが必要です。パスワードはこのリンクとは別の方法でお知らせしています。",
+        "password_label": "パスワード",
+        "password_submit": "確認する",
+        "password_wrong": "パスワードが違います。あと {left} 回試せます。",
+        "password_locked": "パスワードの誤りが続いたため、{until} まで入力を受け付けません。",
+        "gone_title": "このリンクは使えなくなりました",
+        "gone_expired": "このリンクの有効期限は {when} に切れました。",
+        "gone_revoked": "このリンクは差出人により取り消されました。",
+        "gone_limit": "このリンクはダウンロード回数の上限に達しました。",
+        "gone_ask": "ファイルが必要な場合は、差出人（{sender}）にお問い合わせください。",
+        "not_found_title": "ページが見つかりません",
+        "not_found_body": "リンクが正しくないか、使える状態にありません。メールに記載されたリンクを、省略せずにそのまま開いてください。",
+        "forbidden_title": "操作を受け付けられませんでした",
+        "forbidden_csrf": "ページの有効時間が過ぎたか、別のサイトから送信されました。ダウンロードページを開き直してから、もう一度お試しください。",
+        "forbidden_password": "先にパスワードを入力してください。",
+        "locked_title": "しばらくお待ちください",
+        "server_error_title": "エラーが発生しました",
+        "server_error_body": "ファイルを取り出せませんでした。時間をおいてもう一度お試しいただくか、差出人にお問い合わせください。",
+        "error_title": "リクエストを処理できませんでした",
+        "error_body": "このアドレスでは、この操作はできません。",
+        "back": "ダウンロードページに戻る",
+    },
+    "en": {
+        "site_name": "File delivery",
+        "language": "Language",
+        "footer": "This page is provided by the sending organisation's mail gateway (ppap-gateway).",
+        "landing_title": "Download files",
+        "landing_lead": "{sender} has sent you the following files.",
+        "from": "From",
+        "subject": "Subject",
+        "recipient": "For",
+        "expires": "Available until",
+        "downloads_left": "Downloads left",
+        "unlimited": "Unlimited",
+        "times": "{count}",
+        "files": "Files",
+        "size": "Size",
+        "size_value": "{human} ({bytes} bytes)",
+        "sha256": "SHA-256",
+        "download": "Download",
+        "download_all": "Download all (ZIP)",
+        "count_note": "Each press of a download button counts as one download. Opening this page does not.",
+        "hash_note": "If the SHA-256 of the file you receive matches the value above, it is exactly what was sent.",
+        "password_heading": "Enter the password",
+        "password_lead": "A password is needed to download these files. It has been sent to you separately from this link.",
+        "password_label": "Password",
+        "password_submit": "Continue",
+        "password_wrong": "Wrong password. {left} attempts left.",
+        "password_locked": "Too many wrong passwords: please try again after {until}.",
+        "gone_title": "This link no longer works",
+        "gone_expired": "This link expired on {when}.",
+        "gone_revoked": "The sender has withdrawn this link.",
+        "gone_limit": "This link has reached its download limit.",
+        "gone_ask": "If you still need the files, please ask the sender ({sender}).",
+        "not_found_title": "Page not found",
+        "not_found_body": "The link is not valid or not available. Please open the link exactly as it appears in the mail, without leaving anything out.",
+        "forbidden_title": "This request was refused",
+        "forbidden_csrf": "This page has expired or the request came from another site. Please reopen the download page and try again.",
+        "forbidden_password": "Please enter the password first.",
+        "locked_title": "Please wait",
+        "server_error_title": "Something went wrong",
+        "server_error_body": "The file could not be read. Please try again later or ask the sender.",
+        "error_title": "The request could not be handled",
+        "error_body": "This action is not available at this address.",
+        "back": "Back to the download page",
+    },
+}
+
+
+class Translator:
+    """`t("key", name=value)`: the message in one locale with the values filled in."""
+
+    def __init__(self, locale: str):
+        self.locale = locale if locale in LOCALES else DEFAULT_LOCALE
+        self._messages = MESSAGES[self.locale]
+
+    def __call__(self, key: str, **values: object) -> str:
+        text = self._messages[key]
+        return text.format(**values) if values else text
+
+
+def _quality(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        return 0.0
+    return value if 0.0 <= value <= 1.0 else 0.0
+
+
+def from_accept_language(header: str) -> str | None:
+    """The supported locale the header likes best (first listed wins a tie), or None."""
+    best: tuple[float, str] | None = None
+    for entry in header.split(",")[:_MAX_LANGUAGE_RANGES]:
+        tag, *params = (piece.strip() for piece in entry.split(";"))
+        primary = tag.split("-", 1)[0].lower()
+        if primary not in LOCALES:
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                quality = _quality(value.strip())
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, primary)
+    return best[1] if best else None
+
+
+def choose_locale(query: Mapping[str, str], cookies: Mapping[str, str], accept_language: str
+                  ) -> str:
+    for candidate in (query.get("lang"), cookies.get("lang")):
+        if candidate in LOCALES:
+            return candidate
+    return from_accept_language(accept_language) or DEFAULT_LOCALE
