@@ -23,7 +23,8 @@ BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 CONFIG_ENV = "PPAP_GATEWAY_CONFIG"
 
 CONVERT_MODES = ("encrypted-zip", "all-attachments", "none")
-PASSWORD_CHANNELS = ("none", "recipient-email", "sender-email")
+PASSWORD_CHANNELS = ("none", "recipient-email", "sender-email", "webhook")
+NOTIFY_SENDER = ("never", "first-download", "every-download")
 LOCALES = ("ja", "en")
 STARTTLS_MODES = ("off", "opportunistic", "required")
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -48,6 +49,10 @@ class Policy:
     password_length: int = 12
     locale: str = "ja"
     convert_signed: bool = False
+    password_delay: timedelta = timedelta(minutes=5)
+    verify_recipient: bool = False
+    sender_receipt: bool = True
+    notify_sender: str = "first-download"
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,29 @@ class PortalSettings:
     password_max_attempts: int = 5
     password_lockout: timedelta = timedelta(minutes=15)
     session_lifetime: timedelta = timedelta(minutes=30)
+    otp_lifetime: timedelta = timedelta(minutes=10)
+    otp_max_attempts: int = 5
+    otp_resend_interval: timedelta = timedelta(seconds=60)
+    otp_per_client_per_hour: int = 20
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Mail the gateway itself originates (passwords, receipts, codes) and how it retries."""
+
+    from_address: str = ""  # default: ppap-gateway@ the first internal domain
+    retry_initial: timedelta = timedelta(minutes=1)
+    retry_max: timedelta = timedelta(hours=1)
+    max_age: timedelta = timedelta(days=2)
+    poll_interval: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str = ""
+    secret_file: Path | None = None
+    secret: bytes = b""  # read once by the loader from secret_file
+    timeout: timedelta = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -143,6 +171,8 @@ class Config:
     portal: PortalSettings
     admin: AdminSettings
     housekeeping: HousekeepingSettings
+    notify: NotifySettings
+    webhook: WebhookSettings
     dkim_keys: tuple[DkimKeySettings, ...]
     policy: Policy
     departments: tuple[Department, ...]
@@ -250,6 +280,13 @@ def _public_url(value: Any) -> str:
     return text
 
 
+def _webhook_url(value: Any) -> str:
+    text = _str(value)
+    if text and not (text.startswith("https://") or text.startswith("http://")):
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return text
+
+
 def _next_hop_url(value: Any) -> str:
     text = _str(value)
     if text.startswith("outbox:") and len(text) > len("outbox:"):
@@ -273,6 +310,10 @@ POLICY_KEYS: dict[str, Callable[[Any], Any]] = {
     "password_length": _int(8, 64),
     "locale": _choice(LOCALES),
     "convert_signed": _bool,
+    "password_delay": _duration,
+    "verify_recipient": _bool,
+    "sender_receipt": _bool,
+    "notify_sender": _choice(NOTIFY_SENDER),
 }
 
 SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
@@ -314,6 +355,22 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "password_max_attempts": _int(1, 1000),
         "password_lockout": _duration,
         "session_lifetime": _duration,
+        "otp_lifetime": _duration,
+        "otp_max_attempts": _int(1, 100),
+        "otp_resend_interval": _duration,
+        "otp_per_client_per_hour": _int(1, 100_000),
+    },
+    "notify": {
+        "from_address": _str,
+        "retry_initial": _duration,
+        "retry_max": _duration,
+        "max_age": _duration,
+        "poll_interval": _duration,
+    },
+    "webhook": {
+        "url": _webhook_url,
+        "secret_file": _optional_existing_file,
+        "timeout": _duration,
     },
     "admin": {"listen": _listen},
     "housekeeping": {"purge_interval": _duration},
@@ -397,6 +454,28 @@ def _build_dkim(raw: Any) -> tuple[DkimKeySettings, ...]:
     return tuple(keys)
 
 
+def _build_notify(values: dict, gateway: GatewaySettings) -> NotifySettings:
+    notify = NotifySettings(**values)
+    if not notify.from_address:
+        domain = next((d.lstrip("*.") for d in gateway.internal_domains), "localhost")
+        notify = replace(notify, from_address=f"ppap-gateway@{domain}")
+    if "@" not in notify.from_address or any(c in notify.from_address for c in "\r\n<>\" "):
+        raise ConfigError("notify.from_address", f"not a plain address: {notify.from_address!r}")
+    return notify
+
+
+def _build_webhook(values: dict) -> WebhookSettings:
+    webhook = WebhookSettings(**values)
+    if webhook.url and webhook.secret_file is None:
+        raise ConfigError("webhook.secret_file", "a webhook needs a secret to sign its calls")
+    if webhook.secret_file is not None:
+        secret = webhook.secret_file.read_bytes().strip()
+        if len(secret) < 16:
+            raise ConfigError("webhook.secret_file", "the secret must be at least 16 bytes")
+        webhook = replace(webhook, secret=secret)
+    return webhook
+
+
 def _split_listen(values: dict) -> dict:
     """`listen = "HOST:PORT"` in the file becomes listen_host and listen_port."""
     if "listen" in values:
@@ -454,6 +533,13 @@ def build_config(
     storage = StorageSettings(**storage_values, master_key_from_env=environ.get(env_name) or None)
 
     policy = _build_policy("policy", values["policy"], Policy())
+    departments = _build_departments(document.get("departments", []), policy)
+    webhook = _build_webhook(values["webhook"])
+    for index, department in enumerate(departments):
+        if department.policy.password == "webhook" and not webhook.url:
+            raise ConfigError(f"departments[{index}].policy.password", "webhook needs webhook.url")
+    if policy.password == "webhook" and not webhook.url:
+        raise ConfigError("policy.password", "webhook needs webhook.url")
     return Config(
         gateway=gateway,
         smtp=smtp,
@@ -462,9 +548,11 @@ def build_config(
         portal=PortalSettings(**_split_listen(values["portal"])),
         admin=AdminSettings(**_split_listen(values["admin"])),
         housekeeping=HousekeepingSettings(**values["housekeeping"]),
+        notify=_build_notify(values["notify"], gateway),
+        webhook=webhook,
         dkim_keys=_build_dkim(document.get("dkim", {})),
         policy=policy,
-        departments=_build_departments(document.get("departments", []), policy),
+        departments=departments,
         source=source,
     )
 

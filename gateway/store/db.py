@@ -350,6 +350,19 @@ class Database:
         with self.transaction():
             return self._execute(sql, params).rowcount
 
+    # The other repositories of this package (store/outbox.py, store/controls.py) share this
+    # connection, its lock and its transactions through these three.
+    query = _query
+    write = _write
+
+
+def to_text(moment: datetime) -> str:
+    return _to_text(moment)
+
+
+def from_text(text: str | None) -> datetime | None:
+    return _optional_time(text)
+
     def insert_transfer(
         self, *, id: str, fingerprint: str, message_id: str, sender: str, department: str,
         subject: str, created_at: datetime, expires_at: datetime, password_channel: str,
