@@ -1,4 +1,5 @@
-"""Command line: serve, check-config, explain, dkim-keygen, purge, hash-password, send-sample.
+"""The ppap-gateway command line: serve, check-config, explain, dkim-keygen, purge, revoke,
+transfers, audit export, hash-password, send-sample.
 
 Configuration problems exit with status 2 and one line naming the key and the problem.
 """
@@ -54,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = commands.add_parser("purge", help="delete expired transfers' files now (events stay)")
     _add_config_options(purge, overrides=True)
+
+    revoke = commands.add_parser("revoke", help="revoke a transfer's links, or one link")
+    _add_config_options(revoke, overrides=True)
+    revoke.add_argument("id", metavar="TRANSFER_OR_LINK")
+
+    transfers = commands.add_parser("transfers", help="list transfers as a table")
+    _add_config_options(transfers, overrides=True)
+    transfers.add_argument("--sender")
+    transfers.add_argument("--since", default="1970-01-01", help="YYYY-MM-DD[THH:MM]")
+
+    audit = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    export = audit_commands.add_parser("export", help="write events as JSON lines or CSV")
+    _add_config_options(export, overrides=True)
+    export.add_argument("--since", required=True, help="YYYY-MM-DD[THH:MM]")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
 
     commands.add_parser("hash-password", help="hash an SMTP AUTH password for the users file")
 
@@ -148,6 +165,58 @@ def cmd_purge(args) -> int:
     return 0
 
 
+def _open_db(config: Config):
+    from gateway.store.db import Database
+
+    if not config.storage.database.exists():
+        raise ConfigError("storage.database", f"no database at {config.storage.database}")
+    return Database(config.storage.database)
+
+
+def cmd_revoke(args) -> int:
+    from gateway.app import utc_now
+    from gateway.records import RecordNotFound, revoke
+
+    db = _open_db(_config(args))
+    try:
+        done = revoke(db, args.id, utc_now())
+    except RecordNotFound as error:
+        print(f"ppap-gateway: {error}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    print(f"revoked {done.links} link(s) of transfer {done.transfer_id};"
+          f" {done.cancelled_notices} pending notice(s) cancelled")
+    return 0
+
+
+def cmd_transfers(args) -> int:
+    from gateway.records import parse_since, transfers_table
+
+    config = _config(args)
+    zone = config.gateway.timezone
+    db = _open_db(config)
+    try:
+        print(transfers_table(db, parse_since(args.since, zone), args.sender, zone))
+    finally:
+        db.close()
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from gateway.records import export_events, parse_since
+
+    config = _config(args)
+    db = _open_db(config)
+    try:
+        since = parse_since(args.since, config.gateway.timezone)
+        count = export_events(db.events_since(since), args.format, sys.stdout)
+    finally:
+        db.close()
+    print(f"; {count} event(s)", file=sys.stderr)
+    return 0
+
+
 def cmd_send_sample(args) -> int:
     from gateway.sample import send_sample
 
@@ -182,6 +251,9 @@ COMMANDS = {
     "dkim-keygen": cmd_dkim_keygen,
     "hash-password": cmd_hash_password,
     "purge": cmd_purge,
+    "revoke": cmd_revoke,
+    "transfers": cmd_transfers,
+    "audit": cmd_audit,
     "send-sample": cmd_send_sample,
 }
 
@@ -194,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppap-gateway: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except (ValueError, OSError) as error:
-        if args.command in ("check-config", "serve", "explain", "purge"):
+        if args.command in ("check-config", "serve", "explain", "purge", "revoke", "transfers",
+                            "audit"):
             print(f"ppap-gateway: cannot start: {' '.join(str(error).split())}", file=sys.stderr)
             return EXIT_CONFIG
         raise

@@ -129,6 +129,8 @@ class StoredTransfer:
     expires_at: datetime  # aware, UTC
     password_channel: str  # "none" | "recipient-email" | "sender-email" | ...
     reused: bool = False  # a retry of a message whose files were stored by an earlier attempt
+    # The sender's management token, in clear only between storing and queuing the receipt.
+    manage_token: str | None = None
 
     def link_for(self, recipient: str) -> IssuedLink:
         for link in self.links:

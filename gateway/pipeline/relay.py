@@ -17,7 +17,7 @@ from datetime import datetime
 from email.header import decode_header, make_header
 from typing import Callable
 
-from gateway.config import Config
+from gateway.config import Config, Policy
 from gateway.model import (
     Action,
     Classification,
@@ -31,6 +31,7 @@ from gateway.model import (
 from gateway.pipeline.classify import classify
 from gateway.pipeline.deliver import NextHop
 from gateway.pipeline.notice import Notice, NoticeFile, render_notice
+from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.policy import decide
 from gateway.pipeline.parse import parse_message
 from gateway.pipeline.rewrite import rewrite_parsed
@@ -101,7 +102,11 @@ class Relay:
         signer: DkimSigner,
         templates,
         clock: Callable[[], datetime],
+        notices: NoticeQueue | None = None,
+        wake_notices: Callable[[], None] = lambda: None,
     ):
+        self._notices = notices
+        self._wake_notices = wake_notices
         self._config = config
         self._db = db
         self._writer = writer
@@ -155,7 +160,9 @@ class Relay:
             if transfer is not None:  # nothing left the gateway: the links must not stay
                 await self._writer.discard(transfer)
             raise
-        outcome.reply = await self._deliver_all(fingerprint, messages, transfer, outcome)
+        outcome.reply = await self._deliver_all(
+            fingerprint, messages, transfer, decision.policy, outcome
+        )
 
     async def _build_messages(
         self, envelope: Envelope, raw: bytes, parsed, decision: Decision,
@@ -196,14 +203,17 @@ class Relay:
 
     async def _deliver_all(
         self, fingerprint: str, messages: list[OutgoingMessage], transfer: StoredTransfer | None,
-        outcome: Outcome,
+        policy: Policy, outcome: Outcome,
     ) -> Reply:
         temporary: Reply | None = None
         permanent: Reply | None = None
         refused: list[str] = []
         for message in messages:
             result = await self._next_hop.deliver(message)
-            await asyncio.to_thread(self._record, fingerprint, message, result, transfer)
+            if await asyncio.to_thread(
+                self._record, fingerprint, message, result, transfer, policy
+            ):
+                self._wake_notices()
             if result.accepted and message.link_id:
                 outcome.links_created += 1
             if not result.accepted:
@@ -234,10 +244,12 @@ class Relay:
 
     def _record(
         self, fingerprint: str, message: OutgoingMessage, result: DeliveryResult,
-        transfer: StoredTransfer | None,
-    ) -> None:
+        transfer: StoredTransfer | None, policy: Policy,
+    ) -> bool:
+        """Commit what the next hop's answer means; True when a notice is due at once."""
         now = self._clock()
         transfer_id = transfer.transfer_id if transfer else None
+        due_now = False
         with self._db.transaction():
             if result.accepted:
                 for rcpt in message.rcpt_tos:
@@ -252,12 +264,17 @@ class Relay:
                         "link.delivered", now, transfer_id=transfer_id,
                         link_id=message.link_id, recipient=message.rcpt_tos[0],
                     )
+                    if self._notices is not None:
+                        due_now = self._notices.link_delivered(
+                            transfer, message.link_id, policy, now
+                        )
             elif message.link_id:
                 self._db.fail_links([message.link_id])
                 self._db.append_event(
                     "link.delivery_failed", now, transfer_id=transfer_id, link_id=message.link_id,
                     recipient=message.rcpt_tos[0], detail={"code": result.code},
                 )
+        return due_now
 
 
 def _parse_and_classify(raw: bytes):

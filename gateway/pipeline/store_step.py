@@ -16,6 +16,7 @@ from typing import Iterator
 
 from gateway.model import Attachment, Decision, Envelope, IssuedLink, StoredFile, StoredTransfer
 from gateway.store.blobs import BlobStore
+from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
 from gateway.store.db import Database
 from gateway.store.passwords import generate_password, hash_password, hash_token, new_token
@@ -43,6 +44,7 @@ def new_id() -> str:
 class TransferWriter:
     def __init__(self, db: Database, blobs: BlobStore, master_key: bytes, chunk_size: int):
         self._db = db
+        self._controls = ControlsStore(db)
         self._blobs = blobs
         self._master_key = master_key
         self._chunk_size = chunk_size
@@ -72,6 +74,7 @@ class TransferWriter:
             transfer_id, expires_at = new_id(), now + decision.policy.link_lifetime
         recipients = [r.address for r in decision.recipients if r.action.value == "convert"]
         links = tuple(IssuedLink(new_id(), r, new_token()) for r in recipients)
+        manage_token = None if reuse else new_token()
         try:
             if not reuse:
                 for attachment in decision.to_convert:
@@ -80,6 +83,13 @@ class TransferWriter:
             with self._db.transaction():
                 if not reuse:
                     self._insert_transfer(transfer_id, envelope, decision, facts, now, expires_at)
+                    policy = decision.policy
+                    self._controls.insert(
+                        transfer_id=transfer_id, manage_token_hash=hash_token(manage_token),
+                        verify_recipient=policy.verify_recipient,
+                        notify_sender=policy.notify_sender,
+                        max_expires_at=now + policy.max_link_lifetime,
+                    )
                     for position, (attachment, stored, wrapped) in enumerate(new_files):
                         self._db.insert_file(
                             id=stored.file_id, transfer_id=transfer_id,
@@ -101,7 +111,8 @@ class TransferWriter:
                 self._blobs.delete(stored.blob_id)
             raise
         return StoredTransfer(
-            transfer_id, files, links, expires_at, decision.policy.password, reused=reuse
+            transfer_id, files, links, expires_at, decision.policy.password, reused=reuse,
+            manage_token=manage_token,
         )
 
     def _write_blob(self, attachment: Attachment) -> tuple[Attachment, StoredFile, bytes]:

@@ -124,6 +124,9 @@ class MetadataStore(Protocol):
                      link_id: str | None = None, recipient: str | None = None,
                      detail: dict[str, Any] | None = None) -> None: ...
     def events(self, transfer_id: str | None = None) -> list[EventRow]: ...
+    def events_since(self, since: datetime) -> Iterator[EventRow]: ...
+    def transfers_since(self, since: datetime, sender: str | None = None) -> list[TransferRow]: ...
+    def link(self, link_id: str) -> LinkRow | None: ...
     def stale_pending_transfers(self, older_than: datetime) -> list[str]: ...
     def failed_or_expired_transfers(self, now: datetime) -> list[str]: ...
     def referenced_blob_ids(self) -> set[str]: ...
@@ -356,13 +359,6 @@ class Database:
     write = _write
 
 
-def to_text(moment: datetime) -> str:
-    return _to_text(moment)
-
-
-def from_text(text: str | None) -> datetime | None:
-    return _optional_time(text)
-
     def insert_transfer(
         self, *, id: str, fingerprint: str, message_id: str, sender: str, department: str,
         subject: str, created_at: datetime, expires_at: datetime, password_channel: str,
@@ -499,6 +495,38 @@ def from_text(text: str | None) -> datetime | None:
         rows = self._query("SELECT * FROM links WHERE token_hash = ?", (token_hash,))
         return _link_row(rows[0]) if rows else None
 
+    def events_since(self, since: datetime) -> Iterator[EventRow]:
+        """The audit trail from `since` on, oldest first, read in pages (it can be long)."""
+        last_id = 0
+        while True:
+            rows = self._query(
+                "SELECT * FROM events WHERE at >= ? AND id > ? ORDER BY id LIMIT 1000",
+                (_to_text(since), last_id),
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield _event_row(row)
+            last_id = rows[-1]["id"]
+
+    def transfers_since(self, since: datetime, sender: str | None = None) -> list[TransferRow]:
+        if sender is None:
+            rows = self._query(
+                "SELECT * FROM transfers WHERE created_at >= ? ORDER BY created_at",
+                (_to_text(since),),
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM transfers WHERE created_at >= ? AND lower(sender) = lower(?)"
+                " ORDER BY created_at",
+                (_to_text(since), sender),
+            )
+        return [_transfer_row(row) for row in rows]
+
+    def link(self, link_id: str) -> LinkRow | None:
+        rows = self._query("SELECT * FROM links WHERE id = ?", (link_id,))
+        return _link_row(rows[0]) if rows else None
+
     def events(self, transfer_id: str | None = None) -> list[EventRow]:
         if transfer_id is None:
             rows = self._query("SELECT * FROM events ORDER BY id")
@@ -579,3 +607,12 @@ def from_text(text: str | None) -> datetime | None:
                 (_to_text(locked_until), link_id),
             )
             return locked_until
+
+
+# For the other repositories of this package: the same timestamp text as this module's.
+def to_text(moment: datetime) -> str:
+    return _to_text(moment)
+
+
+def from_text(text: str | None) -> datetime | None:
+    return _optional_time(text)

@@ -1,0 +1,71 @@
+"""Queue what a delivered link calls for: the download password over its separate channel,
+and the sender's receipt with the management link.
+
+Called inside the commit that activates the link, so a crash can neither lose these notices
+nor queue them for a mail that never left. Secrets go into the outbox sealed to the item.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from gateway.config import Policy
+from gateway.model import StoredTransfer
+from gateway.store.crypto import open_small, seal_small
+from gateway.store.db import Database
+from gateway.store.outbox import OutboxStore, new_outbox_id
+
+# The receipt lists every recipient served; waiting a little lets a message's other copies
+# be delivered first, whatever order the worker and the relay run in.
+RECEIPT_DELAY = timedelta(minutes=1)
+
+
+class NoticeQueue:
+    def __init__(self, db: Database, master_key: bytes):
+        self._db = db
+        self._outbox = OutboxStore(db)
+        self._master_key = master_key
+
+    def _seal(self, item_id: str, secrets: dict) -> bytes:
+        return seal_small(self._master_key, item_id.encode(), json.dumps(secrets).encode())
+
+    def _password(self, transfer_id: str) -> str:
+        row = self._db.transfer(transfer_id)
+        if row is None or row.password_sealed is None:
+            raise ValueError(f"transfer {transfer_id} has no sealed password")
+        return open_small(self._master_key, transfer_id.encode(), row.password_sealed).decode()
+
+    def link_delivered(
+        self, transfer: StoredTransfer, link_id: str, policy: Policy, now: datetime
+    ) -> bool:
+        """Queue this link's notices; True when something is due at once (wake the worker)."""
+        due_now = False
+        channel = transfer.password_channel
+        tid = transfer.transfer_id
+        if channel in ("recipient-email", "webhook"):
+            kind = "password-recipient" if channel == "recipient-email" else "webhook-password"
+            delay = policy.password_delay if channel == "recipient-email" else timedelta(0)
+            item_id = new_outbox_id()
+            self._outbox.enqueue(
+                kind=kind, now=now, due_at=now + delay, item_id=item_id, transfer_id=tid,
+                link_id=link_id, dedupe_key=f"{kind}:{link_id}",
+                sealed=self._seal(item_id, {"password": self._password(tid)}),
+            )
+            due_now = due_now or delay <= timedelta(0)
+        elif channel == "sender-email":
+            # One mail to the sender for all recipients, after the message's other copies.
+            item_id = new_outbox_id()
+            self._outbox.enqueue(
+                kind="password-sender", now=now, due_at=now + RECEIPT_DELAY, item_id=item_id,
+                transfer_id=tid, dedupe_key=f"password-sender:{tid}",
+                sealed=self._seal(item_id, {"password": self._password(tid)}),
+            )
+        if policy.sender_receipt and transfer.manage_token:
+            item_id = new_outbox_id()
+            self._outbox.enqueue(
+                kind="receipt", now=now, due_at=now + RECEIPT_DELAY, item_id=item_id,
+                transfer_id=tid, dedupe_key=f"receipt:{tid}",
+                sealed=self._seal(item_id, {"manage_token": transfer.manage_token}),
+            )
+        return due_now
