@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test install system-deps check-config bench clean
+.PHONY: run test install system-deps check-config bench bench-download clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_throughput.py
+
+bench-download: $(STAMP)
+	$(BIN)/python bench/download_throughput.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
