@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.config import BUNDLED_TEMPLATES, PortalSettings
 from gateway.store.passwords import hash_token
 from gateway.web import build_portal_app
+from gateway.web.download import FILE_BATCH_SIZE
 from tests.support.running import (
     PUBLIC_URL,
     RunningGateway,
@@ -257,6 +258,8 @@ def _flip_byte(harness, file_row, offset: int) -> None:
 SMALL_CHUNK = 4096
 SEALED_CHUNK = SMALL_CHUNK + 16
 HEADER = 16
+# Chunks handed over per batch: damage must lie past the first batch to be met mid-stream.
+BATCH_CHUNKS = FILE_BATCH_SIZE // SMALL_CHUNK
 
 
 def test_damage_found_before_the_first_byte_gives_a_500_page_and_counts_nothing(tmp_path):
@@ -276,9 +279,9 @@ def test_damage_found_before_the_first_byte_gives_a_500_page_and_counts_nothing(
 
 def test_damage_mid_stream_aborts_the_connection_after_only_authentic_bytes(tmp_path):
     portal = PortalHarness(tmp_path, chunk_size=SMALL_CHUNK)
-    data = os.urandom(40 * SMALL_CHUNK)
+    data = os.urandom(4 * BATCH_CHUNKS * SMALL_CHUNK)
     issued = portal.add_one(data=data)
-    _flip_byte(portal, issued.files[0], HEADER + 20 * SEALED_CHUNK + 7)
+    _flip_byte(portal, issued.files[0], HEADER + 2 * BATCH_CHUNKS * SEALED_CHUNK + 7)
 
     async def scenario(client):
         csrf = await csrf_of(client, issued)
@@ -292,7 +295,7 @@ def test_damage_mid_stream_aborts_the_connection_after_only_authentic_bytes(tmp_
     status, received = portal.run(scenario)
 
     assert status == 200  # the headers had gone out
-    assert len(received) < 20 * SMALL_CHUNK
+    assert len(received) < 2 * BATCH_CHUNKS * SMALL_CHUNK
     assert received == data[:len(received)]
     assert [e.kind for e in portal.events()] == ["download", "download.aborted"]
     assert portal.events()[1].detail["reason"] == "integrity"
@@ -302,7 +305,7 @@ def test_damage_mid_stream_aborts_the_connection_after_only_authentic_bytes(tmp_
 
 def test_a_file_whose_bytes_differ_from_the_recorded_sha256_is_never_completed(tmp_path):
     portal = PortalHarness(tmp_path, chunk_size=SMALL_CHUNK)
-    data = os.urandom(5 * SMALL_CHUNK)
+    data = os.urandom(3 * BATCH_CHUNKS * SMALL_CHUNK)
     issued = portal.add_one(data=data)
     with portal.db.transaction():  # the metadata points at other content than it describes
         portal.db._execute("UPDATE files SET sha256 = ? WHERE id = ?",
