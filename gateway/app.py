@@ -19,11 +19,15 @@ from aiohttp import web
 from gateway.config import Config, ConfigError
 from gateway.dkimkeys import load_private_key
 from gateway.log import MessageLogger
+from gateway.notify.compose import NoticeComposer
+from gateway.notify.webhook import WebhookSender
+from gateway.notify.worker import OutboxWorker
 from gateway.ops.admin import build_admin_app, next_hop_check, store_writable_check
 from gateway.ops.housekeeping import purge, run_periodically
 from gateway.ops.metrics import GatewayMetrics
 from gateway.pipeline.deliver import NextHop, make_next_hop
 from gateway.pipeline.notice import make_template_env
+from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.relay import Relay
 from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.pipeline.store_step import TransferWriter
@@ -32,6 +36,9 @@ from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.blobs import BlobStore
 from gateway.store.db import Database
+from gateway.store.controls import ControlsStore
+from gateway.store.crypto import seal_small
+from gateway.store.outbox import OutboxStore
 from gateway.store.keys import MasterKeyError, derive_key, load_or_create_master_key
 from gateway.web.portal import REFUSAL_STATUS, build_portal_app
 
@@ -95,6 +102,10 @@ class Gateway:
         self._server: asyncio.base_events.Server | None = None
         self._runners: list[web.AppRunner] = []
         self._purger: asyncio.Task | None = None
+        self._notifier: asyncio.Task | None = None
+        self._notifier_stop = asyncio.Event()
+        self.notify_wake = asyncio.Event()
+        self._webhooks: WebhookSender | None = None
         self.smtp_port: int | None = None
         self.portal_port: int | None = None
         self.admin_port: int | None = None
@@ -109,7 +120,9 @@ class Gateway:
                 hop.url, starttls=hop.starttls, timeout=hop.timeout.total_seconds(),
                 helo_name=config.gateway.hostname, pool_size=hop.pool_size,
             )
-        await self._start_smtp(master_key)
+        signer = load_signer(config)
+        await self._start_smtp(master_key, signer)
+        self._start_notifier(master_key, signer)
         await self._start_portal(master_key)
         await self._start_admin()
         self._purger = asyncio.create_task(run_periodically(
@@ -124,15 +137,15 @@ class Gateway:
             self._next_hop.describe(), config.storage.data_dir.resolve(),
         )
 
-    async def _start_smtp(self, master_key: bytes) -> None:
+    async def _start_smtp(self, master_key: bytes, signer: DkimSigner) -> None:
         config = self.config
-        signer = load_signer(config)
         for domain in unsigned_domains(config):
             log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
         writer = TransferWriter(self.db, self.blobs, master_key, config.storage.chunk_size)
         relay = Relay(
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
+            NoticeQueue(self.db, master_key), self.notify_wake.set,
         )
         authenticator = None
         if config.smtp.auth_users_file:
@@ -146,6 +159,26 @@ class Gateway:
         )
         self.smtp_port = self._server.sockets[0].getsockname()[1]
 
+    def _start_notifier(self, master_key: bytes, signer: DkimSigner) -> None:
+        """The worker that sends what the outbox holds: passwords, receipts, codes, webhooks."""
+        config = self.config
+        composer = NoticeComposer(
+            self.db, make_template_env(config.gateway.templates_dir), signer,
+            from_address=config.notify.from_address, public_url=config.portal.public_url,
+            timezone=config.gateway.timezone, master_key=master_key,
+            webhook_url=config.webhook.url,
+        )
+        if config.webhook.url:
+            self._webhooks = WebhookSender(
+                config.webhook.secret, config.webhook.timeout.total_seconds()
+            )
+        worker = OutboxWorker(
+            OutboxStore(self.db), composer, self._next_hop, self._webhooks, config.notify,
+            self.clock, wake=self.notify_wake,
+        )
+        self._notifier_stop.clear()
+        self._notifier = asyncio.create_task(worker.run(self._notifier_stop))
+
     async def _start_portal(self, master_key: bytes) -> None:
         config = self.config
         app = build_portal_app(
@@ -153,6 +186,9 @@ class Gateway:
             templates_dir=config.gateway.templates_dir, timezone=config.gateway.timezone,
             secret=derive_key(master_key, "portal v1"), clock=self.clock,
             events_hook=self._count_portal_event,
+            outbox=OutboxStore(self.db), controls=ControlsStore(self.db),
+            seal=lambda item_id, data: seal_small(master_key, item_id.encode(), data),
+            wake_outbox=self.notify_wake.set,
         )
         runner, self.portal_port = await start_web(
             app, config.portal.listen_host, config.portal.listen_port
@@ -188,6 +224,14 @@ class Gateway:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self._notifier is not None:
+            self._notifier_stop.set()
+            self.notify_wake.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._notifier
+            self._notifier = None
+        if self._webhooks is not None:
+            await self._webhooks.close()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

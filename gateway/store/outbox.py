@@ -116,7 +116,11 @@ class OutboxStore:
             (to_text(next_due), error[:500], item.id),
         )
 
-    def mark_gave_up(self, item: OutboxItem, now: datetime, error: str) -> bool:
+    def mark_gave_up(
+        self, item: OutboxItem, now: datetime, error: str, note: dict[str, Any] | None = None
+    ) -> bool:
+        """Give up on an item, audited; `note` (enqueue's arguments) queues the notice telling
+        the sender, in the same commit, so a crash cannot lose it."""
         with self._db.transaction():
             changed = self._db.write(
                 "UPDATE outbox SET state = 'gave_up', sealed = NULL, last_error = ?,"
@@ -128,6 +132,8 @@ class OutboxStore:
                     f"outbox.gave_up.{item.kind}", now, transfer_id=item.transfer_id,
                     link_id=item.link_id, detail={"item": item.id, "error": error[:200]},
                 )
+                if note is not None:
+                    self.enqueue(now=now, **note)
         return changed == 1
 
     def cancel(self, *, link_id: str | None = None, transfer_id: str | None = None,

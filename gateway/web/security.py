@@ -1,4 +1,5 @@
-"""Protect the portal's pages: response headers, CSRF tokens, signed session cookies, client IP.
+"""Protect the portal's pages: response headers, CSRF tokens, signed cookies (password
+session, verified recipient), the MACs one-time codes are stored as, client IP.
 
 Tokens and cookies are `<unix seconds>.<HMAC-SHA256, base64url>` under the 32-byte portal
 secret, each kind with its own label so one can never pass for another. Nothing here keeps
@@ -26,6 +27,8 @@ CSRF_LIFETIME = timedelta(hours=2)
 _CLOCK_SKEW = timedelta(minutes=1)
 _CSRF_LABEL = b"ppap-portal/csrf/v1\x00"
 _SESSION_LABEL = b"ppap-portal/session/v1\x00"
+_VERIFIED_LABEL = b"ppap-portal/verified/v1\x00"
+_OTP_LABEL = b"ppap-portal/otp/v1\x00"
 _MAX_FORWARDED_CHARS = 2048
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -102,19 +105,42 @@ def csrf_problem(secret: bytes, link_id: str, token: str, now: datetime) -> str 
     return None
 
 
-def make_session(secret: bytes, link_id: str, expires_at: datetime) -> str:
+def _make_until(label: bytes, secret: bytes, link_id: str, expires_at: datetime) -> str:
     stamp = str(int(expires_at.timestamp()))
-    return f"{stamp}.{_mac(secret, _SESSION_LABEL, link_id, stamp)}"
+    return f"{stamp}.{_mac(secret, label, link_id, stamp)}"
 
 
-def session_valid(secret: bytes, link_id: str, value: str, now: datetime) -> bool:
+def _valid_until(label: bytes, secret: bytes, link_id: str, value: str, now: datetime) -> bool:
     parsed = _split_signed(value)
     if parsed is None:
         return False
     stamp, mac = parsed
-    if not hmac.compare_digest(mac, _mac(secret, _SESSION_LABEL, link_id, str(stamp))):
+    if not hmac.compare_digest(mac, _mac(secret, label, link_id, str(stamp))):
         return False
     return now.timestamp() < stamp
+
+
+def make_session(secret: bytes, link_id: str, expires_at: datetime) -> str:
+    """The cookie that says: this browser gave the link's download password."""
+    return _make_until(_SESSION_LABEL, secret, link_id, expires_at)
+
+
+def session_valid(secret: bytes, link_id: str, value: str, now: datetime) -> bool:
+    return _valid_until(_SESSION_LABEL, secret, link_id, value, now)
+
+
+def make_verified(secret: bytes, link_id: str, expires_at: datetime) -> str:
+    """The cookie that says: this browser typed a one-time code mailed to the recipient."""
+    return _make_until(_VERIFIED_LABEL, secret, link_id, expires_at)
+
+
+def verified_valid(secret: bytes, link_id: str, value: str, now: datetime) -> bool:
+    return _valid_until(_VERIFIED_LABEL, secret, link_id, value, now)
+
+
+def otp_mac(secret: bytes, link_id: str, code: str) -> str:
+    """What is stored of a one-time code: its MAC, bound to the link it was sent for."""
+    return _mac(secret, _OTP_LABEL, link_id, code)
 
 
 # -- where a POST comes from ---------------------------------------------------------------

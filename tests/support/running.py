@@ -69,10 +69,17 @@ class RunningGateway:
         return self
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return  # stopped already (a test that restarts the gateway)
         asyncio.run_coroutine_threadsafe(self.gateway.stop(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+    def advance(self, **delta) -> None:
+        """Move the clock on and nudge the outbox worker, as if that much time had passed."""
+        self.clock.advance(**delta)
+        self.loop.call_soon_threadsafe(self.gateway.notify_wake.set)
 
     def call(self, coroutine):
         """Run a coroutine in the gateway's loop and wait for its result."""

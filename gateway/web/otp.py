@@ -1,0 +1,214 @@
+"""One-time codes that prove a visitor holds the mailbox a link was issued for.
+
+POST /d/{token}/otp mails a fresh 6-digit code to the link's recipient: the code's MAC, the
+outbox item carrying the sealed code and the audit event go in one commit. Sends are limited
+per link (one per resend interval, kept in the store) and per client network (in memory).
+POST /d/{token}/otp/verify checks a typed code: a few tries per code, then it is void; the
+right one earns a signed cookie for that link alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import secrets
+import unicodedata
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Callable
+
+from aiohttp import web
+
+from gateway.store.controls import ControlsStore, ResendTooSoon
+from gateway.store.outbox import OutboxStore, new_outbox_id
+from gateway.web.i18n import Translator
+from gateway.web.pages import read_form
+from gateway.web.ratelimit import SlidingWindow, client_key
+from gateway.web.security import make_verified, otp_mac
+
+if TYPE_CHECKING:
+    from gateway.web.portal import LinkState, Portal
+
+log = logging.getLogger("gateway.web")
+
+VERIFIED_COOKIE = "ppap_verified"
+CODE_DIGITS = 6
+_CODE_SHAPE = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
+# What people type between groups of digits, or paste along with them.
+_SEPARATORS = re.compile(r"[\s\-]+")
+_MAX_TYPED_CHARS = 64
+
+
+def new_code() -> str:
+    return f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
+
+
+def normalize_code(typed: str) -> str | None:
+    """The six ASCII digits a visitor meant (full-width digits and spaces allowed), or None."""
+    if len(typed) > _MAX_TYPED_CHARS:
+        return None
+    text = _SEPARATORS.sub("", unicodedata.normalize("NFKC", typed))
+    return text if _CODE_SHAPE.fullmatch(text) else None
+
+
+def mask_address(address: str) -> str:
+    """`t****@partner.example.com`: enough for the recipient to recognise, not to learn."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return f"{address[:1]}****"
+    return f"{local[:1]}****@{domain}"
+
+
+class OtpGate:
+    def __init__(self, portal: Portal, controls: ControlsStore, outbox: OutboxStore,
+                 seal: Callable[[str, bytes], bytes] | None, wake_outbox: Callable[[], None]):
+        self._portal = portal
+        self._controls = controls
+        self._outbox = outbox
+        self._seal = seal
+        self._wake_outbox = wake_outbox
+        settings = portal.settings
+        self._per_client = SlidingWindow(settings.otp_per_client_per_hour, timedelta(hours=1))
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def send(self, request: web.Request) -> web.StreamResponse:
+        portal = self._portal
+        state = await portal.resolve(request)
+        if state.refusal:
+            return await portal.refuse(request, state, state.refusal)
+        assert state.link is not None
+        if not state.verify_recipient:
+            return portal.see_landing(request)
+        problem = portal.post_problem(request, state.link, await read_form(request))
+        if problem:
+            return await portal.refuse(request, state, problem)
+        if self._seal is None:
+            log.error("portal: no sealer was given, so no one-time code can be sent")
+            return portal.pages.error_page(request, 503, message="otp_unavailable")
+        now = portal.clock()
+        client = portal.client(request)
+        key = client_key(client["client_ip"])
+        wait = self._per_client.reserve(key, now)
+        if wait is not None:
+            return await self._throttled(request, state, "client", wait)
+        try:
+            await asyncio.to_thread(self._issue, state, client, now)
+        except ResendTooSoon as refused:
+            self._per_client.release(key)
+            return await self._throttled(request, state, "link", refused.retry_at - now)
+        except BaseException:
+            self._per_client.release(key)
+            raise
+        self._wake_outbox()
+        return portal.see_landing(request)
+
+    async def verify(self, request: web.Request) -> web.StreamResponse:
+        portal = self._portal
+        state = await portal.resolve(request)
+        if state.refusal:
+            return await portal.refuse(request, state, state.refusal)
+        assert state.link is not None
+        if not state.verify_recipient:
+            return portal.see_landing(request)
+        form = await read_form(request)
+        problem = portal.post_problem(request, state.link, form)
+        if problem:
+            return await portal.refuse(request, state, problem)
+        now = portal.clock()
+        link_id = state.link.id
+        typed = normalize_code(form.get("code", ""))
+        # Anything that is not six digits cannot match, and costs a try all the same.
+        typed_hash = otp_mac(portal.secret, link_id, typed) if typed else ""
+        max_attempts = portal.settings.otp_max_attempts
+        outcome = await asyncio.to_thread(
+            self._controls.settle_otp, link_id, typed_hash, now, max_attempts
+        )
+        if outcome == "verified":
+            await portal.audit("otp.verified", request, state, {})
+            response = portal.see_landing(request)
+            expires = now + portal.settings.session_lifetime
+            portal.set_link_cookie(response, request, VERIFIED_COOKIE,
+                                   make_verified(portal.secret, link_id, expires))
+            return response
+        return await self._not_verified(request, state, outcome)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _issue(self, state: LinkState, client: dict[str, str], now: datetime) -> None:
+        """Store the new code's MAC, queue the mail with the sealed code, audit: one commit."""
+        assert state.link is not None and self._seal is not None
+        portal, link = self._portal, state.link
+        settings = portal.settings
+        code = new_code()
+        expires_at = now + settings.otp_lifetime
+        item_id = new_outbox_id()
+        sealed = self._seal(item_id, json.dumps({"code": code}).encode())
+        with portal.db.transaction():
+            sends = self._controls.issue_otp(
+                link.id, otp_mac(portal.secret, link.id, code), now, expires_at,
+                settings.otp_resend_interval,
+            )
+            # A code not yet mailed is stale now: only the newest may go out.
+            self._outbox.cancel(link_id=link.id, kinds=("otp",))
+            self._outbox.enqueue(
+                kind="otp", now=now, due_at=now, item_id=item_id, sealed=sealed,
+                payload={"minutes": _minutes(settings.otp_lifetime)},
+                transfer_id=link.transfer_id, link_id=link.id,
+            )
+            portal.db.append_event(
+                "otp.sent", now, transfer_id=link.transfer_id, link_id=link.id,
+                recipient=link.recipient,
+                detail={**client, "expires_at": expires_at.isoformat(), "sends": sends},
+            )
+
+    async def _throttled(self, request: web.Request, state: LinkState, scope: str,
+                         wait: timedelta) -> web.Response:
+        portal = self._portal
+        seconds = max(math.ceil(wait.total_seconds()), 1)
+        portal.emit("refusal", {"reason": "otp_throttled"})
+        await portal.audit("otp.throttled", request, state,
+                           {"scope": scope, "retry_after": seconds})
+        locale = portal.pages.locale(request)
+        t = Translator(locale)
+        if scope == "link":
+            alert = t("otp_wait", seconds=seconds)
+        else:
+            until = portal.pages.local(portal.clock() + timedelta(seconds=seconds), locale)
+            alert = t("otp_client_limit", until=until)
+        response = portal.landing_page(request, state, 429, alert=alert)
+        response.headers["Retry-After"] = str(seconds)
+        return response
+
+    # -- checking -------------------------------------------------------------------------
+
+    async def _not_verified(self, request: web.Request, state: LinkState,
+                            outcome: str) -> web.Response:
+        portal = self._portal
+        assert state.link is not None
+        otp = await asyncio.to_thread(self._controls.otp_state, state.link.id)
+        state = replace(state, otp=otp)
+        max_attempts = portal.settings.otp_max_attempts
+        t = Translator(portal.pages.locale(request))
+        if outcome in ("wrong", "locked"):
+            await portal.audit("otp.failed", request, state, {})
+        if outcome == "wrong":
+            left = max(max_attempts - (otp.failures if otp else 0), 0)
+            alert = t("otp_wrong", left=left)
+        elif outcome == "locked":
+            portal.emit("otp_locked", {})
+            await portal.audit("otp.locked", request, state, {"attempts": max_attempts})
+            alert = t("otp_locked")
+        else:
+            await portal.audit("otp.refused", request, state, {"reason": outcome})
+            locked = otp is not None and otp.code_hash and otp.failures >= max_attempts
+            alert = t("otp_expired" if outcome == "expired"
+                      else "otp_locked" if locked else "otp_none")
+        return portal.landing_page(request, state, 403, alert=alert)
+
+
+def _minutes(lifetime: timedelta) -> int:
+    return max(1, int(lifetime.total_seconds() // 60))
