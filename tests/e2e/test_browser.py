@@ -13,6 +13,7 @@ import pytest
 
 from gateway.store.crypto import open_small
 from gateway.store.keys import load_or_create_master_key
+from gateway.store.passwords import hash_token
 from tests.e2e.test_relay_corpus import LINK, texts_of
 from tests.support.running import corpus_mail, send_corpus
 
@@ -82,3 +83,51 @@ def test_browser_downloads_the_file_behind_a_rewritten_mail(browser, sink, start
 
     kinds = [e.kind for e in running.db.events()]
     assert "password.failed" in kinds and "password.accepted" in kinds and "download" in kinds
+
+
+def test_browser_verifies_the_recipient_by_code_and_the_sender_revokes(browser, sink, start_gateway):
+    """verify_recipient: the code goes by mail to the link's recipient, is typed into the page,
+    and opens the download; then the sender revokes that link from the management page."""
+    import re
+
+    from tests.support.running import PUBLIC_URL
+
+    running = start_gateway({"policy": {"verify_recipient": True}})
+    mail = corpus_mail("01_outlook_jis_aes256")
+    assert send_corpus(running.port, mail)[0] == 250
+    link_mails = sink.wait_for(2)
+    message = link_mails[0]
+    (token,) = {t for text in texts_of(message.data) for t in LINK.findall(text)}
+    base = f"http://127.0.0.1:{running.gateway.portal_port}"
+    attachment = mail.side["attachments"][0]
+
+    context = browser.new_context(accept_downloads=True, locale="ja-JP")
+    page = context.new_page()
+    page.goto(f"{base}/d/{token}?lang=en")
+    assert page.locator("form[action*='/f/']").count() == 0, "no download before the code"
+    page.click("form[action$='/otp'] button")
+    code_mail = next(m for m in sink.wait_for(3) if m not in link_mails)
+    assert code_mail.rcpt_tos == message.rcpt_tos, "the code goes to the link's own recipient"
+    (code,) = re.findall(r"\b(\d{6})\b", "\n".join(texts_of(code_mail.data)))
+    page.fill("#code", code)
+    page.click("form[action$='/otp/verify'] button")
+    page.screenshot(path=str(ARTIFACTS / "verified-en.png"), full_page=True)
+    with page.expect_download() as started:
+        page.click("form[action*='/f/'] button")
+    saved = ARTIFACTS / "downloaded-after-code.zip"
+    started.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == attachment["sha256"]
+
+    running.advance(minutes=2)  # the sender's receipt, with the management link
+    receipt = next(m for m in sink.wait_for(5) if m.rcpt_tos == [mail.mail_from]
+                   and "/m/" in "\n".join(texts_of(m.data)))
+    (manage,) = re.findall(re.escape(PUBLIC_URL) + r"/m/([A-Za-z0-9_-]+)",
+                           "\n".join(texts_of(receipt.data)))
+    page.goto(f"{base}/m/{manage}?lang=en")
+    assert message.rcpt_tos[0] in page.inner_text("body")
+    page.screenshot(path=str(ARTIFACTS / "manage-en.png"), full_page=True)
+    link_id = running.db.link_by_token_hash(hash_token(token)).id
+    page.click(f"form[action$='/revoke']:has(input[value='{link_id}']) button")
+    response = page.goto(f"{base}/d/{token}")
+    assert response.status == 410
+    context.close()
