@@ -158,3 +158,41 @@ def test_pending_notices_survive_a_restart(tmp_path, sink, start_gateway):
         assert len(sink.wait_for(4)) == 4
     finally:
         again.stop()
+
+
+def download_once(running, token: str) -> bytes:
+    """GET the landing page, then POST its download form, as a browser without JavaScript does."""
+    import html
+    import urllib.parse
+    import urllib.request
+
+    base = f"http://127.0.0.1:{running.gateway.portal_port}"
+    with urllib.request.urlopen(f"{base}/d/{token}", timeout=10) as page:
+        text = page.read().decode()
+    action = html.unescape(re.search(r'<form method="post" action="([^"]*/f/[^"]+)"', text).group(1))
+    csrf = html.unescape(re.search(r'name="csrf" value="([^"]+)"', text).group(1))
+    form = urllib.parse.urlencode({"csrf": csrf}).encode()
+    with urllib.request.urlopen(urllib.request.Request(base + action, data=form), timeout=10) as got:
+        return got.read()
+
+
+@pytest.mark.parametrize("mode, notices", [("first-download", 1), ("every-download", 2),
+                                           ("never", 0)])
+def test_sender_hears_of_downloads_as_the_policy_says(mode, notices, sink, start_gateway):
+    running = start_gateway({"policy": {"notify_sender": mode, "sender_receipt": False}})
+    mail = corpus_mail(PPAP)
+    assert send_corpus(running.port, mail)[0] == 250
+    link_mails = sink.wait_for(2)
+    token = next(iter(links_in(link_mails[0].data)))
+    for _ in range(2):
+        assert len(download_once(running, token)) == mail.side["attachments"][0]["size"]
+    running.advance(seconds=1)
+    expected = 2 + notices
+    received = sink.wait_for(expected) if notices else sink.messages
+    with pytest.raises(TimeoutError):
+        sink.wait_for(expected + 1, timeout=1.0)
+    sent_notices = [m for m in received if m not in link_mails]
+    assert len(sent_notices) == notices
+    for notice in sent_notices:
+        assert notice.rcpt_tos == [SENDER]
+        assert link_mails[0].rcpt_tos[0] in body_text(notice.data)
