@@ -25,6 +25,8 @@ CONFIG_ENV = "PPAP_GATEWAY_CONFIG"
 CONVERT_MODES = ("encrypted-zip", "all-attachments", "none")
 PASSWORD_CHANNELS = ("none", "recipient-email", "sender-email", "webhook")
 NOTIFY_SENDER = ("never", "first-download", "every-download")
+PASSWORD_MAIL = ("suppress", "replace", "pass")
+ON_SCAN_ERROR = ("tempfail", "allow")
 LOCALES = ("ja", "en")
 STARTTLS_MODES = ("off", "opportunistic", "required")
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -53,6 +55,10 @@ class Policy:
     verify_recipient: bool = False
     sender_receipt: bool = True
     notify_sender: str = "first-download"
+    password_mail_window: timedelta = timedelta(minutes=60)
+    password_mail: str = "suppress"
+    keep_original_zip: bool = False
+    on_scan_error: str = "tempfail"
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,25 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class ScanSettings:
+    """clamd, when configured: every extracted file and every stored attachment is scanned."""
+
+    clamd: str = ""  # "unix:/path", "/path" or "host:port"; "" = no scanning
+    timeout: timedelta = timedelta(seconds=30)
+    admin_address: str = ""  # also told when a transfer is blocked
+
+
+@dataclass(frozen=True)
+class UnlockSettings:
+    """Limits for opening an encrypted ZIP once its password is known (zip bombs and worse)."""
+
+    max_members: int = 1000
+    max_total_size: int = 1024 * 1024 * 1024
+    max_ratio: int = 200
+    max_depth: int = 2
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     url: str = ""
     secret_file: Path | None = None
@@ -173,6 +198,8 @@ class Config:
     housekeeping: HousekeepingSettings
     notify: NotifySettings
     webhook: WebhookSettings
+    scan: ScanSettings
+    unlock: UnlockSettings
     dkim_keys: tuple[DkimKeySettings, ...]
     policy: Policy
     departments: tuple[Department, ...]
@@ -314,6 +341,10 @@ POLICY_KEYS: dict[str, Callable[[Any], Any]] = {
     "verify_recipient": _bool,
     "sender_receipt": _bool,
     "notify_sender": _choice(NOTIFY_SENDER),
+    "password_mail_window": _duration,
+    "password_mail": _choice(PASSWORD_MAIL),
+    "keep_original_zip": _bool,
+    "on_scan_error": _choice(ON_SCAN_ERROR),
 }
 
 SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
@@ -366,6 +397,13 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "retry_max": _duration,
         "max_age": _duration,
         "poll_interval": _duration,
+    },
+    "scan": {"clamd": _str, "timeout": _duration, "admin_address": _str},
+    "unlock": {
+        "max_members": _int(1, 100_000),
+        "max_total_size": _size(1024),
+        "max_ratio": _int(2, 100_000),
+        "max_depth": _int(0, 10),
     },
     "webhook": {
         "url": _webhook_url,
@@ -550,6 +588,8 @@ def build_config(
         housekeeping=HousekeepingSettings(**values["housekeeping"]),
         notify=_build_notify(values["notify"], gateway),
         webhook=webhook,
+        scan=ScanSettings(**values["scan"]),
+        unlock=UnlockSettings(**values["unlock"]),
         dkim_keys=_build_dkim(document.get("dkim", {})),
         policy=policy,
         departments=departments,

@@ -72,13 +72,13 @@ def _purge_transfer(
     db: Database, blobs: BlobStore, transfer_id: str, now: datetime, tally: _Tally
 ) -> None:
     transfer = db.transfer(transfer_id)
-    files = db.files_of(transfer_id)
+    files = db.blob_ids_of(transfer_id)  # attachments and anything extracted from them
     if transfer is None or (transfer.state == "failed" and not files):
         return  # a failed transfer stays listed once purged; there is nothing left to do
     freed = 0
-    for stored in files:
+    for blob_id in files:
         try:
-            freed += blobs.delete(stored.blob_id)
+            freed += blobs.delete(blob_id)
             tally.blobs += 1
         except StorageError as error:
             # The key goes anyway (the blob is unreadable without it); the blob is now an

@@ -130,6 +130,7 @@ class MetadataStore(Protocol):
     def stale_pending_transfers(self, older_than: datetime) -> list[str]: ...
     def failed_or_expired_transfers(self, now: datetime) -> list[str]: ...
     def referenced_blob_ids(self) -> set[str]: ...
+    def blob_ids_of(self, transfer_id: str) -> list[str]: ...
     def mark_purged(self, transfer_id: str, state: str = "purged") -> None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...
@@ -452,6 +453,7 @@ class Database:
             raise ValueError(f"a purged transfer ends 'purged' or 'failed', not {state!r}")
         with self.transaction():
             self._execute("DELETE FROM files WHERE transfer_id = ?", (transfer_id,))
+            self._execute("DELETE FROM extracted_files WHERE transfer_id = ?", (transfer_id,))
             self._execute(
                 "UPDATE transfers SET state = ?, password_hash = NULL,"
                 " password_sealed = NULL WHERE id = ?",
@@ -538,7 +540,21 @@ class Database:
 
     def referenced_blob_ids(self) -> set[str]:
         """Every blob id a files row still points at (the rest on disk are orphans)."""
-        return {row[0] for row in self._query("SELECT blob_id FROM files")}
+        return {
+            row[0] for row in self._query(
+                "SELECT blob_id FROM files UNION SELECT blob_id FROM extracted_files"
+            )
+        }
+
+    def blob_ids_of(self, transfer_id: str) -> list[str]:
+        """The blobs of a transfer: its attachments and whatever was extracted from them."""
+        return [
+            row[0] for row in self._query(
+                "SELECT blob_id FROM files WHERE transfer_id = ?"
+                " UNION ALL SELECT blob_id FROM extracted_files WHERE transfer_id = ?",
+                (transfer_id, transfer_id),
+            )
+        ]
 
     def stale_pending_transfers(self, older_than: datetime) -> list[str]:
         """Transfers still 'pending' that were created before `older_than` (crashed mid-way)."""
