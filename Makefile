@@ -23,13 +23,19 @@ run: $(STAMP)
 check-config: $(STAMP)
 	$(BIN)/ppap-gateway --config $(CONFIG) check-config
 
-# Programs the end-to-end tests drive for real (Debian packages): Chromium and CJK fonts.
+# Programs the tests drive for real (Debian packages), installed only when missing: Chromium and
+# CJK fonts for the browser test; clamd for scanning (the tests start their own with a local
+# EICAR-only database; freshclam, which needs the network, is never run).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 && [ -d /usr/share/fonts/opentype/noto ] || { \
-	  echo "installing chromium and fonts-noto-cjk (Debian packages)"; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
+	command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || missing="$$missing clamav-daemon clamav"; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider

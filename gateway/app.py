@@ -28,9 +28,11 @@ from gateway.ops.metrics import GatewayMetrics
 from gateway.pipeline.deliver import NextHop, make_next_hop
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.notify_step import NoticeQueue
+from gateway.pipeline.unlock_step import PasswordMailUnlocker
 from gateway.pipeline.relay import Relay
 from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.pipeline.store_step import TransferWriter
+from gateway.scan.clamd import ClamdScanner
 from gateway.smtp.access import PasswordFileAuthenticator, RelayAccess, load_users
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
@@ -62,6 +64,15 @@ def load_signer(config: Config) -> DkimSigner:
 def unsigned_domains(config: Config) -> list[str]:
     signed = {k.domain for k in config.dkim_keys}
     return sorted(d for d in config.gateway.internal_domains if d.lstrip("*.") not in signed)
+
+
+def make_scanner(config: Config) -> ClamdScanner | None:
+    if not config.scan.clamd:
+        return None
+    return ClamdScanner(
+        config.scan.clamd, timeout=config.scan.timeout.total_seconds(),
+        max_stream=config.scan.max_stream,
+    )
 
 
 def load_master_key(config: Config) -> bytes:
@@ -146,6 +157,10 @@ class Gateway:
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
             NoticeQueue(self.db, master_key), self.notify_wake.set,
+            PasswordMailUnlocker(
+                config, self.db, self.blobs, make_scanner(config), self.clock,
+                config.storage.chunk_size,
+            ),
         )
         authenticator = None
         if config.smtp.auth_users_file:

@@ -145,6 +145,7 @@ class ScanSettings:
 
     clamd: str = ""  # "unix:/path", "/path" or "host:port"; "" = no scanning
     timeout: timedelta = timedelta(seconds=30)
+    max_stream: int = 25 * 1024 * 1024  # clamd's StreamMaxLength (Debian's default: 25M)
     admin_address: str = ""  # also told when a transfer is blocked
 
 
@@ -307,6 +308,15 @@ def _public_url(value: Any) -> str:
     return text
 
 
+def _clamd_address(value: Any) -> str:
+    from gateway.scan.clamd import parse_clamd_address
+
+    text = _str(value)
+    if text:
+        parse_clamd_address(text)  # ValueError names what is wrong
+    return text
+
+
 def _webhook_url(value: Any) -> str:
     text = _str(value)
     if text and not (text.startswith("https://") or text.startswith("http://")):
@@ -398,7 +408,8 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_age": _duration,
         "poll_interval": _duration,
     },
-    "scan": {"clamd": _str, "timeout": _duration, "admin_address": _str},
+    "scan": {"clamd": _clamd_address, "timeout": _duration, "max_stream": _size(1024),
+             "admin_address": _str},
     "unlock": {
         "max_members": _int(1, 100_000),
         "max_total_size": _size(1024),

@@ -48,6 +48,17 @@ class ZipReport:
     verdict: ZipVerdict
     members: tuple[ZipMember, ...] = ()
     reason: str = ""  # why CORRUPT_ZIP, for the log
+    # members that are ZIPs themselves ("double ZIP"): by name, or for unencrypted members by bytes
+    nested_zip_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerReport:
+    """What the bytes of an attachment that is not a ZIP are, as far as encryption goes."""
+
+    kind: str  # "7z" | "office" | "pdf" | "none"
+    encrypted: bool = False
+    reason: str = ""  # for the log: what was seen, or why the structure could not be read
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Attachment:
     data: bytes  # transfer-decoded bytes
     zip: ZipReport
     inside_rfc822: bool = False
+    container: ContainerReport | None = None  # filled for attachments that are not ZIPs
 
     @property
     def size(self) -> int:

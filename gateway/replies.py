@@ -38,6 +38,7 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 CANNOT_CONVERT = Reply(554, "5.6.0", "Message structure too complex to convert safely")
+SCAN_UNAVAILABLE = Reply(451, "4.7.0", "Virus scanner unavailable, try again later")
 CANNOT_PARSE = Reply(554, "5.6.0", "Malformed MIME structure, message cannot be checked")
 
 

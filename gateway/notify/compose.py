@@ -38,9 +38,9 @@ _NEEDED_SECRET = {
     "receipt": "manage_token", "webhook-password": "password",
 }  # fmt: skip
 # Kinds addressed to a link's recipient: they need that link still active.
-_TO_RECIPIENT = frozenset({"password-recipient", "otp", "webhook-password"})
+_TO_RECIPIENT = frozenset({"password-recipient", "otp", "webhook-password", "password-replaced"})
 # Kinds that thread next to the mail they belong to.
-_THREADED = frozenset({"password-recipient", "password-sender", "otp"})
+_THREADED = frozenset({"password-recipient", "password-sender", "otp", "password-replaced"})
 _FROM_NAME = {"ja": "メールゲートウェイ", "en": "ppap-gateway"}
 _NO_SUBJECT = {"ja": "（件名なし）", "en": "(no subject)"}
 _NO_NAME = {"ja": "（名前なし）", "en": "(no name)"}
@@ -133,6 +133,9 @@ class NoticeComposer:
             "download-notice": self._download_notice,
             "otp": self._otp,
             "give-up-note": self._give_up_note,
+            "password-retired": self._password_retired,
+            "password-replaced": self._password_replaced,
+            "blocked-note": self._blocked_note,
         }
 
     def compose(self, item: OutboxItem) -> OutgoingMessage | WebhookCall:
@@ -232,6 +235,28 @@ class NoticeComposer:
             "error": one_line(error) if isinstance(error, str) and error.strip() else "-",
             "failed_about": "password" if "password" in failed_kind
             else "code" if failed_kind == "otp" else "",
+        }
+
+    def _password_retired(self, about: _About) -> tuple[str, dict[str, Any]]:
+        """To the sender: their PPAP password mail was not passed on; the link serves the files."""
+        return about.transfer.sender, {"recipients": self._recipients(about)}
+
+    def _password_replaced(self, about: _About) -> tuple[str, dict[str, Any]]:
+        """To a recipient, instead of the password mail: the link needs no password any more."""
+        assert about.link is not None
+        return about.link.recipient, {}
+
+    def _blocked_note(self, about: _About) -> tuple[str, dict[str, Any]]:
+        """To the sender, or the configured admin address: which file, which signature."""
+        payload = about.payload
+        to = payload.get("address") or about.transfer.sender
+        if not isinstance(to, str) or _mailbox(to) is None:
+            raise ComposeError(f"outbox item {about.item.id}: bad address")
+        file, signature = payload.get("file"), payload.get("signature")
+        return to, {
+            "file": one_line(file) if isinstance(file, str) else "?",
+            "signature": one_line(signature, 200) if isinstance(signature, str) else "?",
+            "for_admin": bool(payload.get("address")),
         }
 
     def _webhook(self, about: _About) -> WebhookCall:

@@ -18,7 +18,9 @@ from prometheus_client import (
 )
 
 OTHER = "other"
-DECISIONS: tuple[str, ...] = ("pass", "convert", "internal", "signed", "duplicate", "error", OTHER)
+DECISIONS: tuple[str, ...] = (
+    "pass", "convert", "internal", "signed", "duplicate", "password-mail", "error", OTHER,
+)
 REFUSAL_REASONS: tuple[str, ...] = (
     "not_found", "expired", "exhausted", "revoked", "not_active", "bad_password",
     "rate_limited", "missing_blob", "integrity", OTHER,

@@ -1,16 +1,20 @@
-"""Find every file a message carries and say, from its bytes, whether it is an encrypted ZIP.
+"""Find every file a message carries and say, from its bytes, whether it is an encrypted ZIP
+(or another encrypted container: 7z, Office, PDF) and whether a ZIP holds ZIPs.
 
 Names and Content-Types are reported but never trusted for the verdict: every attachment's
-bytes go through inspect_zip, so an encrypted ZIP called report.pdf is still found.
+bytes go through inspect_zip, and those that are no ZIP through inspect_container, so an
+encrypted ZIP called report.pdf or an encrypted .docx sent as octet-stream is still found.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.errors import InvalidBase64LengthDefect
 from email.message import Message
 
+from gateway.containers import inspect_container, nested_zip_names
 from gateway.filenames import attachment_filename, decode_base64_leniently, has_filename_parameter
-from gateway.model import Attachment, Classification
+from gateway.model import Attachment, Classification, ZipVerdict
 from gateway.pipeline.parse import MAX_DEPTH, children, walk_with_paths
 from gateway.zipinspect import inspect_zip
 
@@ -43,7 +47,10 @@ def classify(root: Message) -> Classification:
             holds_rfc822_content[path] = inside_rfc822 or content_type == "message/rfc822"
         notes.extend(_structure_notes(path, part))
         if _is_attachment(part):
-            attachments.append(_attachment(path, part, inside_rfc822))
+            attachment = _attachment(path, part, inside_rfc822)
+            attachments.append(attachment)
+            if attachment.zip.nested_zip_names:
+                notes.append(f"double-zip: {attachment.filename or _where(path)}")
         notes.extend(_defect_notes(path, part))  # after decoding, which records bad base64
     return Classification(
         attachments=tuple(attachments),
@@ -63,13 +70,20 @@ def _is_attachment(part: Message) -> bool:
 
 def _attachment(path: tuple[int, ...], part: Message, inside_rfc822: bool) -> Attachment:
     data = _transfer_decoded(part)
+    report = inspect_zip(data)
+    container = None
+    if report.verdict is ZipVerdict.NOT_ZIP:
+        container = inspect_container(data)
+    else:
+        report = replace(report, nested_zip_names=nested_zip_names(data, report))
     return Attachment(
         path=path,
         filename=attachment_filename(part),
         content_type=part.get_content_type(),
         data=data,
-        zip=inspect_zip(data),
+        zip=report,
         inside_rfc822=inside_rfc822,
+        container=container,
     )
 
 

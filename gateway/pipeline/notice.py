@@ -43,6 +43,7 @@ class Notice:
     url: str
     expires_at: datetime  # aware, already in the zone the recipient should see
     password: str  # how a password reaches the recipient, never the password itself
+    double_zip: bool = False  # a converted ZIP holds another ZIP: say so in one line
 
     def __post_init__(self) -> None:
         if self.locale not in LOCALES:
@@ -79,6 +80,7 @@ def render_notice(env: jinja2.Environment, notice: Notice) -> tuple[str, str]:
         "url": notice.url,
         "expires": format_expiry(notice.expires_at, notice.locale),
         "password": notice.password,
+        "double_zip": notice.double_zip,
     }
     text = env.get_template(f"mail/notice.{notice.locale}.txt").render(context)
     html = env.get_template(f"mail/notice.{notice.locale}.html").render(context)

@@ -63,7 +63,14 @@ def attachments_to_convert(policy: Policy, classification: Classification) -> tu
         return ()
     if policy.convert == "all-attachments":
         return classification.attachments
-    return tuple(a for a in classification.attachments if a.zip.verdict in _BLOCKED_VERDICTS)
+    return tuple(a for a in classification.attachments if _needs_password(a))
+
+
+def _needs_password(attachment: Attachment) -> bool:
+    """An encrypted (or unreadable) ZIP, or an encrypted 7z, Office document or PDF."""
+    if attachment.zip.verdict in _BLOCKED_VERDICTS:
+        return True
+    return attachment.container is not None and attachment.container.encrypted
 
 
 def decide(config: Config, envelope: Envelope, classification: Classification) -> Decision:

@@ -32,12 +32,13 @@ from gateway.pipeline.classify import classify
 from gateway.pipeline.deliver import NextHop
 from gateway.pipeline.notice import Notice, NoticeFile, render_notice
 from gateway.pipeline.notify_step import NoticeQueue
+from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
 from gateway.pipeline.policy import decide
 from gateway.pipeline.parse import parse_message
 from gateway.pipeline.rewrite import rewrite_parsed
 from gateway.pipeline.sign import DkimSigner
 from gateway.pipeline.store_step import MessageFacts, TransferWriter
-from gateway.replies import ALREADY_DELIVERED, OK, Reply, reply_for_exception
+from gateway.replies import ALREADY_DELIVERED, OK, SCAN_UNAVAILABLE, Reply, reply_for_exception
 from gateway.store.db import Database
 
 log = logging.getLogger("gateway.relay")
@@ -104,7 +105,9 @@ class Relay:
         clock: Callable[[], datetime],
         notices: NoticeQueue | None = None,
         wake_notices: Callable[[], None] = lambda: None,
+        unlocker: PasswordMailUnlocker | None = None,
     ):
+        self._unlocker = unlocker
         self._notices = notices
         self._wake_notices = wake_notices
         self._config = config
@@ -143,6 +146,13 @@ class Relay:
             f"corrupt-zip held back: {a.zip.reason}"
             for a in decision.to_convert if a.zip.verdict is ZipVerdict.CORRUPT_ZIP
         )
+        if self._unlocker is not None:
+            verdict = await self._unlocker.handle(envelope, message, classification, decision.policy)
+            if verdict is not None:
+                envelope = await self._after_password_mail(verdict, envelope, fingerprint, outcome)
+                if envelope is None:
+                    return
+                decision = decide(self._config, envelope, classification)
 
         transfer = None
         if decision.converting:
@@ -163,6 +173,35 @@ class Relay:
         outcome.reply = await self._deliver_all(
             fingerprint, messages, transfer, decision.policy, outcome
         )
+
+    async def _after_password_mail(
+        self, verdict: UnlockVerdict, envelope: Envelope, fingerprint: str, outcome: Outcome
+    ) -> Envelope | None:
+        """What is left to relay of a PPAP password mail; None when nothing is."""
+        outcome.decision, outcome.transfer_id = "password-mail", verdict.transfer_id
+        outcome.notes.append(f"password-mail {verdict.state}, {verdict.action}")
+        if verdict.state == "tempfail":
+            outcome.reply = SCAN_UNAVAILABLE
+            return None
+        self._wake_notices()
+        if verdict.action == "pass":
+            return envelope
+        held = {r.lower() for r in verdict.recipients}
+        now = self._clock()
+
+        def remember() -> None:  # so the sender's retry does not pass it on after all
+            with self._db.transaction():
+                for rcpt in envelope.rcpt_tos:
+                    if rcpt.lower() in held:
+                        self._db.record_delivery(fingerprint, rcpt, now,
+                                                 transfer_id=verdict.transfer_id)
+
+        await asyncio.to_thread(remember)
+        remaining = tuple(r for r in envelope.rcpt_tos if r.lower() not in held)
+        if not remaining:
+            outcome.reply = OK
+            return None
+        return replace(envelope, rcpt_tos=remaining)
 
     async def _build_messages(
         self, envelope: Envelope, raw: bytes, parsed, decision: Decision,
@@ -196,6 +235,7 @@ class Relay:
             url=f"{self._config.portal.public_url}/d/{link.token}",
             expires_at=transfer.expires_at.astimezone(self._config.gateway.timezone),
             password=transfer.password_channel,
+            double_zip=any(a.zip.nested_zip_names for a in decision.to_convert),
         )
         text, html = render_notice(self._templates, notice)
         root = tree if tree is not None else parse_message(raw)

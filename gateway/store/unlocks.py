@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.store.db import Database, TransferRow, from_text, to_text
+from gateway.store.db import Database, FileRow, TransferRow, from_text, to_text
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,22 @@ class UnlockStore:
             (transfer_id,),
         )
         return [ExtractedRow(**dict(row)) for row in rows]
+
+    def served(self, transfer_id: str) -> tuple[list[FileRow], bool]:
+        """The files a link of this transfer offers, and whether the transfer is blocked: once
+        unlocked, the extracted files (and the encrypted ZIP too if the policy keeps it)."""
+        originals = self._db.files_of(transfer_id)
+        unlock = self.of(transfer_id)
+        if unlock is None or unlock.state in ("refused", "scan_pending"):
+            return originals, False
+        if unlock.state == "blocked":
+            return [], True
+        extracted = [
+            FileRow(e.id, e.transfer_id, e.display_name, "application/octet-stream", e.size,
+                    e.sha256, e.blob_id, e.wrapped_key, e.position)
+            for e in self.extracted_of(transfer_id)
+        ]
+        return extracted + (originals if unlock.keep_original else []), False
 
     def waiting_for_password(self, sender: str, since: datetime, now: datetime) -> list[TransferRow]:
         """The sender's live transfers from `since` on that are still locked, newest first."""

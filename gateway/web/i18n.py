@@ -44,6 +44,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "gone_expired": "このリンクの有効期限は {when} に切れました。",
         "gone_revoked": "このリンクは差出人により取り消されました。",
         "gone_limit": "このリンクはダウンロード回数の上限に達しました。",
+        "gone_blocked": "セキュリティ上の理由により、このファイルの提供を停止しました"
+                        "（ウイルスが検出されました）。",
         "gone_ask": "ファイルが必要な場合は、差出人（{sender}）にお問い合わせください。",
         "not_found_title": "ページが見つかりません",
         "not_found_body": "リンクが正しくないか、使える状態にありません。メールに記載されたリンクを、省略せずにそのまま開いてください。",
@@ -142,6 +144,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "gone_expired": "This link expired on {when}.",
         "gone_revoked": "The sender has withdrawn this link.",
         "gone_limit": "This link has reached its download limit.",
+        "gone_blocked": "These files were blocked for security reasons (a virus was found).",
         "gone_ask": "If you still need the files, please ask the sender ({sender}).",
         "not_found_title": "Page not found",
         "not_found_body": "The link is not valid or not available. Please open the link exactly as it appears in the mail, without leaving anything out.",

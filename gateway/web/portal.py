@@ -28,6 +28,7 @@ from gateway.store.blobs import BlobIntegrityError, BlobStore
 from gateway.store.controls import ControlsStore, OtpState, TransferControls
 from gateway.store.db import Database, FileRow, LinkRow, PasswordGuardRow, TransferRow
 from gateway.store.outbox import OutboxStore
+from gateway.store.unlocks import UnlockStore
 from gateway.store.passwords import hash_token, verify_password
 from gateway.web.download import (
     STORAGE_ERRORS,
@@ -62,7 +63,7 @@ _MAX_PASSWORD_CHARS = 1024
 # Refusal reason → status. Unknown and not-yet-usable links are indistinguishable (404).
 REFUSAL_STATUS = {
     "not_found": 404, "not_active": 404, "no_such_file": 404,
-    "revoked": 410, "expired": 410, "limit_reached": 410,
+    "revoked": 410, "expired": 410, "limit_reached": 410, "blocked": 410,
     "cross_site": 403, "csrf_missing": 403, "csrf_invalid": 403, "csrf_expired": 403,
     "password_required": 403, "verification_required": 403, "locked": 429,
     "otp_throttled": 429, "storage": 500,
@@ -170,6 +171,7 @@ class Portal:
         self._blobs = blobs
         self._events_hook = events_hook
         self._controls = controls
+        self._unlocks = UnlockStore(db)
         self._outbox = outbox
         self._wake_outbox = wake_outbox
 
@@ -347,13 +349,14 @@ class Portal:
         if link is None:
             return LinkState(None, None, (), None, "not_found")
         transfer = self.db.transfer(link.transfer_id)
-        files = tuple(self.db.files_of(link.transfer_id)) if transfer else ()
+        served, blocked = self._unlocks.served(link.transfer_id) if transfer else ([], False)
+        files = tuple(served)
         guard = self.db.password_guard(link.id) if transfer and transfer.password_hash else None
         controls = self._controls.of(link.transfer_id) if transfer else None
         otp = self._controls.otp_state(link.id) if controls and controls.verify_recipient \
             else None
-        return LinkState(link, transfer, files, guard, self._refusal(link, transfer, files),
-                         controls, otp)
+        refusal = "blocked" if blocked else self._refusal(link, transfer, files)
+        return LinkState(link, transfer, files, guard, refusal, controls, otp)
 
     def _refusal(self, link: LinkRow, transfer: TransferRow | None,
                  files: tuple[FileRow, ...]) -> str | None:

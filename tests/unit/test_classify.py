@@ -5,24 +5,28 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+import pyzipper
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from gateway.model import Classification, ZipVerdict
+from gateway.model import Classification, ContainerReport, ZipVerdict
 from gateway.pipeline.classify import classify
 from gateway.pipeline.parse import MAX_DEPTH, parse_message, part_at
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 CORPUS_MAILS = sorted(path.stem for path in (CORPUS / "mail").glob("*.eml"))
 ENCRYPTED_ZIP = (CORPUS / "files" / "02_zipcrypto_infozip_ascii.zip").read_bytes()
+CONTAINER_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "containers"
 
 
 def classify_bytes(raw: bytes) -> Classification:
@@ -336,3 +340,66 @@ def test_wide_message_with_many_parts_classifies_in_linear_time() -> None:
     result = classify(root)
     assert time.perf_counter() - started < 60  # hang guard (quadratic took minutes), not a speed target
     assert len(result.attachments) == 20_000
+
+
+def test_password_protected_docx_sent_as_octet_stream_under_a_misleading_name_is_found() -> None:
+    docx = (CONTAINER_FIXTURES / "encrypted.docx").read_bytes()
+    raw = mixed(TEXT_PART, file_part("議事録メモ.txt", docx, "application/octet-stream"))
+    (attachment,) = classify_bytes(raw).attachments
+    assert (attachment.filename, attachment.content_type) == ("議事録メモ.txt", "application/octet-stream")
+    assert attachment.zip.verdict is ZipVerdict.NOT_ZIP
+    assert attachment.container is not None
+    assert (attachment.container.kind, attachment.container.encrypted) == ("office", True)
+
+
+def test_attachments_that_are_no_zip_get_a_container_report_and_zips_get_none() -> None:
+    plain_pdf = (CORPUS / "files" / "12a_plain.pdf").read_bytes()
+    seven_zip = (CONTAINER_FIXTURES / "encrypted_header.7z").read_bytes()
+    raw = mixed(
+        TEXT_PART,
+        file_part("a.pdf", plain_pdf, "application/pdf"),
+        file_part("b.7z", seven_zip, "application/x-7z-compressed"),
+        file_part("c.zip", ENCRYPTED_ZIP),
+        file_part("d.bin", b"just bytes", "application/octet-stream"),
+    )
+    containers = [a.container for a in classify_bytes(raw).attachments]
+    assert containers[0] == ContainerReport("pdf", False, "PDF without an /Encrypt entry")
+    assert containers[1] is not None and (containers[1].kind, containers[1].encrypted) == ("7z", True)
+    assert containers[2] is None
+    assert containers[3] == ContainerReport("none", False, "")
+
+
+def zip_holding(name: str, inner: bytes, *, encrypted: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    if encrypted:
+        with pyzipper.AESZipFile(buffer, "w", encryption=pyzipper.WZ_AES) as archive:
+            archive.setpassword(b"h4Tn9xWe")
+            archive.writestr(name, inner)
+    else:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(name, inner)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_zip_inside_a_zip_is_flagged_and_noted_for_the_log(encrypted: bool) -> None:
+    outer = zip_holding("inner.zip", ENCRYPTED_ZIP, encrypted=encrypted)
+    result = classify_bytes(mixed(TEXT_PART, file_part("見積書.zip", outer), file_part("b.zip", ENCRYPTED_ZIP)))
+    first, second = result.attachments
+    assert first.zip.nested_zip_names == ("inner.zip",)
+    assert second.zip.nested_zip_names == ()
+    assert "double-zip: 見積書.zip" in result.notes
+    assert not any("b.zip" in note for note in result.notes)
+
+
+def test_unnamed_double_zip_is_noted_by_its_part() -> None:
+    outer = zip_holding("data.bin", ENCRYPTED_ZIP)  # found by its bytes, not its name
+    part = mime("Content-Type: application/zip", "Content-Transfer-Encoding: base64", "", base64_lines(outer))
+    assert "double-zip: part 1" in classify_bytes(mixed(TEXT_PART, part)).notes
+
+
+def test_corpus_mails_carry_no_double_zip() -> None:
+    for stem in CORPUS_MAILS:
+        result = classify_bytes((CORPUS / "mail" / f"{stem}.eml").read_bytes())
+        assert all(a.zip.nested_zip_names == () for a in result.attachments)
+        assert not any(note.startswith("double-zip") for note in result.notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -187,3 +188,31 @@ def test_environment_refuses_undefined_values_and_escapes_only_html(tmp_path: Pa
         env.get_template("mail/strict.txt").render()
     assert env.get_template("mail/plain.txt").render(value="<b>") == "<b>"
     assert env.get_template("mail/page.html").render(value="<b>") == "&lt;b&gt;"
+
+
+DOUBLE_ZIP_LINES = {
+    "ja": "※ZIPファイルの中にさらにZIPファイルが含まれています（二重ZIP）。",
+    "en": "Note: a ZIP file listed above contains another ZIP file (double ZIP).",
+}
+
+
+@pytest.mark.parametrize("locale", ["ja", "en"])
+def test_double_zip_line_appears_only_when_a_zip_holds_a_zip(env, locale: str) -> None:
+    line = DOUBLE_ZIP_LINES[locale]
+    text, html = render_notice(env, replace(make_notice(locale), double_zip=True))
+    assert line in text.splitlines()
+    assert f"{line}<br>" in html
+    plain_text, plain_html = render_notice(env, make_notice(locale))
+    assert "ZIP）" not in plain_text + plain_html and "double ZIP" not in plain_text + plain_html
+
+
+def test_double_zip_line_sits_under_the_file_list(env) -> None:
+    text, _ = render_notice(env, replace(make_notice("ja"), double_zip=True))
+    lines = text.splitlines()
+    assert lines[lines.index(DOUBLE_ZIP_LINES["ja"]) - 1].startswith("・見積書一式")
+
+
+def test_japanese_double_zip_notice_still_fits_iso_2022_jp(env) -> None:
+    text, html = render_notice(env, replace(make_notice("ja", "recipient-email"), double_zip=True))
+    text.encode("iso2022_jp")
+    html.encode("iso2022_jp")

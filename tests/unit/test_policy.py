@@ -1,9 +1,16 @@
 """Policy: departments by sender, internal recipients pass, external ones convert."""
 
+import base64
+from pathlib import Path
+
+import pytest
+
 from gateway.config import build_config
 from gateway.model import (
-    Action, Attachment, Classification, Envelope, ZipReport, ZipVerdict,
+    Action, Attachment, Classification, ContainerReport, Envelope, ZipReport, ZipVerdict,
 )
+from gateway.pipeline.classify import classify
+from gateway.pipeline.parse import parse_message
 from gateway.pipeline.policy import decide, department_for, is_internal, sender_matches
 
 CONFIG = build_config(
@@ -85,3 +92,54 @@ def test_only_internal_recipients_means_no_conversion():
     envelope = Envelope("x@city.example.lg.jp", ("b@city.example.lg.jp",))
     decision = decide(CONFIG, envelope, Classification((attachment(ZipVerdict.ENCRYPTED_ZIP),)))
     assert decision.reason == "internal" and not decision.converting
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "containers"
+CORPUS_FILES = Path(__file__).resolve().parents[1] / "corpus" / "files"
+EXTERNAL = Envelope("x@city.example.lg.jp", ("a@partner.example.com",))
+
+
+def container(kind: str, encrypted: bool, path=(1,)) -> Attachment:
+    report = ContainerReport(kind, encrypted, "")
+    return Attachment(path, "f", "application/octet-stream", b"x", ZipReport(ZipVerdict.NOT_ZIP), container=report)
+
+
+@pytest.mark.parametrize("kind", ["7z", "office", "pdf"])
+def test_encrypted_container_is_converted_and_a_plain_one_passes(kind: str):
+    encrypted = decide(CONFIG, EXTERNAL, Classification((container(kind, True),)))
+    assert encrypted.converting and encrypted.reason == "convert"
+    plain = decide(CONFIG, EXTERNAL, Classification((container(kind, False),)))
+    assert not plain.converting and plain.reason == "pass"
+
+
+def test_only_the_encrypted_container_leaves_as_a_link():
+    locked, open_pdf = container("office", True, (1,)), container("pdf", False, (2,))
+    decision = decide(CONFIG, EXTERNAL, Classification((open_pdf, locked)))
+    assert decision.to_convert == (locked,)
+
+
+def test_none_mode_leaves_encrypted_containers_alone_and_internal_mail_passes():
+    off = Envelope("u@off.example.jp", ("a@p.example.com",))
+    assert not decide(CONFIG, off, Classification((container("7z", True),))).converting
+    internal = Envelope("x@city.example.lg.jp", ("b@city.example.lg.jp",))
+    assert decide(CONFIG, internal, Classification((container("7z", True),))).reason == "internal"
+
+
+def test_real_files_convert_when_encrypted_and_pass_when_plain():
+    files = [
+        ("locked.7z", (FIXTURES / "encrypted_packed_header.7z").read_bytes()),
+        ("open.7z", (FIXTURES / "plain_packed_header.7z").read_bytes()),
+        ("locked.docx", (FIXTURES / "encrypted.docx").read_bytes()),
+        ("locked.pdf", (FIXTURES / "encrypted.pdf").read_bytes()),
+        ("open.pdf", (CORPUS_FILES / "12a_plain.pdf").read_bytes()),
+        ("open.zip", (CORPUS_FILES / "04_unencrypted_7zip.zip").read_bytes()),
+    ]
+    parts = b"".join(
+        b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        + f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'.encode()
+        + base64.encodebytes(data).replace(b"\n", b"\r\n")
+        for name, data in files
+    )
+    raw = b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
+    decision = decide(CONFIG, EXTERNAL, classify(parse_message(raw)))
+    assert [a.filename for a in decision.to_convert] == ["locked.7z", "locked.docx", "locked.pdf"]

@@ -23,3 +23,6 @@ CREATE TABLE extracted_files (
     position     INTEGER NOT NULL
 );
 CREATE INDEX extracted_by_transfer ON extracted_files (transfer_id, position);
+
+-- Every mail without attachments asks whether its sender has a transfer waiting for a password.
+CREATE INDEX transfers_by_sender ON transfers (lower(sender), created_at);

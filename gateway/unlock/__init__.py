@@ -1,0 +1,1 @@
+"""Unlocking PPAP: find password candidates in a mail, prove a password, decrypt within limits."""
