@@ -74,7 +74,9 @@ class PasswordMailUnlocker:
             return None
         candidates = await asyncio.to_thread(password_candidates, message)
         for entry in waiting:
-            password = await asyncio.to_thread(self._first_that_opens, entry, candidates)
+            password = await asyncio.to_thread(
+                self._first_that_opens, entry, candidates, self._limits
+            )
             if password is not None:
                 return await self._unlock(entry, password, policy, now)
         return None
@@ -104,9 +106,12 @@ class PasswordMailUnlocker:
         return data if inspect_zip(data).verdict is ZipVerdict.ENCRYPTED_ZIP else None
 
     @staticmethod
-    def _first_that_opens(entry: _Waiting, candidates: list[str]) -> str | None:
+    def _first_that_opens(
+        entry: _Waiting, candidates: list[str], limits: ExtractLimits
+    ) -> str | None:
+        # prove_password answers False (never raises) for a wrong password or a refused archive.
         for candidate in candidates:
-            if all(prove_password(data, candidate) for _, data in entry.zips):
+            if all(prove_password(data, candidate, limits) for _, data in entry.zips):
                 return candidate
         return None
 

@@ -53,7 +53,9 @@ _LABEL_TAIL = re.compile(
 )
 _QUOTES = {"「": "」", "『": "』", '"': '"', "'": "'", "“": "”", "‘": "’", "＂": "＂"}
 _QUOTED = re.compile(
-    "|".join(rf"{re.escape(o)}([^{re.escape(c)}\n]{{1,64}}){re.escape(c)}" for o, c in _QUOTES.items())
+    "|".join(
+        rf"{re.escape(o)}([^{re.escape(c)}\n]{{1,64}}){re.escape(c)}" for o, c in _QUOTES.items()
+    )
 )
 # where an unquoted value ends: Japanese punctuation and brackets (ASCII ones may be in passwords)
 _VALUE_END = re.compile(r"[\s。、，．「」『』（）【】〈〉《》〔〕]")
@@ -72,7 +74,7 @@ def password_candidates(root: Message, *, limit: int = 64) -> list[str]:
     """Candidate passwords from the Subject and body text, best first, at most limit of them."""
     texts = _texts(root)
     labelled = [value for text in texts for value in _label_values(text)]
-    quoted = [match.group(match.lastindex or 0) for text in texts for match in _QUOTED.finditer(text)]
+    quoted = [m.group(m.lastindex or 0) for text in texts for m in _QUOTED.finditer(text)]
     tokens = [token for text in texts for token in _ranked_tokens(text)]
     ranked = labelled + quoted + tokens
     # kana or kanji are all but impossible in a ZIP password: such strings go last
@@ -280,15 +282,14 @@ def _ranked_tokens(text: str) -> list[str]:
 
 
 def _signature_start(lines: list[str]) -> int:
-    """The first "-- " or rule line below which contact details follow; else past the end.
-    Rules alone do not start it: passwords are often framed by them."""
-    start = len(lines)
-    seen_contact = False
-    for number in range(len(lines) - 1, -1, -1):
-        seen_contact = seen_contact or bool(_CONTACT_DETAILS.search(lines[number]))
-        if seen_contact and _SIGNATURE_RULE.match(lines[number]):
-            start = number
-    return start
+    """The "-- " line, or the first rule line whose block (up to the next rule) holds contact
+    details; else past the end. Rules alone do not start it: passwords are often framed by them."""
+    rules = [number for number, line in enumerate(lines) if _SIGNATURE_RULE.match(line)]
+    for rule, next_rule in zip(rules, [*rules[1:], len(lines)]):
+        block = lines[rule:next_rule]
+        if lines[rule].strip() == "--" or any(_CONTACT_DETAILS.search(line) for line in block):
+            return rule
+    return len(lines)
 
 
 def _strip_edges(word: str) -> str:

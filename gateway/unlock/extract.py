@@ -18,8 +18,8 @@ import lzma
 import re
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pyzipper
 from pyzipper.zipfile_aes import AESZipDecrypter, AESZipInfo
@@ -41,6 +41,17 @@ _AES_MAC_LENGTH = 10
 _ZIPCRYPTO_HEADER_LENGTH = 12
 _MAX_DISPLAY_NAME = 255
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+_PARSER_ERRORS = (
+    pyzipper.BadZipFile,  # also the LargeZipFile family
+    ValueError,  # UnicodeDecodeError of a name, negative seeks
+    OSError,
+    EOFError,
+    NotImplementedError,  # "zip file version" too new
+    struct.error,
+    KeyError,
+    IndexError,
+    OverflowError,
+)
 
 
 @dataclass(frozen=True)
@@ -116,10 +127,13 @@ def prove_password(data: bytes, password: str, limits: ExtractLimits = ExtractLi
     """True only if password opens every encrypted member: WinZip AES password verifier and
     HMAC-SHA1 authentication code, ZipCrypto check byte and CRC-32 of the inflated data.
 
-    False for a wrong password and for a plain archive (nothing to prove). Raises ExtractRefused
-    when the archive itself is refused (structure, declared sizes): no password would help.
+    False for a wrong password, for a plain archive (nothing to prove) and for an archive that
+    extract_members would refuse before inflating (bomb, corrupt): never an exception.
     """
-    entries = _read_directory(data, limits, _Budget(limits.max_members, limits.max_total_bytes))
+    try:
+        entries = _read_directory(data, limits, _Budget(limits.max_members, limits.max_total_bytes))
+    except ExtractRefused:
+        return False
     encrypted = _encrypted_files(entries)
     for secret in _password_bytes(password) if encrypted else []:
         try:
@@ -130,6 +144,8 @@ def prove_password(data: bytes, password: str, limits: ExtractLimits = ExtractLi
             return True
         except _WrongPassword:
             continue
+        except ExtractRefused:  # damage found while inflating: not proven either
+            return False
     return False
 
 
@@ -173,13 +189,14 @@ def _read_directory(data: bytes, limits: ExtractLimits, budget: _Budget) -> list
     infos, directory_start = _central_records(data)
     if len(infos) != len(report.members):
         raise ExtractRefused("corrupt")  # the two readers disagree: do not guess which is right
-    for member, info in zip(report.members, infos):
+    for member, info in zip(report.members, infos, strict=True):
         sizes = (member.compressed_size, member.uncompressed_size)
         if sizes != (info.compress_size, info.file_size) or member.encrypted != bool(
             info.flag_bits & _FLAG_ENCRYPTED
         ):
             raise ExtractRefused("corrupt")
-    entries = [_entry(data, member.name, info) for member, info in zip(report.members, infos)]
+    pairs = zip(report.members, infos, strict=True)
+    entries = [_entry(data, member.name, info) for member, info in pairs]
     _check_layout(entries, directory_start)
     _check_names(entries)
     if any(entry.local_name != _raw_name(entry.info) for entry in entries):
@@ -193,7 +210,7 @@ def _central_records(data: bytes) -> tuple[list[AESZipInfo], int]:
     try:
         with pyzipper.AESZipFile(io.BytesIO(data)) as archive:
             return archive.infolist(), archive.start_dir
-    except Exception:  # hostile bytes: pyzipper's parser raises many kinds; all mean "corrupt"
+    except _PARSER_ERRORS:  # what pyzipper's reader raises on hostile bytes: all mean "corrupt"
         raise ExtractRefused("corrupt") from None
 
 
@@ -210,7 +227,7 @@ def _entry(data: bytes, name: str, info: AESZipInfo) -> _Entry:
 
 
 def _raw_name(info: AESZipInfo) -> bytes:
-    """The name bytes as stored: pyzipper decoded them as UTF-8 (flag bit 11) or CP437 (lossless)."""
+    """The name bytes as stored; pyzipper decoded them as UTF-8 (flag bit 11) or lossless CP437."""
     encoding = "utf-8" if info.flag_bits & _FLAG_UTF8_NAME else "cp437"
     return info.orig_filename.encode(encoding)
 
@@ -254,8 +271,17 @@ def _check_methods(entries: list[_Entry]) -> None:
             raise ExtractRefused("unsupported encryption")
         if entry.info.compress_type not in (_STORED, _DEFLATED, _BZIP2, _LZMA):
             raise ExtractRefused(f"unsupported compression method {entry.info.compress_type}")
-        if entry.is_aes and entry.info.wz_aes_strength not in _AES_SALT_LENGTHS:
+        if entry.encrypted and entry.info.compress_size < _encryption_overhead(entry):
             raise ExtractRefused("corrupt")
+
+
+def _encryption_overhead(entry: _Entry) -> int:
+    """Bytes of an encrypted member that are not its data: salt, verifier, MAC; or the header."""
+    if not entry.is_aes:
+        return _ZIPCRYPTO_HEADER_LENGTH
+    if entry.info.wz_aes_strength not in _AES_SALT_LENGTHS:
+        raise ExtractRefused("corrupt")
+    return _AES_SALT_LENGTHS[entry.info.wz_aes_strength] + 2 + _AES_MAC_LENGTH
 
 
 # --- extraction --------------------------------------------------------------------------------
@@ -461,12 +487,8 @@ def _header_check_passes(data: bytes, entry: _Entry, secret: bytes) -> bool:
     body = memoryview(data)[entry.data_start : entry.data_end]
     if entry.is_aes:
         salt_length = _AES_SALT_LENGTHS[entry.info.wz_aes_strength]
-        if len(body) < salt_length + 2 + _AES_MAC_LENGTH:
-            raise ExtractRefused("corrupt")
         keys = _aes_keys(secret, bytes(body[:salt_length]))
         return hmac.compare_digest(keys[2], body[salt_length : salt_length + 2])
-    if len(body) < _ZIPCRYPTO_HEADER_LENGTH:
-        raise ExtractRefused("corrupt")
     header, _ = _zipcrypto_decrypt(body[:_ZIPCRYPTO_HEADER_LENGTH], _zipcrypto_keys(secret))
     return header[-1] in _zipcrypto_check_bytes(entry.info)
 
@@ -529,7 +551,9 @@ def _zipcrypto_update(keys: _ZipCryptoKeys, byte: int) -> _ZipCryptoKeys:
     return key0, key1, key2
 
 
-def _zipcrypto_decrypt(cipher: memoryview | bytes, keys: _ZipCryptoKeys) -> tuple[bytes, _ZipCryptoKeys]:
+def _zipcrypto_decrypt(
+    cipher: memoryview | bytes, keys: _ZipCryptoKeys
+) -> tuple[bytes, _ZipCryptoKeys]:
     """Traditional PKWARE decryption; the key update is inlined because it runs once per byte."""
     key0, key1, key2 = keys
     table, stream = _CRC_TABLE, _ZIPCRYPTO_STREAM
