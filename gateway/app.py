@@ -29,6 +29,7 @@ from gateway.pipeline.deliver import NextHop, make_next_hop
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.unlock_step import PasswordMailUnlocker
+from gateway.unlock.opening import TransferOpener
 from gateway.pipeline.relay import Relay
 from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.pipeline.store_step import TransferWriter
@@ -117,6 +118,7 @@ class Gateway:
         self._notifier_stop = asyncio.Event()
         self.notify_wake = asyncio.Event()
         self._webhooks: WebhookSender | None = None
+        self._opener: TransferOpener | None = None
         self.smtp_port: int | None = None
         self.portal_port: int | None = None
         self.admin_port: int | None = None
@@ -132,6 +134,10 @@ class Gateway:
                 helo_name=config.gateway.hostname, pool_size=hop.pool_size,
             )
         signer = load_signer(config)
+        # One opener for both ways a ZIP password arrives: the password mail and the sender's form.
+        self._opener = TransferOpener(
+            config, self.db, self.blobs, make_scanner(config), config.storage.chunk_size
+        )
         await self._start_smtp(master_key, signer)
         self._start_notifier(master_key, signer)
         await self._start_portal(master_key)
@@ -157,10 +163,7 @@ class Gateway:
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
             NoticeQueue(self.db, master_key), self.notify_wake.set,
-            PasswordMailUnlocker(
-                config, self.db, self.blobs, make_scanner(config), self.clock,
-                config.storage.chunk_size,
-            ),
+            PasswordMailUnlocker(self.db, self._opener, self.clock),
         )
         authenticator = None
         if config.smtp.auth_users_file:
@@ -203,7 +206,7 @@ class Gateway:
             events_hook=self._count_portal_event,
             outbox=OutboxStore(self.db), controls=ControlsStore(self.db),
             seal=lambda item_id, data: seal_small(master_key, item_id.encode(), data),
-            wake_outbox=self.notify_wake.set,
+            wake_outbox=self.notify_wake.set, opener=self._opener,
         )
         runner, self.portal_port = await start_web(
             app, config.portal.listen_host, config.portal.listen_port

@@ -50,6 +50,14 @@ def is_internal(config: Config, address: str) -> bool:
     return False
 
 
+def department_policy(config: Config, name: str) -> Policy:
+    """The policy of a department by name (as a transfer records it); the default if gone."""
+    for department in config.departments:
+        if department.name == name:
+            return department.policy
+    return config.policy
+
+
 def department_for(config: Config, sender: str) -> tuple[str, Policy]:
     """First matching department wins, else the default policy."""
     for department in config.departments:

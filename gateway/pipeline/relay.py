@@ -178,23 +178,25 @@ class Relay:
         self, verdict: UnlockVerdict, envelope: Envelope, fingerprint: str, outcome: Outcome
     ) -> Envelope | None:
         """What is left to relay of a PPAP password mail; None when nothing is."""
-        outcome.decision, outcome.transfer_id = "password-mail", verdict.transfer_id
-        outcome.notes.append(f"password-mail {verdict.state}, {verdict.action}")
-        if verdict.state == "tempfail":
+        outcome.decision = "password-mail"
+        outcome.transfer_id = ",".join(verdict.transfer_ids)
+        outcome.notes.append(f"password-mail {verdict.summary}")
+        if verdict.tempfail:
             outcome.reply = SCAN_UNAVAILABLE
             return None
         self._wake_notices()
-        if verdict.action == "pass":
+        held = {r.lower() for r in verdict.held}
+        if not held:
             return envelope
-        held = {r.lower() for r in verdict.recipients}
         now = self._clock()
+        first_transfer = verdict.transfer_ids[0]
 
         def remember() -> None:  # so the sender's retry does not pass it on after all
             with self._db.transaction():
                 for rcpt in envelope.rcpt_tos:
                     if rcpt.lower() in held:
                         self._db.record_delivery(fingerprint, rcpt, now,
-                                                 transfer_id=verdict.transfer_id)
+                                                 transfer_id=first_transfer)
 
         await asyncio.to_thread(remember)
         remaining = tuple(r for r in envelope.rcpt_tos if r.lower() not in held)

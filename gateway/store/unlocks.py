@@ -14,7 +14,7 @@ from gateway.store.db import Database, FileRow, TransferRow, from_text, to_text
 class UnlockRow:
     transfer_id: str
     state: str  # 'unlocked' | 'blocked' | 'scan_pending' | 'refused'
-    source: str  # 'password-mail' | 'sender'
+    source: str  # 'password-mail' | 'sender-form'
     at: datetime
     reason: str
     keep_original: bool

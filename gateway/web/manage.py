@@ -1,8 +1,8 @@
 """The sender's management page: who got a link, whether and when they downloaded, and what
 the sender may still change — revoke one link or all, extend the expiry within the policy's
-maximum.
+maximum, open a PPAP ZIP with its password instead of mailing the password.
 
-GET /m/{token} only shows. POST /m/{token}/revoke and /m/{token}/extend pass the same-site
+GET /m/{token} only shows. POST /m/{token}/revoke, /extend and /unlock pass the same-site
 check with a CSRF token bound to the transfer, then redirect (303) back to the page. The
 management token is looked up by its hash, like download tokens, and never written to an
 event: events name the transfer.
@@ -28,8 +28,11 @@ from gateway.store.controls import (
 from gateway.store.db import Database, FileRow, LinkRow, TransferRow
 from gateway.store.outbox import OutboxItem, OutboxStore
 from gateway.store.passwords import hash_token
+from gateway.store.unlocks import UnlockRow, UnlockStore
+from gateway.unlock.opening import OpenState, TransferOpener
 from gateway.web.download import download_name
 from gateway.web.i18n import Translator
+from gateway.web.ratelimit import SlidingWindow
 from gateway.web.pages import Pages, client_details, post_problem, read_form, token_base
 from gateway.web.security import make_csrf_token
 
@@ -40,7 +43,10 @@ EXTEND_CHOICES: dict[str, timedelta | None] = {
 # What a revoked link must no longer send to its recipient.
 RECIPIENT_NOTICES = ("password-recipient", "webhook-password", "otp")
 PASSWORD_NOTICES = ("password-recipient", "webhook-password")
-_DONE = ("revoked", "extended", "unchanged")
+_DONE = ("revoked", "extended", "unchanged", "unlocked", "blocked")
+# ZIP passwords tried through the form, per transfer: the page's token is already a secret,
+# this only keeps a leaked one from becoming a password oracle.
+UNLOCK_ATTEMPTS, UNLOCK_WINDOW = 10, timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class Managed:
     links: tuple[LinkRow, ...] = ()
     downloads: Mapping[str, DownloadHistory] = field(default_factory=dict)
     notices: tuple[OutboxItem, ...] = ()
+    unlock: UnlockRow | None = None
+    lockable: bool = False  # holds an encrypted ZIP that no password has opened yet
 
 
 def csrf_subject(transfer_id: str) -> str:
@@ -69,7 +77,10 @@ def extended_expiry(current: datetime, maximum: datetime, choice: str) -> dateti
 class ManagePages:
     def __init__(self, settings: PortalSettings, db: Database, pages: Pages,
                  controls: ControlsStore, outbox: OutboxStore, secret: bytes,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], opener: TransferOpener | None = None):
+        self._opener = opener
+        self._unlocks = UnlockStore(db)
+        self._attempts = SlidingWindow(UNLOCK_ATTEMPTS, UNLOCK_WINDOW)
         self._settings = settings
         self._db = db
         self._pages = pages
@@ -124,12 +135,42 @@ class ManagePages:
             return await self._page_again(request, 409)
         return self._back(request, "extended")
 
-    async def _page_again(self, request: web.Request, status: int) -> web.Response:
-        """The page as it is now, saying the extension was refused."""
+    async def unlock(self, request: web.Request) -> web.StreamResponse:
+        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], False)
+        if managed is None or self._opener is None:
+            return self._pages.error_page(request, 404)
+        form = await read_form(request)
+        problem = self._post_problem(request, managed, form)
+        if problem:
+            return await self._refuse(request, managed, problem)
+        password = form.get("password", "")
+        if not password or len(password) > 256:
+            return await self._page_again(request, 400, alert="unlock_wrong")
+        wait = self._attempts.reserve(managed.transfer.id, self._clock())
+        if wait is not None:
+            minutes = max(1, int(wait.total_seconds() // 60) + 1)
+            response = await self._page_again(request, 429, alert="unlock_limited",
+                                              minutes=minutes)
+            response.headers["Retry-After"] = str(int(wait.total_seconds()) + 1)
+            return response
+        outcome = await self._opener.open_with_password(managed.transfer, password, self._clock())
+        if outcome.state is OpenState.WRONG_PASSWORD:
+            return await self._page_again(request, 400, alert="unlock_wrong")
+        if outcome.state is OpenState.TEMPFAIL:
+            return await self._page_again(request, 503, alert="unlock_scan_unavailable")
+        if outcome.state is OpenState.REFUSED:
+            return await self._page_again(request, 422, alert="unlock_refused",
+                                          reason=outcome.detail)
+        done = {OpenState.UNLOCKED: "unlocked", OpenState.BLOCKED: "blocked"}
+        return self._back(request, done.get(outcome.state, "unchanged"))
+
+    async def _page_again(self, request: web.Request, status: int,
+                          alert: str = "extend_refused", **values: Any) -> web.Response:
+        """The page as it is now, saying why the last form was refused."""
         managed = await asyncio.to_thread(self._resolve, request.match_info["token"], True)
         if managed is None:
             return self._pages.error_page(request, 404)
-        return self._page(request, managed, status, refused=True)
+        return self._page(request, managed, status, alert=(alert, values))
 
     # -- the store ------------------------------------------------------------------------
 
@@ -141,10 +182,17 @@ class ManagePages:
             return None
         if not everything:
             return Managed(controls, transfer)
+        served, _ = self._unlocks.served(transfer.id)
+        unlock = self._unlocks.of(transfer.id)
+        # By name only: reading every blob on each page view would cost too much; the form's
+        # POST looks inside and answers "nothing changed" for a ZIP that is not encrypted.
+        lockable = self._opener is not None and unlock is None and any(
+            f.display_name.lower().endswith(".zip") for f in served
+        )
         return Managed(
-            controls, transfer, tuple(self._db.files_of(transfer.id)),
+            controls, transfer, tuple(served),
             tuple(self._db.links_of(transfer.id)), self._controls.download_history(transfer.id),
-            tuple(self._outbox.items(transfer.id)),
+            tuple(self._outbox.items(transfer.id)), unlock, lockable,
         )
 
     def _revoke(self, transfer_id: str, link_id: str | None, client: dict[str, str]) -> int:
@@ -186,13 +234,16 @@ class ManagePages:
         return web.Response(status=303, headers={"Location": f"{token_base(request)}?done={done}"})
 
     def _page(self, request: web.Request, managed: Managed, status: int, *,
-              done: str | None = None, refused: bool = False) -> web.Response:
+              done: str | None = None, alert: tuple[str, dict] | None = None) -> web.Response:
         transfer, controls = managed.transfer, managed.controls
         locale = self._pages.locale(request)
         t = Translator(locale)
         now = self._clock()
         ended = transfer.state != "active" or now >= transfer.expires_at
         maximum = self._pages.local(controls.max_expires_at, locale)
+        if alert is not None:
+            key, values = alert
+            values = {"until": maximum, **values} if key == "extend_refused" else values
         return self._pages.render(
             request, "manage.html", status, transfer=transfer,
             sent_at=self._pages.local(transfer.created_at, locale),
@@ -202,10 +253,19 @@ class ManagePages:
                         for link in managed.links],
             any_active=any(link.state == "active" for link in managed.links),
             extend_options=[] if ended else self._extend_options(managed, t, locale),
-            done=done, alert=t("extend_refused", until=maximum) if refused else None,
+            done=done, alert=t(alert[0], **alert[1]) if alert else None,
+            unlock_state=self._unlock_state(managed, t, locale),
+            unlockable=managed.lockable and not ended,
             csrf=make_csrf_token(self._secret, csrf_subject(transfer.id), now),
             action_base=token_base(request),
         )
+
+    def _unlock_state(self, managed: Managed, t: Translator, locale: str) -> str | None:
+        unlock = managed.unlock
+        if unlock is None or unlock.state not in ("unlocked", "blocked", "refused"):
+            return None
+        return t(f"unlock_state_{unlock.state}", at=self._pages.local(unlock.at, locale),
+                 reason=unlock.reason)
 
     def _recipient(self, link: LinkRow, managed: Managed, t: Translator, locale: str,
                    ended: bool) -> dict[str, Any]:

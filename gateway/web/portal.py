@@ -42,6 +42,7 @@ from gateway.web.download import (
     stream_body,
 )
 from gateway.web.i18n import Translator
+from gateway.unlock.opening import TransferOpener
 from gateway.web.manage import ManagePages
 from gateway.web.otp import VERIFIED_COOKIE, OtpGate, mask_address
 from gateway.web.pages import Pages, client_details, post_problem, read_form
@@ -92,13 +93,14 @@ def build_portal_app(
     timezone: ZoneInfo, secret: bytes, clock: Callable[[], datetime],
     events_hook: EventsHook | None = None, outbox: OutboxStore | None = None,
     controls: ControlsStore | None = None, seal: Sealer | None = None,
-    wake_outbox: Callable[[], None] | None = None,
+    wake_outbox: Callable[[], None] | None = None, opener: TransferOpener | None = None,
 ) -> web.Application:
     """The portal as an aiohttp application; the caller runs it (web.AppRunner, TCPSite).
 
     `outbox` and `controls` default to repositories over `db`. Without `seal` no one-time
     code can be sent, so links that need one stay closed. `wake_outbox()` (called on the
-    event loop) tells the outbox worker that something is due now."""
+    event loop) tells the outbox worker that something is due now. Without `opener` the
+    management page offers no unlock form."""
     if len(secret) < 32:
         raise ValueError("the portal secret must be at least 32 bytes")
     pages = Pages(templates_dir, timezone, settings.public_url.startswith("https://"))
@@ -108,7 +110,7 @@ def build_portal_app(
     portal = Portal(settings, db, blobs, pages, secret, clock, events_hook, controls, outbox,
                     wake)
     codes = OtpGate(portal, controls, outbox, seal, wake)
-    manage = ManagePages(settings, db, pages, controls, outbox, secret, clock)
+    manage = ManagePages(settings, db, pages, controls, outbox, secret, clock, opener)
     app = web.Application(middlewares=[make_error_pages(pages)])
     app.on_response_prepare.append(make_header_hook(pages.https))
     app.router.add_get("/d/{token}", portal.landing)
@@ -120,6 +122,7 @@ def build_portal_app(
     app.router.add_get("/m/{token}", manage.page)
     app.router.add_post("/m/{token}/revoke", manage.revoke)
     app.router.add_post("/m/{token}/extend", manage.extend)
+    app.router.add_post("/m/{token}/unlock", manage.unlock)
     app.router.add_static("/static/", templates_dir / "web" / "static", follow_symlinks=False)
     return app
 

@@ -1,5 +1,6 @@
 import pytest
 
+from tests.support.clamav import ClamdProcess
 from tests.support.running import RunningGateway, make_config
 from tests.support.sink import RecordingSink
 
@@ -25,3 +26,10 @@ def start_gateway(tmp_path, sink):
     yield start
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory):
+    """A real clamd on a private socket with an EICAR-only database (slow to start: shared)."""
+    with ClamdProcess(tmp_path_factory.mktemp("clamd")) as running:
+        yield running

@@ -13,14 +13,7 @@ import pyzipper
 
 from tests.e2e.test_channels import body_text, download_once
 from tests.e2e.test_relay_corpus import links_in
-from tests.support.clamav import ClamdProcess
 from tests.support.running import CORPUS, corpus_mail, send_corpus
-
-
-@pytest.fixture(scope="module")
-def clamd(tmp_path_factory):
-    with ClamdProcess(tmp_path_factory.mktemp("clamd")) as running:
-        yield running
 
 
 def members(zip_name: str, password: str) -> dict[str, bytes]:
