@@ -119,6 +119,7 @@ class Gateway:
         self.notify_wake = asyncio.Event()
         self._webhooks: WebhookSender | None = None
         self._opener: TransferOpener | None = None
+        self._scanner: ClamdScanner | None = None
         self.smtp_port: int | None = None
         self.portal_port: int | None = None
         self.admin_port: int | None = None
@@ -135,8 +136,9 @@ class Gateway:
             )
         signer = load_signer(config)
         # One opener for both ways a ZIP password arrives: the password mail and the sender's form.
+        self._scanner = make_scanner(config)
         self._opener = TransferOpener(
-            config, self.db, self.blobs, make_scanner(config), config.storage.chunk_size
+            config, self.db, self.blobs, self._scanner, config.storage.chunk_size
         )
         await self._start_smtp(master_key, signer)
         self._start_notifier(master_key, signer)
@@ -163,7 +165,7 @@ class Gateway:
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
             NoticeQueue(self.db, master_key), self.notify_wake.set,
-            PasswordMailUnlocker(self.db, self._opener, self.clock),
+            PasswordMailUnlocker(self.db, self._opener, self.clock), self._scanner,
         )
         authenticator = None
         if config.smtp.auth_users_file:

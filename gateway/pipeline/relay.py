@@ -1,8 +1,8 @@
 """Run one received message through the stages and work out the one SMTP answer.
 
-classify → decide → store → rewrite → sign → deliver → answer. The answer is `250` only once
-the next hop has accepted every resulting message; any trouble of ours or a temporary refusal
-downstream is a `4xx`, and the recipients already served are remembered (by a fingerprint of
+classify → decide → (scan) → store → rewrite → sign → deliver → answer. The answer is `250`
+only once the next hop has accepted every resulting message; any trouble of ours or a temporary
+refusal downstream is a `4xx`, and the recipients already served are remembered (by a fingerprint of
 envelope and content) so that the sender's retry reaches only the rest.
 """
 
@@ -36,9 +36,11 @@ from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
 from gateway.pipeline.policy import decide
 from gateway.pipeline.parse import parse_message
 from gateway.pipeline.rewrite import rewrite_parsed
+from gateway.pipeline.scan_step import find_infection
 from gateway.pipeline.sign import DkimSigner
 from gateway.pipeline.store_step import MessageFacts, TransferWriter
 from gateway.replies import ALREADY_DELIVERED, OK, SCAN_UNAVAILABLE, Reply, reply_for_exception
+from gateway.scan.clamd import ClamdScanner, ScanError, ScanUnavailable
 from gateway.store.db import Database
 
 log = logging.getLogger("gateway.relay")
@@ -106,8 +108,10 @@ class Relay:
         notices: NoticeQueue | None = None,
         wake_notices: Callable[[], None] = lambda: None,
         unlocker: PasswordMailUnlocker | None = None,
+        scanner: ClamdScanner | None = None,
     ):
         self._unlocker = unlocker
+        self._scanner = scanner
         self._notices = notices
         self._wake_notices = wake_notices
         self._config = config
@@ -154,6 +158,9 @@ class Relay:
                     return
                 decision = decide(self._config, envelope, classification)
 
+        if decision.converting and self._scanner is not None:
+            if not await self._scan_passes(envelope, decision, outcome):
+                return
         transfer = None
         if decision.converting:
             facts = MessageFacts(
@@ -173,6 +180,30 @@ class Relay:
         outcome.reply = await self._deliver_all(
             fingerprint, messages, transfer, decision.policy, outcome
         )
+
+    async def _scan_passes(self, envelope: Envelope, decision: Decision, outcome: Outcome) -> bool:
+        """False (with the reply set) when what we would store is infected or cannot be scanned
+        and the policy says wait."""
+        try:
+            infection = await find_infection(self._scanner, decision)
+        except (ScanUnavailable, ScanError) as error:
+            if decision.policy.on_scan_error == "tempfail":
+                outcome.reply, outcome.decision = SCAN_UNAVAILABLE, "scan-unavailable"
+                outcome.notes.append(f"scan unavailable: {error}")
+                return False
+            log.warning("scan unavailable, storing unscanned (on_scan_error=allow): %s", error)
+            outcome.notes.append("stored unscanned")
+            return True
+        if infection is None:
+            return True
+        outcome.reply, outcome.decision = infection.reply(), "virus"
+        outcome.notes.append(f"virus {infection.signature}")
+        await asyncio.to_thread(
+            self._db.append_event, "scan.infected", self._clock(),
+            detail={"sender": envelope.mail_from, "file": infection.filename,
+                    "signature": infection.signature, "recipients": len(envelope.rcpt_tos)},
+        )
+        return False
 
     async def _after_password_mail(
         self, verdict: UnlockVerdict, envelope: Envelope, fingerprint: str, outcome: Outcome
