@@ -11,45 +11,16 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from email.message import EmailMessage
-from email.policy import SMTP
 
 import pyzipper
 
+from gateway.sample import build_encrypted_zip as encrypted_zip
 from tests.e2e.test_channels import body_text, download_once
 from tests.e2e.test_relay_corpus import links_in
+from tests.support.ppap import SENDER, password_mail, zip_mail, zipcrypto_zip
 from tests.support.running import PUBLIC_URL, corpus_mail, send, send_corpus
 
-SENDER = "somu@city.example.lg.jp"
 TANAKA, EIGYO = "tanaka@partner.example.com", "eigyo@partner.example.com"
-
-
-def encrypted_zip(members: dict[str, bytes], password: str) -> bytes:
-    """WinZip AES (pyzipper writes no ZipCrypto; the corpus's Info-ZIP pair covers that)."""
-    buffer = io.BytesIO()
-    with pyzipper.AESZipFile(buffer, "w", compression=pyzipper.ZIP_DEFLATED,
-                             encryption=pyzipper.WZ_AES) as archive:
-        archive.setpassword(password.encode())
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def zip_mail(rcpts: list[str], data: bytes, name: str = "見積書.zip",
-             subject: str = "見積書の送付") -> bytes:
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = SENDER, ", ".join(rcpts), subject
-    message.set_content("お世話になっております。見積書をお送りします。\n", charset="utf-8")
-    message.add_attachment(data, maintype="application", subtype="zip", filename=name)
-    return message.as_bytes(policy=SMTP)
-
-
-def password_mail(rcpts: list[str], password: str) -> bytes:
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = SENDER, ", ".join(rcpts), "パスワード"
-    message.set_content(f"先ほどのファイルのパスワードです。\n\nパスワード：{password}\n",
-                        charset="utf-8")
-    return message.as_bytes(policy=SMTP)
 
 
 def portal(running, path: str, form: dict | None = None):
@@ -168,7 +139,7 @@ def test_recipients_without_a_link_get_the_password_mail_unchanged(sink, start_g
 def test_two_waiting_zips_each_open_with_their_own_password(sink, start_gateway):
     running = start_gateway({"policy": {"sender_receipt": False}})
     first = encrypted_zip({"a.txt": b"first " * 100}, "first-pass")
-    second = encrypted_zip({"b.txt": b"second " * 100}, "second-pass")
+    second = zipcrypto_zip({"b.txt": b"second " * 100}, "second-pass")
     assert send(running.port, SENDER, [TANAKA], zip_mail([TANAKA], first, "a.zip"))[0] == 250
     assert send(running.port, SENDER, [TANAKA], zip_mail([TANAKA], second, "b.zip"))[0] == 250
     links = [next(iter(links_in(m.data))) for m in sink.wait_for(2)]
