@@ -99,13 +99,10 @@ class ManagePages:
         return self._page(request, managed, 200, done=done if done in _DONE else None)
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], False)
-        if managed is None:
-            return self._pages.error_page(request, 404)
-        form = await read_form(request)
-        problem = self._post_problem(request, managed, form)
-        if problem:
-            return await self._refuse(request, managed, problem)
+        checked = await self._checked_post(request)
+        if isinstance(checked, web.Response):
+            return checked
+        managed, form = checked
         choice = form.get("link", "")
         changed = await asyncio.to_thread(
             self._revoke, managed.transfer.id, None if choice == "all" else choice,
@@ -114,13 +111,10 @@ class ManagePages:
         return self._back(request, "revoked" if changed else "unchanged")
 
     async def extend(self, request: web.Request) -> web.StreamResponse:
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], False)
-        if managed is None:
-            return self._pages.error_page(request, 404)
-        form = await read_form(request)
-        problem = self._post_problem(request, managed, form)
-        if problem:
-            return await self._refuse(request, managed, problem)
+        checked = await self._checked_post(request)
+        if isinstance(checked, web.Response):
+            return checked
+        managed, form = checked
         choice = form.get("days", "")
         if choice not in EXTEND_CHOICES:
             return await self._page_again(request, 400)
@@ -136,13 +130,12 @@ class ManagePages:
         return self._back(request, "extended")
 
     async def unlock(self, request: web.Request) -> web.StreamResponse:
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], False)
-        if managed is None or self._opener is None:
+        if self._opener is None:
             return self._pages.error_page(request, 404)
-        form = await read_form(request)
-        problem = self._post_problem(request, managed, form)
-        if problem:
-            return await self._refuse(request, managed, problem)
+        checked = await self._checked_post(request)
+        if isinstance(checked, web.Response):
+            return checked
+        managed, form = checked
         password = form.get("password", "")
         if not password or len(password) > 256:
             return await self._page_again(request, 400, alert="unlock_wrong")
@@ -211,6 +204,19 @@ class ManagePages:
             return changed
 
     # -- checks ---------------------------------------------------------------------------
+
+    async def _checked_post(self, request: web.Request
+                            ) -> tuple[Managed, dict[str, str]] | web.Response:
+        """The transfer and the form of a POST that passed the same-site and CSRF checks, or
+        the page that refuses it."""
+        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], False)
+        if managed is None:
+            return self._pages.error_page(request, 404)
+        form = await read_form(request)
+        problem = self._post_problem(request, managed, form)
+        if problem:
+            return await self._refuse(request, managed, problem)
+        return managed, form
 
     def _post_problem(self, request: web.Request, managed: Managed,
                       form: Mapping[str, str]) -> str | None:

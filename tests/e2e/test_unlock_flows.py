@@ -198,3 +198,15 @@ def _corpus_file(name: str) -> bytes:
     from tests.support.running import CORPUS
 
     return (CORPUS / "files" / name).read_bytes()
+
+
+def test_pass_relays_the_password_mail_unchanged_yet_serves_the_files(sink, start_gateway):
+    running = start_gateway({"policy": {"password_mail": "pass", "sender_receipt": False}})
+    data = encrypted_zip({"a.txt": b"contents " * 100}, "pass-pass")
+    assert send(running.port, SENDER, [TANAKA], zip_mail([TANAKA], data, "a.zip"))[0] == 250
+    link = next(iter(links_in(sink.wait_for(1)[0].data)))
+    running.clock.advance(minutes=1)
+    raw = password_mail([TANAKA], "pass-pass")
+    assert send(running.port, SENDER, [TANAKA], raw)[0] == 250
+    assert [m.rcpt_tos for m in sink.wait_for(2)[1:] if m.data == raw] == [[TANAKA]]
+    assert "a.txt" in portal(running, f"/d/{link}")[1]
