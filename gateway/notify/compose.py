@@ -242,9 +242,14 @@ class NoticeComposer:
         return about.transfer.sender, {"recipients": self._recipients(about)}
 
     def _password_replaced(self, about: _About) -> tuple[str, dict[str, Any]]:
-        """To a recipient, instead of the password mail: the link needs no password any more."""
+        """To a recipient, instead of the password mail: the link needs no ZIP password any more
+        (a download password, where the policy sets one, still does)."""
         assert about.link is not None
-        return about.link.recipient, {}
+        return about.link.recipient, {
+            "download_password": about.transfer.password_channel != "none",
+            "scanned": about.payload.get("scanned") is True,
+            "by_form": about.payload.get("via") == "sender-form",
+        }
 
     def _blocked_note(self, about: _About) -> tuple[str, dict[str, Any]]:
         """To the sender, or the configured admin address: which file, which signature."""

@@ -100,7 +100,9 @@ class PasswordMailUnlocker:
                 dedupe_key=f"password-retired:{tid}",
             )
         elif policy.password_mail == "replace":
-            self._opener.tell_recipients(tid, {r.lower() for r in entry.recipients}, now)
+            self._opener.tell_recipients(
+                tid, {r.lower() for r in entry.recipients}, now, "password-mail"
+            )
 
 
 def _held(waiting: list[_Waiting], states: dict[str, OpenState], policy: Policy) -> tuple[str, ...]:

@@ -126,18 +126,21 @@ class TransferOpener:
         policy = department_policy(self._config, transfer.department)
         outcome = await self.open(locked, typed, policy, "sender-form", now)
         if outcome.state is OpenState.UNLOCKED:
-            await asyncio.to_thread(self.tell_recipients, transfer.id, None, now)
+            await asyncio.to_thread(self.tell_recipients, transfer.id, None, now, "sender-form")
         return outcome
 
-    def tell_recipients(self, tid: str, recipients: set[str] | None, now: datetime) -> None:
-        """Queue "the files at your link no longer need a password" for the active links of
-        `recipients` (lower-case addresses; None: every recipient)."""
+    def tell_recipients(
+        self, tid: str, recipients: set[str] | None, now: datetime, via: str
+    ) -> None:
+        """Queue "the files at your link no longer need the ZIP password" for the active links
+        of `recipients` (lower-case addresses; None: every recipient). `via` is the source."""
         for link in self._db.links_of(tid):
             wanted = recipients is None or link.recipient.lower() in recipients
             if link.state == "active" and wanted:
                 self._outbox.enqueue(
                     kind="password-replaced", now=now, due_at=now, transfer_id=tid,
                     link_id=link.id, dedupe_key=f"password-replaced:{link.id}",
+                    payload={"scanned": self._scanner is not None, "via": via},
                 )
 
     # -- opening ----------------------------------------------------------------------------

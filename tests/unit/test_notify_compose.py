@@ -558,3 +558,27 @@ def test_an_unknown_kind_or_a_missing_transfer_is_a_compose_error(
         composer.compose(replace(item, transfer_id=secrets.token_hex(16)))
     with pytest.raises(ComposeError):
         composer.compose(replace(item, transfer_id=None))
+
+
+# -- ZIP password no longer needed -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("locale", "payload", "present", "absent"), [
+    ("ja", {"scanned": True, "via": "password-mail"},
+     ["ZIP のパスワードなし", "ウイルス検査済み", "ダウンロード用のパスワードが必要"],
+     ["お送りすることはありません"]),
+    ("en", {"scanned": False, "via": "sender-form"},
+     ["without its password", "will not be sent to you", "still asks for the download password"],
+     ["scanned"]),
+])
+def test_zip_password_notice_says_only_what_holds(
+    db, master_key, composer, locale: str, payload: dict, present: list, absent: list,
+) -> None:
+    transfer = Transfer(db, master_key, locale=locale)  # its links keep a download password
+    item = queue(db, master_key, "password-replaced", transfer, link_for=TANAKA, payload=payload)
+    message = composer.compose(item)
+    assert message.rcpt_tos == (TANAKA,)
+    body = body_of(message)
+    assert all(text in body for text in present), body
+    assert not any(text in body for text in absent), body
+    assert PASSWORD not in body and "http" not in body
