@@ -49,17 +49,9 @@ def zipcrypto_zip(members: dict[str, bytes], password: str) -> bytes:
     return bytes(body + central + end)
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _crc_table()
+# The CRC-32 table ZipCrypto's key schedule steps through, taken from zlib: with all bits set as
+# the start value and the result inverted, crc32 of one byte is that byte's table entry.
+_TABLE = [zlib.crc32(bytes([n]), 0xFFFFFFFF) ^ 0xFFFFFFFF for n in range(256)]
 
 
 def _zipcrypto_encrypt(password: bytes, plain: bytes) -> bytes:
