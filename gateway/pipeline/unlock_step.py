@@ -22,6 +22,7 @@ from gateway.store.unlocks import UnlockStore
 from gateway.unlock.candidates import password_candidates
 from gateway.unlock.opening import LockedTransfer, OpenState, TransferOpener
 
+
 @dataclass(frozen=True)
 class UnlockVerdict:
     transfer_ids: tuple[str, ...]  # every transfer the mail's password was tried on

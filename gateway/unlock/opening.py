@@ -22,7 +22,12 @@ from gateway.store.blobs import BlobStore
 from gateway.store.db import Database, FileRow, TransferRow
 from gateway.store.outbox import OutboxStore
 from gateway.store.unlocks import ExtractedRow, UnlockStore
-from gateway.unlock.extract import ExtractLimits, ExtractRefused, ExtractResult, extract_members
+from gateway.unlock.extract import (
+    ExtractLimits,
+    ExtractRefused,
+    ExtractResult,
+    extract_members,
+)
 from gateway.zipinspect import inspect_zip
 
 log = logging.getLogger("gateway.unlock")

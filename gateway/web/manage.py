@@ -32,8 +32,8 @@ from gateway.store.unlocks import UnlockRow, UnlockStore
 from gateway.unlock.opening import OpenState, TransferOpener
 from gateway.web.download import download_name
 from gateway.web.i18n import Translator
-from gateway.web.ratelimit import SlidingWindow
 from gateway.web.pages import Pages, client_details, post_problem, read_form, token_base
+from gateway.web.ratelimit import SlidingWindow
 from gateway.web.security import make_csrf_token
 
 # The extensions offered; None: as far as the policy allows. Each is capped at that maximum.

@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -33,6 +33,7 @@ from gateway.pipeline.deliver import SmtpNextHop
 from gateway.store.crypto import open_small, seal_small
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxItem, OutboxStore, new_outbox_id
+from tests.support.running import FakeClock
 from tests.support.sink import RecordingSink
 
 SECRET = b"0123456789abcdef-webhook-secret!"
@@ -43,19 +44,6 @@ SETTINGS = NotifySettings(
     retry_max=timedelta(hours=1), max_age=timedelta(days=2), poll_interval=timedelta(seconds=60),
 )
 T = TypeVar("T")
-
-
-class FakeClock:
-    """The worker's clock: tests move it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 26, 0, 12, 40, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from gateway.pipeline.deliver import SmtpNextHop
 from gateway.store.crypto import open_small, seal_small
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxItem, OutboxStore, new_outbox_id
+from tests.support.running import FakeClock
 from tests.support.sink import RecordingSink
 
 MASTER_KEY = bytes(range(32))
@@ -35,19 +36,6 @@ SETTINGS = NotifySettings(
     max_age=timedelta(days=2), poll_interval=timedelta(seconds=60),
 )
 T = TypeVar("T")
-
-
-class FakeClock:
-    """The worker's clock: tests move it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 26, 0, 12, 40, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 class TinyComposer:
