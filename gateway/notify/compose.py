@@ -40,6 +40,7 @@ _NEEDED_SECRET = {
 # Kinds addressed to a link's recipient: they need that link still active.
 _TO_RECIPIENT = frozenset({"password-recipient", "otp", "webhook-password", "password-replaced"})
 # Kinds that thread next to the mail they belong to.
+_WITHOUT_TRANSFER = frozenset({"virus-refused"})
 _THREADED = frozenset({"password-recipient", "password-sender", "otp", "password-replaced"})
 _FROM_NAME = {"ja": "メールゲートウェイ", "en": "ppap-gateway"}
 _NO_SUBJECT = {"ja": "（件名なし）", "en": "(no subject)"}
@@ -72,6 +73,24 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _UTF8_ATOMS = re.compile(rf"{_ATEXT}(\.{_ATEXT})*")
 _CODE = re.compile(r"[0-9]{4,10}")
+
+
+def _refused_message(item: OutboxItem) -> TransferRow:
+    """A refused mail described as a transfer that never was (nothing stored, no links), so
+    that subject, sender and threading work as for any other notice."""
+    payload = item.payload if isinstance(item.payload, dict) else {}
+
+    def text(key: str) -> str:
+        value = payload.get(key)
+        return value if isinstance(value, str) else ""
+
+    locale = text("locale")
+    return TransferRow(
+        id="", fingerprint="", message_id=text("message_id"), sender=text("sender"),
+        department="", subject=text("subject"), created_at=item.created_at,
+        expires_at=item.created_at, state="refused", password_channel="none",
+        password_hash=None, password_sealed=None, locale=locale if locale in LOCALES else "ja",
+    )
 
 
 def one_line(text: str, limit: int = _MAX_TEXT) -> str:
@@ -136,6 +155,7 @@ class NoticeComposer:
             "password-retired": self._password_retired,
             "password-replaced": self._password_replaced,
             "blocked-note": self._blocked_note,
+            "virus-refused": self._virus_refused,
         }
 
     def compose(self, item: OutboxItem) -> OutgoingMessage | WebhookCall:
@@ -157,6 +177,8 @@ class NoticeComposer:
     # -- what an item is about ---------------------------------------------------------
 
     def _about(self, item: OutboxItem) -> _About:
+        if item.kind in _WITHOUT_TRANSFER:
+            return _About(item, _refused_message(item), None, {})
         transfer = self._db.transfer(item.transfer_id) if item.transfer_id else None
         if transfer is None:
             raise ComposeError(f"outbox item {item.id}: no such transfer")
@@ -262,6 +284,22 @@ class NoticeComposer:
             "file": one_line(file) if isinstance(file, str) else "?",
             "signature": one_line(signature, 200) if isinstance(signature, str) else "?",
             "for_admin": bool(payload.get("address")),
+        }
+
+    def _virus_refused(self, about: _About) -> tuple[str, dict[str, Any]]:
+        """To the admin: a new mail was refused at SMTP time for an infected attachment (its
+        sender already has the bounce); nothing was stored, so the payload says it all."""
+        payload = about.payload
+        to = payload.get("address")
+        if not isinstance(to, str) or _mailbox(to) is None:
+            raise ComposeError(f"outbox item {about.item.id}: bad address")
+        file, signature = payload.get("file"), payload.get("signature")
+        count = payload.get("recipients")
+        return to, {
+            "file": one_line(file) if isinstance(file, str) and file else "?",
+            "signature": one_line(signature, 200) if isinstance(signature, str) else "?",
+            "recipients": count if isinstance(count, int) else "?",
+            "at": self._local_time(about.item.created_at, about.locale),
         }
 
     def _webhook(self, about: _About) -> WebhookCall:

@@ -18,6 +18,7 @@ from email.header import decode_header, make_header
 from typing import Callable
 
 from gateway.config import Config, Policy
+from gateway.crashpoints import crash_point
 from gateway.model import (
     Action,
     Classification,
@@ -42,6 +43,7 @@ from gateway.pipeline.store_step import MessageFacts, TransferWriter
 from gateway.replies import ALREADY_DELIVERED, OK, SCAN_UNAVAILABLE, Reply, reply_for_exception
 from gateway.scan.clamd import ClamdScanner, ScanError, ScanUnavailable
 from gateway.store.db import Database
+from gateway.store.outbox import OutboxStore
 
 log = logging.getLogger("gateway.relay")
 
@@ -159,7 +161,7 @@ class Relay:
                 decision = decide(self._config, envelope, classification)
 
         if decision.converting and self._scanner is not None:
-            if not await self._scan_passes(envelope, decision, outcome):
+            if not await self._scan_passes(envelope, message, fingerprint, decision, outcome):
                 return
         transfer = None
         if decision.converting:
@@ -180,10 +182,13 @@ class Relay:
         outcome.reply = await self._deliver_all(
             fingerprint, messages, transfer, decision.policy, outcome
         )
+        crash_point("relay.recorded")
 
-    async def _scan_passes(self, envelope: Envelope, decision: Decision, outcome: Outcome) -> bool:
+    async def _scan_passes(
+        self, envelope: Envelope, message, fingerprint: str, decision: Decision, outcome: Outcome
+    ) -> bool:
         """False (with the reply set) when what we would store is infected or cannot be scanned
-        and the policy says wait."""
+        and the policy says wait. The admin hears of an infection; the sender gets the bounce."""
         try:
             infection = await find_infection(self._scanner, decision)
         except (ScanUnavailable, ScanError) as error:
@@ -198,11 +203,25 @@ class Relay:
             return True
         outcome.reply, outcome.decision = infection.reply(), "virus"
         outcome.notes.append(f"virus {infection.signature}")
-        await asyncio.to_thread(
-            self._db.append_event, "scan.infected", self._clock(),
-            detail={"sender": envelope.mail_from, "file": infection.filename,
-                    "signature": infection.signature, "recipients": len(envelope.rcpt_tos)},
-        )
+        facts = {"sender": envelope.mail_from, "file": infection.filename,
+                 "signature": infection.signature, "recipients": len(envelope.rcpt_tos)}
+        admin = self._config.scan.admin_address
+        now = self._clock()
+
+        def record() -> None:
+            with self._db.transaction():
+                self._db.append_event("scan.infected", now, detail=facts)
+                if admin:  # once per message, however often the sending MTA retries
+                    OutboxStore(self._db).enqueue(
+                        kind="virus-refused", now=now, due_at=now,
+                        dedupe_key=f"virus-refused:{fingerprint}",
+                        payload={**facts, "address": admin, "locale": decision.policy.locale,
+                                 "subject": _header_text(message, "Subject"),
+                                 "message_id": _header_text(message, "Message-ID")},
+                    )
+
+        await asyncio.to_thread(record)
+        self._wake_notices()
         return False
 
     async def _after_password_mail(

@@ -7,11 +7,13 @@ from __future__ import annotations
 from email.message import EmailMessage
 from email.policy import SMTP
 
+from tests.e2e.test_channels import body_text
 from tests.e2e.test_relay_corpus import links_in
 from tests.support.clamav import EICAR, EICAR_SIGNATURE
 from tests.support.running import corpus_mail, send, send_corpus
 
 SENDER, RCPT = "somu@city.example.lg.jp", "tanaka@partner.example.com"
+ADMIN = "soc@city.example.lg.jp"
 EVERY_ATTACHMENT = {"policy": {"convert": "all-attachments", "sender_receipt": False}}
 
 
@@ -29,13 +31,22 @@ def with_scan(address: str, on_error: str = "tempfail") -> dict:
 
 
 def test_infected_attachment_refuses_the_message_naming_the_signature(clamd, sink, start_gateway):
-    running = start_gateway(with_scan(clamd.address))
-    code, text = send(running.port, SENDER, [RCPT], mail_with("invoice.com", EICAR))
-    assert code == 554 and "5.7.1" in text and EICAR_SIGNATURE in text and "invoice.com" in text
-    assert sink.messages == []
+    document = with_scan(clamd.address)
+    document["scan"]["admin_address"] = ADMIN
+    running = start_gateway(document)
+    raw = mail_with("invoice.com", EICAR)
+    for _ in range(2):  # the sending MTA may retry: still refused, the admin told once
+        code, text = send(running.port, SENDER, [RCPT], raw)
+        assert code == 554 and "5.7.1" in text and EICAR_SIGNATURE in text and "invoice.com" in text
     assert running.db.query("SELECT COUNT(*) FROM files")[0][0] == 0, "nothing stored"
-    (event,) = [e for e in running.db.events() if e.kind == "scan.infected"]
-    assert EICAR_SIGNATURE in str(event.detail)
+    events = [e for e in running.db.events() if e.kind == "scan.infected"]
+    assert len(events) == 2 and EICAR_SIGNATURE in str(events[0].detail)
+    running.advance(seconds=1)
+    (note,) = sink.wait_for(1)
+    assert note.rcpt_tos == [ADMIN]
+    text = body_text(note.data)
+    assert EICAR_SIGNATURE in text and "invoice.com" in text and SENDER in text and "資料" in text
+    assert [m.rcpt_tos for m in sink.messages] == [[ADMIN]], "nothing reached the recipient"
 
 
 def test_japanese_name_stays_out_of_the_reply_text(clamd, sink, start_gateway):
