@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from aiohttp import web
@@ -23,7 +25,7 @@ from gateway.notify.compose import NoticeComposer
 from gateway.notify.webhook import WebhookSender
 from gateway.notify.worker import OutboxWorker
 from gateway.ops.admin import build_admin_app, next_hop_check, store_writable_check
-from gateway.ops.housekeeping import purge, run_periodically
+from gateway.ops.housekeeping import PurgeReport, format_report, purge, run_periodically
 from gateway.ops.metrics import GatewayMetrics
 from gateway.pipeline.deliver import NextHop, make_next_hop
 from gateway.pipeline.notice import make_template_env
@@ -38,7 +40,7 @@ from gateway.smtp.access import PasswordFileAuthenticator, RelayAccess, load_use
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.blobs import BlobStore
-from gateway.store.db import Database
+from gateway.store.db import Database, MetadataError
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
 from gateway.store.outbox import OutboxStore
@@ -79,7 +81,12 @@ def make_scanner(config: Config) -> ClamdScanner | None:
 def load_master_key(config: Config) -> bytes:
     storage = config.storage
     try:
-        return load_or_create_master_key(storage.master_key_file, storage.master_key_from_env)
+        # Once metadata exists, a missing key file is an accident, not a first start: a fresh
+        # key would make every stored file unreadable.
+        return load_or_create_master_key(
+            storage.master_key_file, storage.master_key_from_env,
+            may_create=not storage.database.exists(),
+        )
     except MasterKeyError as error:
         raise ConfigError("storage.master_key_file", str(error)) from None
 
@@ -89,6 +96,39 @@ def open_store(config: Config, master_key: bytes) -> tuple[Database, BlobStore]:
     storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(storage.database)
     return db, BlobStore(storage.data_dir / "blobs", master_key, storage.chunk_size)
+
+
+StoreOpener = Callable[[Config, bytes], tuple[Database, BlobStore]]
+
+
+def claim_data_dir(config: Config) -> int | None:
+    """An exclusive lock on the data directory, held (by the open descriptor) while this gateway
+    runs and released by the kernel even on SIGKILL; None when another gateway holds it."""
+    descriptor = os.open(config.storage.data_dir / ".gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def clean_up_after_crash(
+    db: Database, blobs: BlobStore, now: datetime, sole_writer: bool
+) -> PurgeReport:
+    """Run before the listeners open. As the data directory's `sole_writer` no blob can be in
+    the making, so temp files and blobs no row refers to (a crash between blob write and
+    metadata commit) go at once, without the periodic purge's grace; a purge a crash
+    interrupted is finished either way."""
+    try:
+        grace = {"orphan_grace": timedelta(0)} if sole_writer else {}
+        report = purge(db, blobs, now, **grace)
+    except MetadataError as error:  # not fatal: the periodic purge tries again
+        log.error("start-up clean-up failed: %s", error)
+        return PurgeReport(errors=1)
+    if report.orphans_deleted or report.transfers_purged or report.errors:
+        log.warning("start-up clean-up: %s", format_report(report))
+    return report
 
 
 async def start_web(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -104,8 +144,12 @@ class Gateway:
         config: Config,
         clock: Callable[[], datetime] = utc_now,
         next_hop: NextHop | None = None,
+        open_storage: StoreOpener = open_store,
     ):
+        """`open_storage` exists so tests can hand in a store whose disk fails on demand."""
         self.config = config
+        self._open_storage = open_storage
+        self._data_dir_lock: int | None = None
         self.clock = clock
         self.metrics = GatewayMetrics(refusal_reasons=tuple(REFUSAL_STATUS))
         self._next_hop = next_hop
@@ -127,7 +171,14 @@ class Gateway:
     async def start(self) -> None:
         config = self.config
         master_key = load_master_key(config)
-        self.db, self.blobs = await asyncio.to_thread(open_store, config, master_key)
+        self.db, self.blobs = await asyncio.to_thread(self._open_storage, config, master_key)
+        self._data_dir_lock = claim_data_dir(config)
+        if self._data_dir_lock is None:
+            log.warning("another gateway uses %s: start-up clean-up keeps its grace period",
+                        config.storage.data_dir)
+        await asyncio.to_thread(
+            clean_up_after_crash, self.db, self.blobs, self.clock(), self._data_dir_lock is not None
+        )
         if self._next_hop is None:
             hop = config.next_hop
             self._next_hop = make_next_hop(
@@ -262,6 +313,9 @@ class Gateway:
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
             self.db = None
+        if self._data_dir_lock is not None:
+            os.close(self._data_dir_lock)  # releases the lock
+            self._data_dir_lock = None
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

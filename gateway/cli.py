@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +19,8 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.units import format_duration
 
 EXIT_CONFIG = 2
+# Tests only: names a gateway.crashpoints point at which `serve` kills itself (SIGKILL).
+CRASH_AT_VARIABLE = "PPAP_GATEWAY_CRASH_AT"
 
 
 def _add_config_options(parser: argparse.ArgumentParser, overrides: bool) -> None:
@@ -230,8 +234,17 @@ def cmd_serve(args) -> int:
     from gateway.app import Gateway
     from gateway.log import setup_logging
 
+    from gateway.crashpoints import arm
+
     config = _config(args)
     setup_logging()
+    crash_at = os.environ.get(CRASH_AT_VARIABLE)
+    if crash_at:
+        arm(crash_at)  # ValueError for an unknown point: refuse to start
+        logging.getLogger("gateway").warning(
+            "%s=%s: this process will kill itself there (a test hook)", CRASH_AT_VARIABLE,
+            crash_at,
+        )
 
     async def run() -> None:
         stop = asyncio.Event()

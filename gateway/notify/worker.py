@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from gateway.config import NotifySettings
+from gateway.crashpoints import crash_point
 from gateway.model import DeliveryResult, OutgoingMessage
 from gateway.notify import ComposeError
 from gateway.notify.webhook import WebhookCall, WebhookSender
@@ -126,6 +127,7 @@ class OutboxWorker:
             return 1
         result = await self._send(item, outgoing)
         if result.accepted:
+            crash_point("notify.sent")
             if self._after_send is not None:
                 self._after_send(item)
             await self._record_sent(item, now, result)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
+from gateway.crashpoints import crash_point
 from gateway.store.blobs import TEMP_PREFIX
 from gateway.store.blobs import BlobStore, StorageError
 from gateway.store.db import Database
@@ -85,6 +86,7 @@ def _purge_transfer(
             # orphan, and the orphan sweep tries again.
             _log.warning("purge: %s", error)
             tally.errors += 1
+    crash_point("purge.blobs_deleted")
     end_state = "failed" if transfer.state == "failed" else "purged"
     with db.transaction():
         db.mark_purged(transfer_id, state=end_state)

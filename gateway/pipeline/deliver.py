@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from gateway.crashpoints import crash_point
 from gateway.model import DeliveryResult, OutgoingMessage
 
 StartTls = Literal["off", "opportunistic", "required"]
@@ -79,6 +80,20 @@ def _refusal(reply: SMTPResponse, rejected: dict[str, tuple[int, str]] | None = 
     if not 400 <= reply.code < 600:
         raise _Abandon(failure(451, "4.4.2 unexpected reply from next hop", rejected))
     return failure(reply.code, _reply_text(reply.message), rejected)
+
+
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_line_endings(data: bytes) -> bytes:
+    """data with every bare CR, bare LF and CRLF as CRLF, the only line end RFC 5321 allows.
+
+    Pass-through mail is promised byte-identical; this is the one exception, and only for the
+    wire: a next hop that read a bare LF or CR as a line end could otherwise be made to see an
+    end of data (`\n.\n`) that we did not (SMTP smuggling). The DKIM signer does the same
+    before signing, so our signatures cover exactly the bytes sent.
+    """
+    return _ANY_LINE_END.sub(b"\r\n", data)
 
 
 _QUOTED_LOCAL_PART = re.compile(r'^"(?:[^"\\\x00-\x1f\x7f]|\\[\x20-\x7e])*"')
@@ -309,9 +324,11 @@ class SmtpNextHop:
         self, client: aiosmtplib.SMTP, data: bytes, rejected: dict[str, tuple[int, str]]
     ) -> DeliveryResult:
         try:
-            reply = await client.data(data)  # aiosmtplib does the dot-stuffing
+            # aiosmtplib does the dot-stuffing (and would fix line ends too; ours is the promise).
+            reply = await client.data(crlf_line_endings(data))
         except aiosmtplib.SMTPDataError as refused:
             return _refusal(SMTPResponse(refused.code, refused.message), rejected)
+        crash_point("deliver.accepted")
         return DeliveryResult(
             accepted=True, code=reply.code, message=_reply_text(reply.message), rejected_recipients=rejected
         )

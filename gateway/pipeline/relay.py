@@ -302,9 +302,19 @@ class Relay:
         refused: list[str] = []
         for message in messages:
             result = await self._next_hop.deliver(message)
-            if await asyncio.to_thread(
-                self._record, fingerprint, message, result, transfer, policy
-            ):
+            try:
+                due_now = await asyncio.to_thread(
+                    self._record, fingerprint, message, result, transfer, policy
+                )
+            except Exception as error:
+                if not result.accepted or message.link_id is not None:
+                    raise  # a link left pending must not look delivered: 4xx, the retry mends
+                # The next hop has this unchanged copy: a 4xx now would make the retry send it
+                # again, so it counts as delivered though the store could not say so.
+                log.error("delivered but not recorded (%s): %s", type(error).__name__, error)
+                outcome.notes.append("delivery not recorded")
+                due_now = False
+            if due_now:
                 self._wake_notices()
             if result.accepted and message.link_id:
                 outcome.links_created += 1

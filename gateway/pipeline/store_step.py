@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
 
+from gateway.crashpoints import crash_point
 from gateway.model import Attachment, Decision, Envelope, IssuedLink, StoredFile, StoredTransfer
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
@@ -80,6 +81,7 @@ class TransferWriter:
                 for attachment in decision.to_convert:
                     new_files.append(self._write_blob(attachment))
                 files = tuple(stored for _, stored, _ in new_files)
+            crash_point("store.blobs_written")
             with self._db.transaction():
                 if not reuse:
                     self._insert_transfer(transfer_id, envelope, decision, facts, now, expires_at)
@@ -110,6 +112,7 @@ class TransferWriter:
             for _, stored, _ in new_files:
                 self._blobs.delete(stored.blob_id)
             raise
+        crash_point("store.committed")
         return StoredTransfer(
             transfer_id, files, links, expires_at, decision.policy.password, reused=reuse,
             manage_token=manage_token,

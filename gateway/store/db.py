@@ -8,6 +8,7 @@ as aware datetimes (the caller owns the clock) and are stored as fixed-width UTC
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -210,6 +211,17 @@ def _statements(script: str) -> Iterator[str]:
         yield rest  # a last statement without ';', or just comments: SQLite judges it
 
 
+def _failure(exc: sqlite3.Error) -> MetadataError:
+    return MetadataError(f"database error: {exc}")
+
+
+def _cause(exc: sqlite3.Error) -> BaseException:
+    """A full disk is told by its errno, like a failed blob write, so the reply is 452 4.3.1."""
+    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL:
+        return OSError(errno.ENOSPC, f"database or disk is full ({exc})")
+    return exc
+
+
 class Database:
     """The SQLite MetadataStore. Safe to share between threads."""
 
@@ -266,14 +278,14 @@ class Database:
             try:
                 return self._conn.execute(sql, tuple(params))
             except sqlite3.Error as exc:
-                raise MetadataError(f"database error: {exc}") from exc
+                raise _failure(exc) from _cause(exc)
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._conn.execute(sql, tuple(params)).fetchall()
             except sqlite3.Error as exc:
-                raise MetadataError(f"database error: {exc}") from exc
+                raise _failure(exc) from _cause(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

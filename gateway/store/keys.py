@@ -97,10 +97,16 @@ def _create_key_file(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def load_or_create_master_key(path: Path, env_value: str | None) -> bytes:
-    """The master key: from `env_value` (base64) if given, else from `path`, created if absent."""
+def load_or_create_master_key(path: Path, env_value: str | None, may_create: bool = True) -> bytes:
+    """The master key: from `env_value` (base64) if given, else from `path`, created if absent
+    and `may_create` (false once data encrypted under some key exists)."""
     if env_value is not None:
         return _decode(env_value, "master key from the environment")
+    if not os.path.lexists(path) and not may_create:
+        raise MasterKeyError(
+            f"{path}: master key file is missing but stored data exists; restore the key"
+            " (a new key could not decrypt what is stored)"
+        )
     if not os.path.lexists(path):
         try:
             _create_key_file(path)

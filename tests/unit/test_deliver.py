@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.model import DeliveryResult, OutgoingMessage
-from gateway.pipeline.deliver import SmtpNextHop, make_next_hop, parse_next_hop_url
+from gateway.pipeline.deliver import SmtpNextHop, crlf_line_endings, make_next_hop, parse_next_hop_url
 from gateway.pipeline.outbox import OutboxNextHop
+from tests.support.raw_sink import RawSink
 from tests.support.sink import RecordingSink
 from tests.support.tls import write_self_signed
 
@@ -528,3 +529,37 @@ def test_make_next_hop_builds_the_hop_the_url_names(tmp_path: Path) -> None:
         make_next_hop("smtp://relay", **{**settings, "starttls": "sometimes"})
     with pytest.raises(ValueError):
         make_next_hop("smtp://relay", **{**settings, "helo_name": "gw example"})
+
+
+# -- the bytes on the wire: CRLF only, dot-stuffed (SMTP smuggling, outbound) --------------------
+
+SLOPPY = (
+    b"Subject: sloppy\n\nbare LF\n.\nbare CR\r.\rCR before CRLF\r\r\n"
+    b".dot after LF\n\r\n.\r\n..\nMAIL FROM:<evil@attacker.example>\r\n\x00.\r\nlast line without end"
+)
+
+
+def test_crlf_line_endings_makes_every_bare_cr_and_lf_a_crlf() -> None:
+    assert crlf_line_endings(b"a\nb\rc\r\nd\r\re\n\nf") == b"a\r\nb\r\nc\r\nd\r\n\r\ne\r\n\r\nf"
+    assert crlf_line_endings(b"clean\r\n") == b"clean\r\n"
+
+
+def test_sloppy_line_ends_reach_the_wire_as_crlf_with_every_dot_line_stuffed() -> None:
+    with RawSink() as raw:
+        (result,) = deliver_all(smtp_hop(raw.port), simple_message(data=SLOPPY))
+        (received,) = raw.wait_for(1)
+    assert result.accepted
+    assert received.bare_line_ends() == []
+    assert all(line.startswith(b"..") for line in received.lines() if line.startswith(b"."))
+    assert received.content() == crlf_line_endings(SLOPPY) + b"\r\n"
+    assert received.wire.count(b"\r\n.\r\n") == 1 and received.wire.endswith(b"\r\n.\r\n")
+
+
+def test_raw_sink_sees_bare_line_ends_and_unstuffed_dots_a_sloppy_client_sends() -> None:
+    """The check above can fail: the raw sink keeps exactly what a client wrote."""
+    with RawSink() as raw, socket.create_connection(("127.0.0.1", raw.port), timeout=5) as client:
+        client.sendall(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+        client.sendall(b"bare\nLF\r\n.dot\r\n.\r\nQUIT\r\n")
+        (received,) = raw.wait_for(1)
+    assert received.bare_line_ends() == [4]
+    assert received.lines() == [b"bare\nLF", b".dot"] and received.content() == b"bare\nLF\r\ndot\r\n"

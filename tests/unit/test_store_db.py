@@ -148,6 +148,69 @@ def test_unopenable_path_is_a_metadata_error(tmp_path: Path) -> None:
         Database(tmp_path / "missing-dir" / "meta.db")
 
 
+def test_wal_and_full_sync_hold_again_when_an_existing_database_is_reopened(
+    tmp_path: Path,
+) -> None:
+    Database(tmp_path / "meta.db").close()
+    with sqlite3.connect(tmp_path / "meta.db") as raw:  # WAL is a property of the file
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with Database(tmp_path / "meta.db") as reopened:  # synchronous is per connection
+        assert reopened._query("PRAGMA synchronous")[0][0] == 2
+
+
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+connection.execute("ROLLBACK")
+"""
+
+
+def test_database_locked_by_another_process_fails_within_busy_timeout_then_recovers(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    db = Database(tmp_path / "meta.db", busy_timeout_ms=300)
+    add_transfer(db, "before")
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(tmp_path / "meta.db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(MetadataError, match="locked"):
+            add_transfer(db, "during")
+        assert 0.25 <= time.monotonic() - started < 3
+        assert db.transfer("before") is not None  # WAL readers are not blocked
+    finally:
+        locker.communicate("", timeout=10)
+    add_transfer(db, "after")
+    assert db.transfer("during") is None and db.transfer("after") is not None
+    db.close()
+
+
+def test_full_database_is_reported_as_disk_full_and_recovers_when_space_returns(
+    db: Database,
+) -> None:
+    from gateway.replies import DISK_FULL, reply_for_exception
+
+    pages = db._query("PRAGMA page_count")[0][0]
+    db._query(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, no mock
+    with pytest.raises(MetadataError) as full:
+        for number in range(200):
+            add_transfer(db, f"t{number}", subject="x" * 2000)
+    assert reply_for_exception(full.value) == DISK_FULL
+    db._query(f"PRAGMA max_page_count = {pages * 1000}")
+    add_transfer(db, "after")
+    assert db.transfer("after") is not None
+
+
 # -- writes, transactions, constraints -------------------------------------------------
 
 
