@@ -3,13 +3,17 @@
 Only headers are read: nothing is decompressed or decrypted. Every claimed size, offset and
 count is checked against the bytes actually present before it is used, and no allocation
 follows a claimed size, so hostile input costs time and memory linear in its length.
+An archive that two readers could read differently (local and central headers disagreeing,
+entries overlapping, records out of place) is unreadable: gateway.unlock.extract refuses
+whatever this module does not read cleanly, so the two always agree.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from gateway.filenames import clean_text
 from gateway.model import ZipMember, ZipReport, ZipVerdict
@@ -46,6 +50,8 @@ _FIELDS_READ = frozenset({EXTRA_ZIP64, EXTRA_UNICODE_PATH})
 # entry constant even when many central entries point at one header with a 64 KiB extra block.
 _MAX_EXTRA_FIELDS = 16
 _MAX_NAME_CHARS = 1024
+# APPNOTE 6.3 (LZMA, PPMd, AES); zipfile and pyzipper refuse entries that need more
+_NEWEST_VERSION_NEEDED = 63
 
 
 class _Unreadable(Exception):
@@ -57,8 +63,26 @@ class _Directory(NamedTuple):
 
     start: int
     count: int
+    size: int
     end: int
     shift: int  # bytes before the archive's own offset 0 (self-extractor stubs, concatenation)
+
+
+class _Span(NamedTuple):
+    """Where one member lies in the data: its local header start and the end of its data."""
+
+    start: int
+    end: int
+
+
+class _LocalClaims(NamedTuple):
+    """What a central entry says its local header must repeat."""
+
+    name: bytes
+    flags: int
+    method: int
+    compressed: int
+    uncompressed: int
 
 
 class _EncryptionSignals(NamedTuple):
@@ -80,10 +104,13 @@ def inspect_zip(data: bytes, *, max_members: int = 65535) -> ZipReport:
             return ZipReport(ZipVerdict.NOT_ZIP)
         return _salvage(data, "no end of central directory record", [], max_members)
     members: list[ZipMember] = []
+    spans: list[_Span] = []
     try:
         directory = _locate_directory(data, eocd, max_members)
-        for member in _central_directory_members(data, directory):
+        for member, span in _central_directory_members(data, directory):
             members.append(member)
+            spans.append(span)
+        _check_spans(spans, directory.start)
     except _Unreadable as problem:
         return _salvage(data, str(problem), members, max_members)
     if directory.shift and data[:4] == LOCAL_SIGNATURE:
@@ -124,35 +151,70 @@ def _locate_directory(data: bytes, eocd: int, max_members: int) -> _Directory:
     start = _directory_start(data, size, offset, directory_end)
     if start < offset:
         raise _Unreadable("central directory offset points past the directory")
-    return _Directory(start, count, directory_end, start - offset)
+    return _Directory(start, count, size, directory_end, start - offset)
 
 
-def _central_directory_members(data: bytes, directory: _Directory) -> Iterator[ZipMember]:
+def _central_directory_members(
+    data: bytes, directory: _Directory
+) -> Iterator[tuple[ZipMember, _Span]]:
     position = directory.start
     for _ in range(directory.count):
-        member, position = _central_entry(data, position, directory.end, directory.shift)
-        yield member
+        member, span, position = _central_entry(data, position, directory.end, directory.shift)
+        yield member, span
+    # readers that walk the directory by its size (Python's zipfile, pyzipper) would see
+    # entries hidden past the count, or none of the bytes the count skips
+    if position != directory.start + directory.size:
+        raise _Unreadable("central directory entries do not fill its stated size")
+
+
+def _check_spans(spans: list[_Span], directory_start: int) -> None:
+    """Members lie before the directory, one after another: overlapping entries are how the
+    Fifield zip bomb makes many members inflate the same bytes."""
+    previous_end = 0
+    for span in sorted(spans):
+        if span.start < previous_end:
+            raise _Unreadable("overlapping entries")
+        if span.end > directory_start:
+            raise _Unreadable("member data runs into the central directory")
+        previous_end = span.end
 
 
 def _directory_claims(data: bytes, eocd: int) -> tuple[int, int, int, int]:
     """(entry count, directory size, directory offset, where the directory must end)."""
-    _, _, _, _, count, size, offset, _ = _EOCD.unpack(data[eocd : eocd + _EOCD.size])
+    _, disk, directory_disk, on_this_disk, count, size, offset, _ = _EOCD.unpack(
+        data[eocd : eocd + _EOCD.size]
+    )
     locator = eocd - _ZIP64_LOCATOR.size
     if locator >= 0 and data[locator : locator + 4] == ZIP64_LOCATOR_SIGNATURE:
-        return _zip64_claims(data, locator)
+        return _zip64_claims(data, locator)  # whose record's fields replace these
+    _check_one_disk(disk, directory_disk, on_this_disk, count)
     return count, size, offset, eocd
 
 
+def _check_one_disk(disk: int, directory_disk: int, on_this_disk: int, count: int) -> None:
+    # a split archive cannot be read from one part (zipfile refuses it too)
+    if disk or directory_disk or on_this_disk != count:
+        raise _Unreadable("archive claims to span several disks")
+
+
 def _zip64_claims(data: bytes, locator: int) -> tuple[int, int, int, int]:
-    _, _, claimed_offset, _ = _ZIP64_LOCATOR.unpack(data[locator : locator + _ZIP64_LOCATOR.size])
+    _, record_disk, claimed_offset, disks = _ZIP64_LOCATOR.unpack(
+        data[locator : locator + _ZIP64_LOCATOR.size]
+    )
+    if record_disk or disks > 1:
+        raise _Unreadable("archive claims to span several disks")
     # The record normally sits right before the locator; trust its stated offset second.
+    # A stub in front shifts the record up, never down: an offset past it points nowhere.
     latest_start = locator - _ZIP64_EOCD.size
+    if claimed_offset > latest_start:
+        raise _Unreadable("ZIP64 locator points outside the file")
     for record in (latest_start, claimed_offset):
         if 0 <= record <= latest_start and data[record : record + 4] == ZIP64_EOCD_SIGNATURE:
             fields = _ZIP64_EOCD.unpack(data[record : record + _ZIP64_EOCD.size])
             record_size, count, size, offset = fields[1], fields[7], fields[8], fields[9]
             if record_size < _ZIP64_EOCD.size - 12 or record + 12 + record_size > locator:
                 raise _Unreadable("broken ZIP64 end of central directory record")
+            _check_one_disk(fields[4], fields[5], fields[6], count)
             return count, size, offset, record
     raise _Unreadable("broken ZIP64 locator")
 
@@ -171,44 +233,72 @@ def _directory_start(data: bytes, size: int, offset: int, directory_end: int) ->
 
 def _central_entry(
     data: bytes, position: int, directory_end: int, shift: int
-) -> tuple[ZipMember, int]:
-    """The member described at position, and where the next entry starts."""
+) -> tuple[ZipMember, _Span, int]:
+    """The member described at position, where it lies, and where the next entry starts."""
     if position + _CENTRAL.size > directory_end:
         raise _Unreadable("central directory truncated")
     fields = _CENTRAL.unpack(data[position : position + _CENTRAL.size])
-    signature, _, _, flags, method = fields[:5]
+    signature, _, version_needed, flags, method = fields[:5]
     compressed, uncompressed, name_length, extra_length, comment_length = fields[8:13]
     local_offset = fields[16]
     if signature != CENTRAL_SIGNATURE:
         raise _Unreadable("bad central directory entry signature")
+    if version_needed > _NEWEST_VERSION_NEEDED:
+        raise _Unreadable(f"entry needs ZIP version {version_needed / 10:.1f}")
     name_end = position + _CENTRAL.size + name_length
     extra_end = name_end + extra_length
     next_entry = extra_end + comment_length
     if next_entry > directory_end:
         raise _Unreadable("central directory entry overruns the directory")
     raw_name = data[position + _CENTRAL.size : name_end]
-    extras = _extra_fields(data, name_end, extra_end, keep=_FIELDS_READ)
+    extras = _central_extra_fields(data, name_end, extra_end)
     uncompressed, compressed, local_offset = _zip64_values(
-        extras.get(EXTRA_ZIP64, b""), uncompressed, compressed, local_offset
+        extras.get(EXTRA_ZIP64), (uncompressed, compressed, local_offset)
     )
     central = _EncryptionSignals(flags, method, EXTRA_AES in extras)
-    local = _local_header(data, local_offset + shift, compressed)
+    claims = _LocalClaims(raw_name, flags, method, compressed, uncompressed)
+    local, span = _local_header(data, local_offset + shift, claims)
     name = _member_name(raw_name, flags, extras)
-    return _member(name, (central, local), compressed, uncompressed), next_entry
+    return _member(name, (central, local), compressed, uncompressed), span, next_entry
 
 
-def _local_header(data: bytes, offset: int, compressed: int) -> _EncryptionSignals:
-    """Cross-check the member's local header and read what it says about encryption."""
+def _local_header(
+    data: bytes, offset: int, claims: _LocalClaims
+) -> tuple[_EncryptionSignals, _Span]:
+    """Cross-check the member's local header against its central entry; what it says about
+    encryption, and where the member lies."""
     if offset < 0 or offset + _LOCAL.size > len(data):
         raise _Unreadable("local header out of bounds")
     fields = _LOCAL.unpack(data[offset : offset + _LOCAL.size])
     if fields[0] != LOCAL_SIGNATURE:
         raise _Unreadable("local header missing where the central directory points")
-    header_end = offset + _LOCAL.size + fields[9] + fields[10]
-    if header_end + compressed > len(data):
+    name_end = offset + _LOCAL.size + fields[9]
+    header_end = name_end + fields[10]
+    if header_end + claims.compressed > len(data):
         raise _Unreadable("member data runs past the end of the file")
-    extras = _extra_fields(data, offset + _LOCAL.size + fields[9], header_end, keep=frozenset())
-    return _EncryptionSignals(fields[2], fields[3], EXTRA_AES in extras)
+    extras = _extra_fields(data, name_end, header_end, keep=frozenset({EXTRA_ZIP64}))
+    sizes = _zip64_values(extras.get(EXTRA_ZIP64), (fields[8], fields[7]), strict=False)
+    _check_local_agrees(claims, data[offset + _LOCAL.size : name_end], fields[2], fields[3], sizes)
+    signals = _EncryptionSignals(fields[2], fields[3], EXTRA_AES in extras)
+    return signals, _Span(offset, header_end + claims.compressed)
+
+
+def _check_local_agrees(
+    claims: _LocalClaims, name: bytes, flags: int, method: int, sizes: tuple[int, ...]
+) -> None:
+    """A scanner or unzip reading the local header must see what the central directory says."""
+    if name != claims.name:
+        raise _Unreadable("local header names another file")
+    if method != claims.method:
+        raise _Unreadable("local and central headers disagree on the method")
+    if (flags ^ claims.flags) & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
+        raise _Unreadable("local and central headers disagree on encryption")
+    # with a data descriptor the local sizes are zero: the real ones follow the data
+    if not (flags | claims.flags) & FLAG_DATA_DESCRIPTOR and sizes != (
+        claims.uncompressed,
+        claims.compressed,
+    ):
+        raise _Unreadable("local and central headers disagree on the sizes")
 
 
 def _salvage(data: bytes, reason: str, members: list[ZipMember], max_members: int) -> ZipReport:
@@ -284,7 +374,7 @@ def _encryption_kind(signals: tuple[_EncryptionSignals, ...]) -> str:
 
 
 def _member_name(raw: bytes, flags: int, extras: dict[int, bytes]) -> str:
-    """Bit 11 means UTF-8; else Info-ZIP's Unicode Path field; else CP932, else CP437."""
+    """Bit 11 means UTF-8; else Info-ZIP's Unicode Path field; else UTF-8, CP932 or CP437."""
     if flags & FLAG_UTF8_NAME:
         name = raw.decode("utf-8", errors="replace")
     else:
@@ -306,10 +396,30 @@ def _unicode_path(raw: bytes, field: bytes | None) -> str | None:
 
 
 def _legacy_name(raw: bytes) -> str:
-    try:
-        return raw.decode("cp932")  # Japanese Windows archivers (Explorer, Lhaplus)
-    except UnicodeDecodeError:
-        return raw.decode("cp437")  # the historical ZIP default, total over all bytes
+    """UTF-8 first (macOS Archive Utility omits the flag; CP932 text is almost never valid
+    UTF-8), then CP932 (Japanese Windows archivers), then CP437, total over all bytes."""
+    for encoding in ("utf-8", "cp932"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return raw.decode("cp437")  # the historical ZIP default
+
+
+def _central_extra_fields(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    """The central entry's extra block, which must parse exactly as zipfile and pyzipper do:
+    a field running past the block is an error (a tail of under 4 bytes is padding)."""
+    fields: dict[int, bytes] = {}
+    position = start
+    while position + 4 <= end:  # at most (end - start) / 4 steps: linear in the directory
+        header_id, size = struct.unpack_from("<2H", data, position)
+        body_end = position + 4 + size
+        if body_end > end:
+            raise _Unreadable(f"extra field {header_id:#06x} overruns its block")
+        if header_id in _FIELDS_READ or header_id == EXTRA_AES:
+            fields.setdefault(header_id, data[position + 4 : body_end])
+        position = body_end
+    return fields
 
 
 def _extra_fields(data: bytes, start: int, end: int, keep: frozenset[int]) -> dict[int, bytes]:
@@ -332,13 +442,20 @@ def _extra_fields(data: bytes, start: int, end: int, keep: frozenset[int]) -> di
 
 
 def _zip64_values(
-    field: bytes, uncompressed: int, compressed: int, offset: int
-) -> tuple[int, int, int]:
-    """Replace saturated 32-bit values by the ZIP64 field's, in APPNOTE order, as far as present."""
-    values = [uncompressed, compressed, offset]
+    field: bytes | None, values: tuple[int, ...], strict: bool = True
+) -> tuple[int, ...]:
+    """Replace saturated 32-bit values (uncompressed, compressed[, offset]) by the ZIP64
+    field's, in APPNOTE order. strict: a present field lacking a saturated value is an error
+    (zipfile refuses it too); else the saturated value is kept."""
+    replaced = list(values)
     position = 0
     for index, value in enumerate(values):
-        if value == 0xFFFFFFFF and position + 8 <= len(field):
-            values[index] = int.from_bytes(field[position : position + 8], "little")
-            position += 8
-    return values[0], values[1], values[2]
+        if value != 0xFFFFFFFF or field is None:
+            continue
+        if position + 8 > len(field):
+            if strict:
+                raise _Unreadable("ZIP64 extra field too short")
+            break
+        replaced[index] = int.from_bytes(field[position : position + 8], "little")
+        position += 8
+    return tuple(replaced)

@@ -8,20 +8,18 @@ fills them with display-ready values (human sizes, local dates, safe file names)
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import jinja2
 
+from gateway.filenames import clean_text
+
 LOCALES = frozenset({"ja", "en"})
 PASSWORD_MODES = frozenset({"none", "recipient-email", "sender-email", "webhook"})
 
 _MAX_NAME_CHARS = 200
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
 _URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f\"'<>\\]+$", re.IGNORECASE)
 _NO_NAME = {"ja": "（名前なし）", "en": "(no name)"}
 _JA_WEEKDAYS = "月火水木金土日"
@@ -88,12 +86,10 @@ def render_notice(env: jinja2.Environment, notice: Notice) -> tuple[str, str]:
 
 
 def display_name(name: str) -> str:
-    """A file name that cannot break lines, switch ISO-2022-JP modes or reorder text."""
-    kept = "".join(
-        ch
-        for ch in name
-        if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
-    ).strip()
+    """A file name that cannot break lines, switch ISO-2022-JP modes, reorder text or fail to
+    encode (a lone surrogate becomes U+FFFD): stored names are clean already, this is the
+    last line before a mail body or an HTML page."""
+    kept = clean_text(name).strip()
     if len(kept) > _MAX_NAME_CHARS:
         kept = kept[: _MAX_NAME_CHARS - 1] + "…"
     return kept

@@ -19,6 +19,7 @@ from typing import Callable
 
 from gateway.config import Config, Policy
 from gateway.crashpoints import crash_point
+from gateway.filenames import clean_text
 from gateway.model import (
     Action,
     Classification,
@@ -33,14 +34,20 @@ from gateway.pipeline.classify import classify
 from gateway.pipeline.deliver import NextHop
 from gateway.pipeline.notice import Notice, NoticeFile, render_notice
 from gateway.pipeline.notify_step import NoticeQueue
-from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
-from gateway.pipeline.policy import decide
 from gateway.pipeline.parse import parse_message
+from gateway.pipeline.policy import decide
 from gateway.pipeline.rewrite import rewrite_parsed
 from gateway.pipeline.scan_step import find_infection
 from gateway.pipeline.sign import DkimSigner
 from gateway.pipeline.store_step import MessageFacts, TransferWriter
-from gateway.replies import ALREADY_DELIVERED, OK, SCAN_UNAVAILABLE, Reply, reply_for_exception
+from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
+from gateway.replies import (
+    ALREADY_DELIVERED,
+    OK,
+    SCAN_UNAVAILABLE,
+    Reply,
+    reply_for_exception,
+)
 from gateway.scan.clamd import ClamdScanner, ScanError, ScanUnavailable
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
@@ -83,7 +90,8 @@ def _header_text(message, name: str, limit: int = 500) -> str:
         text = str(make_header(decode_header(str(value))))
     except Exception:  # undecodable or unknown charset: keep the raw form
         text = str(value)
-    return " ".join(text.split())[:limit]
+    # Stored, then shown on the portal and in notices: no controls or bidi overrides.
+    return " ".join(clean_text(text).split())[:limit]
 
 
 def _reply_from_result(result: DeliveryResult) -> Reply:

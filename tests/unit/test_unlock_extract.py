@@ -345,7 +345,7 @@ def test_small_highly_compressible_members_are_not_ratio_refused() -> None:
 
 def test_many_entries_pointing_at_one_local_header_are_refused_as_overlapping() -> None:
     victim = zipcrypto_entry(b"a.txt", b"a" * 1000, b"pw")
-    clones = [Entry(b"c%d.txt" % i, victim.payload, victim.crc, victim.size, victim.flags, offset=0)
+    clones = [Entry(b"a.txt", victim.payload, victim.crc, victim.size, victim.flags, offset=0)
               for i in range(100)]
     assert refusal(build_zip([victim], clones), "pw") == "overlapping entries (zip bomb)"
 
