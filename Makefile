@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test install system-deps check-config bench bench-download clean
+.PHONY: run test install system-deps check-config bench bench-download bench-load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,15 +25,21 @@ check-config: $(STAMP)
 
 # Programs the tests drive for real (Debian packages), installed only when missing: Chromium and
 # CJK fonts for the browser test; clamd for scanning (the tests start their own with a local
-# EICAR-only database; freshclam, which needs the network, is never run).
+# EICAR-only database; freshclam, which needs the network, is never run); Postfix (with its
+# smtp-source/smtp-sink in /usr/sbin) and swaks for the Postfix and load tests, which run private
+# instances on loopback ports. Postfix is preseeded to "No configuration": the system instance gets
+# no main.cf and is never started or used.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
 	command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || missing="$$missing clamav-daemon clamav"; \
+	command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
+	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
 	[ -z "$$missing" ] || { \
 	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
@@ -45,6 +51,10 @@ bench: $(STAMP)
 
 bench-download: $(STAMP)
 	$(BIN)/python bench/download_throughput.py
+
+# smtp-source at 20 and 100 sessions x 1000 mixed messages: direct, via Postfix, via the gateway.
+bench-load: $(STAMP) system-deps
+	$(BIN)/python bench/postfix_load.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

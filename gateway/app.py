@@ -36,7 +36,12 @@ from gateway.pipeline.relay import Relay
 from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.pipeline.store_step import TransferWriter
 from gateway.scan.clamd import ClamdScanner
-from gateway.smtp.access import PasswordFileAuthenticator, RelayAccess, load_users
+from gateway.smtp.access import (
+    AuthFailureThrottle,
+    PasswordFileAuthenticator,
+    RelayAccess,
+    load_users,
+)
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.blobs import BlobStore
@@ -220,7 +225,12 @@ class Gateway:
         )
         authenticator = None
         if config.smtp.auth_users_file:
-            authenticator = PasswordFileAuthenticator(load_users(config.smtp.auth_users_file))
+            throttle = AuthFailureThrottle(
+                config.smtp.auth_max_failures, config.smtp.auth_failure_window, self.clock
+            )
+            authenticator = PasswordFileAuthenticator(
+                load_users(config.smtp.auth_users_file), throttle
+            )
         handler = GatewayHandler(
             relay, RelayAccess(config.smtp.allowed_clients), config.smtp.max_recipients,
             MessageLogger(config.gateway.log_format), self.metrics,

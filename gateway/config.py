@@ -30,6 +30,7 @@ ON_SCAN_ERROR = ("tempfail", "allow")
 LOCALES = ("ja", "en")
 STARTTLS_MODES = ("off", "opportunistic", "required")
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+MIME_LIMIT_ACTIONS = ("reject", "pass")
 
 
 class ConfigError(Exception):
@@ -89,9 +90,22 @@ class SmtpSettings:
     max_recipients: int = 100
     max_line_length: int = 65536
     timeout: timedelta = timedelta(minutes=5)
+    # Resource limits (issue 6): sessions, the DATA phase, memory, MIME and header structure.
+    max_sessions: int = 200
+    max_sessions_per_client: int = 20
+    data_timeout: timedelta = timedelta(minutes=10)
+    max_data_in_flight: int = 256 * 1024 * 1024
+    max_mime_depth: int = 50
+    max_mime_parts: int = 1000
+    mime_limit_action: str = "reject"
+    max_header_line: int = 8192
+    max_header_fields: int = 1000
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_users_file: Path | None = None
+    # After this many failed AUTH attempts from one client within the window, AUTH is locked for it.
+    auth_max_failures: int = 5
+    auth_failure_window: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,8 @@ class PortalSettings:
     otp_max_attempts: int = 5
     otp_resend_interval: timedelta = timedelta(seconds=60)
     otp_per_client_per_hour: int = 20
+    # Link tokens one client network may try that lead nowhere, per 10 minutes (guessing).
+    max_unknown_tokens: int = 50
 
 
 @dataclass(frozen=True)
@@ -372,9 +388,20 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_recipients": _int(1, 100_000),
         "max_line_length": _int(1000, 10_000_000),
         "timeout": _duration,
+        "max_sessions": _int(1, 100_000),
+        "max_sessions_per_client": _int(1, 100_000),
+        "data_timeout": _duration,
+        "max_data_in_flight": _size(1024 * 1024),
+        "max_mime_depth": _int(1, 1000),
+        "max_mime_parts": _int(1, 1_000_000),
+        "mime_limit_action": _choice(MIME_LIMIT_ACTIONS),
+        "max_header_line": _int(998, 10_000_000),
+        "max_header_fields": _int(10, 1_000_000),
         "tls_cert": _optional_existing_file,
         "tls_key": _optional_existing_file,
         "auth_users_file": _optional_existing_file,
+        "auth_max_failures": _int(1, 1000),
+        "auth_failure_window": _duration,
     },
     "next_hop": {
         "url": _next_hop_url,
@@ -400,6 +427,7 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "otp_max_attempts": _int(1, 100),
         "otp_resend_interval": _duration,
         "otp_per_client_per_hour": _int(1, 100_000),
+        "max_unknown_tokens": _int(1, 1_000_000),
     },
     "notify": {
         "from_address": _str,
@@ -572,6 +600,13 @@ def build_config(
         raise ConfigError("smtp.tls_key", "tls_cert and tls_key must be set together")
     if smtp.auth_users_file and not smtp.tls_cert:
         raise ConfigError("smtp.auth_users_file", "AUTH needs STARTTLS: set smtp.tls_cert/tls_key")
+    if smtp.auth_failure_window <= timedelta(0):
+        raise ConfigError("smtp.auth_failure_window", "must be longer than zero")
+    if smtp.data_timeout <= timedelta(0):
+        raise ConfigError("smtp.data_timeout", "must be longer than zero")
+    if smtp.max_data_in_flight < smtp.max_message_size:
+        # else a message of the allowed size could never be taken in: 451 for ever
+        raise ConfigError("smtp.max_data_in_flight", "must be at least smtp.max_message_size")
 
     storage_values = values["storage"]
     data_dir = storage_values.get("data_dir", StorageSettings.data_dir)

@@ -8,6 +8,7 @@ log line.
 from __future__ import annotations
 
 import errno
+import sqlite3
 from dataclasses import dataclass
 
 
@@ -40,34 +41,62 @@ LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 CANNOT_CONVERT = Reply(554, "5.6.0", "Message structure too complex to convert safely")
 SCAN_UNAVAILABLE = Reply(451, "4.7.0", "Virus scanner unavailable, try again later")
 CANNOT_PARSE = Reply(554, "5.6.0", "Malformed MIME structure, message cannot be checked")
+NUL_DOT_LINE = Reply(554, "5.6.0", "A line of a dot and NUL characters is refused (SMTP smuggling)")
+MIME_OVER_LIMITS = Reply(554, "5.6.0", "MIME structure exceeds limits")
+HEADER_OVER_LIMITS = Reply(552, "5.3.4", "Message header exceeds limits")
+DATA_IN_FLIGHT_FULL = Reply(451, "4.3.2", "Too much mail in transit, try again later")
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and everything it was raised from or during, each once (cycles happen)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def _is_disk_full(error: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    # SQLite says "database or disk is full" with its own code, not an errno.
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code == sqlite3.SQLITE_FULL
 
 
-def reply_for_exception(error: BaseException) -> Reply:
-    """Most specific first; the default is 451 4.3.0."""
-    # Imported here so that this table stays importable by every stage without cycles.
-    from gateway.pipeline.parse import UnparseableMessage
-    from gateway.pipeline.rewrite import RewriteError
+def _is_storage_trouble(error: BaseException) -> bool:
+    """Our disk, database or key cannot be used right now (locked, unreadable, gone)."""
     from gateway.store.blobs import StorageError
     from gateway.store.db import MetadataError
     from gateway.store.keys import MasterKeyError
 
+    return isinstance(error, (StorageError, MetadataError, MasterKeyError, sqlite3.Error, PermissionError))
+
+
+def reply_for_exception(error: BaseException) -> Reply:
+    """Most specific first; the default is 451 4.3.0.
+
+    The whole cause chain counts: a disk-full OSError wrapped in a StorageError is still a full disk.
+    """
+    # Imported here so that this table stays importable by every stage without cycles.
+    from gateway.pipeline.parse import (
+        HeaderLimitExceeded,
+        StructureLimitExceeded,
+        UnparseableMessage,
+    )
+    from gateway.pipeline.rewrite import RewriteError
+
     if isinstance(error, RewriteError):
         return CANNOT_CONVERT
+    if isinstance(error, StructureLimitExceeded):
+        limit = HEADER_OVER_LIMITS if isinstance(error, HeaderLimitExceeded) else MIME_OVER_LIMITS
+        return Reply(limit.code, limit.enhanced, f"{limit.text}: {error.reason}")
     if isinstance(error, UnparseableMessage):
         return CANNOT_PARSE
-    if _is_disk_full(error):
+    causes = _causes(error)
+    if any(_is_disk_full(cause) for cause in causes):
         return DISK_FULL
-    if isinstance(error, (StorageError, MetadataError, MasterKeyError)):
+    if any(_is_storage_trouble(cause) for cause in causes):
         return STORAGE_UNAVAILABLE
     return INTERNAL_ERROR

@@ -13,9 +13,21 @@ from email.errors import InvalidBase64LengthDefect
 from email.message import Message
 
 from gateway.containers import inspect_container, nested_zip_names
-from gateway.filenames import attachment_filename, decode_base64_leniently, has_filename_parameter
+from gateway.filenames import (
+    attachment_filename,
+    decode_base64_leniently,
+    has_filename_parameter,
+)
 from gateway.model import Attachment, Classification, ZipVerdict
-from gateway.pipeline.parse import MAX_DEPTH, children, walk_with_paths
+from gateway.pipeline.parse import (
+    MAX_DEPTH,
+    MimeLimitExceeded,
+    MimeLimits,
+    check_limits,
+    children,
+    parse_message,
+    walk_with_paths,
+)
 from gateway.zipinspect import inspect_zip
 
 # PGP/MIME (RFC 3156) and S/MIME (RFC 8551): changing such a message would break it
@@ -29,6 +41,22 @@ SIGNED_OR_ENCRYPTED_TYPES = frozenset(
 )
 BODY_TEXT_TYPES = frozenset({"text/plain", "text/html"})
 _MAX_NOTES = 20
+
+
+def parse_and_classify(raw: bytes, limits: MimeLimits) -> tuple[Message, Classification]:
+    """Check the limits on the raw bytes, then parse and classify. Over a header limit, or over
+    a MIME limit with action "reject", the typed error propagates (its reply is in
+    gateway.replies); over a MIME limit with "pass", the message is left unparsed and is
+    reported as having nothing to convert, so it leaves byte for byte as it came."""
+    try:
+        check_limits(raw, limits)
+    except MimeLimitExceeded as error:
+        if limits.action != "pass":
+            raise
+        note = f"mime limit: {error.reason}; passed unchanged"
+        return Message(), Classification(attachments=(), unparseable=True, notes=(note,))
+    message = parse_message(raw)
+    return message, classify(message)
 
 
 def classify(root: Message) -> Classification:

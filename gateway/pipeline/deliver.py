@@ -19,6 +19,7 @@ from aiosmtplib import SMTPResponse
 
 from gateway.crashpoints import crash_point
 from gateway.model import DeliveryResult, OutgoingMessage
+from gateway.wire import crlf_line_endings
 
 StartTls = Literal["off", "opportunistic", "required"]
 _STARTTLS_MODES = ("off", "opportunistic", "required")
@@ -80,20 +81,6 @@ def _refusal(reply: SMTPResponse, rejected: dict[str, tuple[int, str]] | None = 
     if not 400 <= reply.code < 600:
         raise _Abandon(failure(451, "4.4.2 unexpected reply from next hop", rejected))
     return failure(reply.code, _reply_text(reply.message), rejected)
-
-
-_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-def crlf_line_endings(data: bytes) -> bytes:
-    """data with every bare CR, bare LF and CRLF as CRLF, the only line end RFC 5321 allows.
-
-    Pass-through mail is promised byte-identical; this is the one exception, and only for the
-    wire: a next hop that read a bare LF or CR as a line end could otherwise be made to see an
-    end of data (`\n.\n`) that we did not (SMTP smuggling). The DKIM signer does the same
-    before signing, so our signatures cover exactly the bytes sent.
-    """
-    return _ANY_LINE_END.sub(b"\r\n", data)
 
 
 _QUOTED_LOCAL_PART = re.compile(r'^"(?:[^"\\\x00-\x1f\x7f]|\\[\x20-\x7e])*"')
@@ -397,7 +384,9 @@ def make_next_hop(
 ) -> NextHop:
     parsed = parse_next_hop_url(url)
     if parsed[0] == "outbox":
-        from gateway.pipeline.outbox import OutboxNextHop  # outbox.py imports this module
+        from gateway.pipeline.outbox import (
+            OutboxNextHop,  # outbox.py imports this module
+        )
 
         return OutboxNextHop(Path(parsed[1]))
     _, host, port = parsed

@@ -22,7 +22,6 @@ from gateway.crashpoints import crash_point
 from gateway.filenames import clean_text
 from gateway.model import (
     Action,
-    Classification,
     Decision,
     DeliveryResult,
     Envelope,
@@ -30,11 +29,16 @@ from gateway.model import (
     StoredTransfer,
     ZipVerdict,
 )
-from gateway.pipeline.classify import classify
+from gateway.pipeline.classify import parse_and_classify
 from gateway.pipeline.deliver import NextHop
 from gateway.pipeline.notice import Notice, NoticeFile, render_notice
 from gateway.pipeline.notify_step import NoticeQueue
-from gateway.pipeline.parse import parse_message
+from gateway.pipeline.parse import (
+    MimeLimits,
+    StructureLimitExceeded,
+    UnparseableMessage,
+    parse_message,
+)
 from gateway.pipeline.policy import decide
 from gateway.pipeline.rewrite import rewrite_parsed
 from gateway.pipeline.scan_step import find_infection
@@ -43,6 +47,7 @@ from gateway.pipeline.store_step import MessageFacts, TransferWriter
 from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
 from gateway.replies import (
     ALREADY_DELIVERED,
+    NUL_DOT_LINE,
     OK,
     SCAN_UNAVAILABLE,
     Reply,
@@ -54,6 +59,9 @@ from gateway.store.outbox import OutboxStore
 
 log = logging.getLogger("gateway.relay")
 
+# A next hop that drops NUL before looking for the end of data would read such a line as
+# CRLF.CRLF and take what follows as new commands (SMTP smuggling). No real client sends one.
+_NUL_DOT_LINE = re.compile(rb"(?:\A|[\r\n])(?:\x00+\.\x00*|\.\x00+)(?=[\r\n]|\Z)")
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+(.*)$", re.S)
 
 
@@ -136,6 +144,10 @@ class Relay:
         outcome = Outcome(reply=OK)
         try:
             await self._handle(envelope, raw, outcome)
+        except (StructureLimitExceeded, UnparseableMessage) as error:
+            # The message's fault, refused with its reason: the message line says it all.
+            outcome.reply, outcome.decision = reply_for_exception(error), "refused"
+            outcome.notes.append(f"{type(error).__name__}: {error}")
         except Exception as error:  # fail closed: our trouble is the sender's retry
             log.exception("relay failed: %s", type(error).__name__)
             outcome.reply = reply_for_exception(error)
@@ -143,6 +155,9 @@ class Relay:
         return outcome
 
     async def _handle(self, envelope: Envelope, raw: bytes, outcome: Outcome) -> None:
+        if _NUL_DOT_LINE.search(raw):
+            outcome.reply, outcome.decision = NUL_DOT_LINE, "refused"
+            return
         fingerprint = message_fingerprint(envelope, raw)
         served = await asyncio.to_thread(self._db.delivered_recipients, fingerprint)
         remaining = tuple(r for r in envelope.rcpt_tos if r not in served)
@@ -150,7 +165,9 @@ class Relay:
             outcome.reply, outcome.decision = ALREADY_DELIVERED, "duplicate"
             return
         envelope = replace(envelope, rcpt_tos=remaining)
-        message, classification = await asyncio.to_thread(_parse_and_classify, raw)
+        message, classification = await asyncio.to_thread(
+            parse_and_classify, raw, MimeLimits.from_settings(self._config.smtp)
+        )
         decision = decide(self._config, envelope, classification)
         outcome.department, outcome.decision = decision.department, decision.reason
         outcome.internal = sum(1 for r in decision.recipients if r.internal)
@@ -385,9 +402,3 @@ class Relay:
                     recipient=message.rcpt_tos[0], detail={"code": result.code},
                 )
         return due_now
-
-
-def _parse_and_classify(raw: bytes):
-    message = parse_message(raw)
-    classification: Classification = classify(message)
-    return message, classification

@@ -22,6 +22,7 @@ from email.message import Message
 from typing import Iterator, Sequence
 
 from gateway.pipeline.parse import MAX_DEPTH, children, parse_message, part_at
+from gateway.wire import crlf_line_endings
 
 GATEWAY_HEADER = "X-PPAP-Gateway"
 MAX_LINE_OCTETS = 998
@@ -30,7 +31,6 @@ MAX_LINE_OCTETS = 998
 _OUTPUT_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=None)
 # compat32's parameter parser is quadratic in the number of ';': longer headers are not parsed.
 _MAX_PARAM_HEADER_CHARS = 16 * 1024
-_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 _FILENAME_PARAM = re.compile(r"(?:^|;)\s*(?:file)?name\*?(?:\d+\*?)?\s*=", re.IGNORECASE)
 _BODY_TAG_START = re.compile(r"<body\b", re.IGNORECASE)
 _META_TAG = re.compile(r"<meta\b[^<>]*>", re.IGNORECASE)
@@ -345,4 +345,4 @@ def _serialise(root: Message) -> bytes:
     buffer = io.BytesIO()
     BytesGenerator(buffer, mangle_from_=False, policy=_OUTPUT_POLICY).flatten(root)
     # Header values keep the line ends they arrived with; SMTP wants CRLF and nothing else.
-    return _ANY_LINE_END.sub(b"\r\n", buffer.getvalue())
+    return crlf_line_endings(buffer.getvalue())

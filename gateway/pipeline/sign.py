@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.dkimkeys import ALGORITHMS, dns_name, private_key_algorithm
+from gateway.wire import crlf_line_endings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ SIGNED_HEADERS = (
     "from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
     "mime-version", "content-type", "content-transfer-encoding", "reply-to",
 )  # fmt: skip
-_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 _HEADER_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:", re.MULTILINE)
 
 
@@ -80,7 +80,7 @@ class DkimSigner:
         if not keys:
             return data
         # dkimpy splits lines on LF only; a receiver reads bare CR and LF as CRLF.
-        message = _ANY_LINE_END.sub(b"\r\n", data)
+        message = crlf_line_endings(data)
         include = _headers_to_sign(message)
         signatures = []
         for key in keys:

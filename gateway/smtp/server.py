@@ -1,34 +1,241 @@
-"""The SMTP listener: aiosmtpd's protocol in our own event loop, with our reply texts.
+"""The SMTP listener: aiosmtpd's protocol in our own event loop, with our replies and limits.
 
 aiosmtpd answers a few conditions with fixed texts and no enhanced status code; we map those
-to the replies in gateway.replies so that a 5xx names its reason the way MTAs expect.
+to the replies in gateway.replies so that a 5xx names its reason the way MTAs expect. On top of
+aiosmtpd it enforces the resource limits of [smtp]: sessions (global and per client address),
+an idle timeout that answers `421` before closing, a bound on the whole DATA phase, and a budget
+of DATA bytes held in memory by all sessions together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import dataclass, field
+from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from gateway.config import SmtpSettings
-from gateway.replies import LINE_TOO_LONG, MESSAGE_TOO_BIG
+from gateway.replies import DATA_IN_FLIGHT_FULL, LINE_TOO_LONG, MESSAGE_TOO_BIG
 
 _FIXED_REPLIES = {
     "552 Error: Too much mail data": MESSAGE_TOO_BIG.render(),
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG.render(),
     "500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG.render(),
 }
+_BUDGET_STEP = 64 * 1024  # DATA bytes are charged to the budget in steps, not per line
+_IDLE_RESETS_PER_TIMEOUT = 4  # during DATA the idle timer restarts at most this often
+
+
+@dataclass
+class SessionSlots:
+    """Open sessions, in total and per client address. Used from the event loop only."""
+
+    max_sessions: int
+    max_per_client: int
+    open: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, client: str) -> bool:
+        held = self.by_client.get(client, 0)
+        if self.open >= self.max_sessions or held >= self.max_per_client:
+            return False
+        self.open += 1
+        self.by_client[client] = held + 1
+        return True
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        left = self.by_client.pop(client) - 1
+        if left:
+            self.by_client[client] = left
+
+
+@dataclass
+class DataBudget:
+    """Bytes of DATA that all sessions hold, from the first byte until their reply is sent."""
+
+    limit: int
+    used: int = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
+def _client_address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
+
+
+def _bytes_to_reserve(mail_options: list[str], ceiling: int) -> int:
+    """The SIZE= the client announced in MAIL FROM (RFC 1870); without one, the worst case.
+
+    Postfix always announces SIZE, so it is admitted by what it will send. A client that sends
+    more than it announced is charged as the bytes arrive (and refused if they do not fit)."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isascii() and value.isdigit():
+            return min(int(value), ceiling)
+    return ceiling
 
 
 class GatewaySMTP(SMTP):
-    def __init__(self, handler, *, line_length_limit: int, **kwargs):
+    def __init__(
+        self, handler: Any, *, line_length_limit: int, slots: SessionSlots, budget: DataBudget,
+        data_timeout: float, **kwargs: Any,
+    ):
         # Read by SMTP.__init__ for the stream limit; real clients do send long lines.
         self.line_length_limit = line_length_limit
+        self._slots, self._budget, self._data_timeout = slots, budget, data_timeout
+        self._client: str | None = None  # set while this session holds a slot
+        self._refused = False  # over a session limit: greeted with 421, never served
+        self._data_held = 0  # bytes charged to the budget by the current DATA
         super().__init__(handler, **kwargs)
 
     async def push(self, status: str) -> None:
         await super().push(_FIXED_REPLIES.get(status, status))
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None and self._original_transport is None  # not STARTTLS
+        if first:
+            client = _client_address(transport)
+            if not self._slots.admit(client):
+                self._refused = True
+                self._say_and_close(
+                    f"421 4.7.0 {self.hostname} too many connections, try again later", transport
+                )
+                return
+            self._client = client
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # aiosmtpd never saw this connection
+        if self._client is not None:
+            self._slots.release(self._client)
+            self._client = None
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return False if self._refused else super().eof_received()
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd just closes; a client that gets 421 first knows to try again later
+        self._say_and_close(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+
+    def _say_and_close(self, reply: str, transport: asyncio.BaseTransport | None = None) -> None:
+        transport = transport or self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()  # sends what is buffered first
+
+    # --- DATA -------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading into one buffer (not an object per line), charged to the
+        budget, bounded in time, and with the idle timer paused while the relay works."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        reserved = _bytes_to_reserve(self.envelope.mail_options, self.data_size_limit)
+        if not self._budget.take(reserved):
+            self._set_post_data_state()
+            await self.push(DATA_IN_FLIGHT_FULL.render())
+            return
+        self._data_held = reserved
+        try:
+            await self._data_transaction()
+        finally:
+            self._budget.give_back(self._data_held)
+            self._data_held = 0
+
+    async def _data_transaction(self) -> None:
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            async with asyncio.timeout(self._data_timeout):
+                received = await self._receive_data()
+        except TimeoutError:
+            self._say_and_close(
+                f"421 4.4.2 {self.hostname} Error: DATA not complete within "
+                f"{self._data_timeout:g} seconds"
+            )
+            return
+        if isinstance(received, str):
+            self._set_post_data_state()
+            await self.push(received)
+            return
+        self.envelope.content = self.envelope.original_content = received
+        # the relay's time is ours, not the client's idleness (its own timeout still runs)
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._reset_timeout()
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _receive_data(self) -> bytes | str:
+        """The message, dot-unstuffed; or, read to its end, the reply that refuses it."""
+        content = bytearray()
+        refusal: str | None = None
+        received = 0
+        mid_line = False  # the last read ended inside a line longer than the stream limit
+        idle_reset_at = self.loop.time()
+        idle_reset_interval = self._timeout_duration / _IDLE_RESETS_PER_TIMEOUT
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as error:
+                line = await self._reader.read(error.consumed)
+                refusal = refusal or LINE_TOO_LONG.render()
+            if not mid_line and line == b".\r\n":
+                break
+            received += len(line)
+            if refusal is None and (refusal := self._refusal_for(line, received)) is None:
+                content += line[1:] if not mid_line and line.startswith(b".") else line
+            elif self._data_held or content:
+                # refused: hold nothing, and leave the budget to others, while reading to the end
+                content = bytearray()
+                self._budget.give_back(self._data_held)
+                self._data_held = 0
+            mid_line = not line.endswith(b"\r\n")
+            if self.loop.time() - idle_reset_at >= idle_reset_interval:
+                idle_reset_at = self.loop.time()
+                self._reset_timeout()
+        return refusal if refusal is not None else bytes(content)
+
+    def _refusal_for(self, line: bytes, received: int) -> str | None:
+        if len(line) > self.line_length_limit:
+            return LINE_TOO_LONG.render()
+        if self.data_size_limit and received > self.data_size_limit:
+            return MESSAGE_TOO_BIG.render()
+        if received > self._data_held:
+            step = max(received - self._data_held, _BUDGET_STEP)
+            if not self._budget.take(step):
+                return DATA_IN_FLIGHT_FULL.render()
+            self._data_held += step
+        return None
 
 
 def make_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
@@ -41,15 +248,20 @@ def make_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
 
 
 async def start_smtp_server(
-    handler, settings: SmtpSettings, hostname: str, authenticator=None
+    handler: Any, settings: SmtpSettings, hostname: str, authenticator: Any = None
 ) -> asyncio.base_events.Server:
     loop = asyncio.get_running_loop()
     tls_context = make_tls_context(settings)
+    slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
+    budget = DataBudget(settings.max_data_in_flight)
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
             handler,
             line_length_limit=settings.max_line_length,
+            slots=slots,
+            budget=budget,
+            data_timeout=settings.data_timeout.total_seconds(),
             data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

@@ -11,6 +11,7 @@ event: events name the transfer.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
@@ -33,7 +34,7 @@ from gateway.unlock.opening import OpenState, TransferOpener
 from gateway.web.download import download_name
 from gateway.web.i18n import Translator
 from gateway.web.pages import Pages, client_details, post_problem, read_form, token_base
-from gateway.web.ratelimit import SlidingWindow
+from gateway.web.ratelimit import GuessThrottle, SlidingWindow
 from gateway.web.security import make_csrf_token
 
 # The extensions offered; None: as far as the policy allows. Each is capped at that maximum.
@@ -77,8 +78,10 @@ def extended_expiry(current: datetime, maximum: datetime, choice: str) -> dateti
 class ManagePages:
     def __init__(self, settings: PortalSettings, db: Database, pages: Pages,
                  controls: ControlsStore, outbox: OutboxStore, secret: bytes,
-                 clock: Callable[[], datetime], opener: TransferOpener | None = None):
+                 clock: Callable[[], datetime], opener: TransferOpener | None = None,
+                 guesses: GuessThrottle | None = None):
         self._opener = opener
+        self._guesses = guesses
         self._unlocks = UnlockStore(db)
         self._attempts = SlidingWindow(UNLOCK_ATTEMPTS, UNLOCK_WINDOW)
         self._settings = settings
@@ -92,9 +95,9 @@ class ManagePages:
     # -- routes ---------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], True)
-        if managed is None:
-            return self._pages.error_page(request, 404)
+        managed = await self._lookup(request, True)
+        if isinstance(managed, web.Response):
+            return managed
         done = request.query.get("done")
         return self._page(request, managed, 200, done=done if done in _DONE else None)
 
@@ -167,6 +170,23 @@ class ManagePages:
 
     # -- the store ------------------------------------------------------------------------
 
+    async def _lookup(self, request: web.Request, everything: bool) -> Managed | web.Response:
+        """The transfer behind the page's token, or the refusal: the common 404, or 429 for a
+        client that has guessed too many tokens (counted with the download links' guesses)."""
+        address = client_details(request, self._settings)["client_ip"]
+        if self._guesses is not None:
+            wait = self._guesses.wait(address, self._clock())
+            if wait is not None:
+                seconds = max(math.ceil(wait.total_seconds()), 1)
+                return self._pages.error_page(request, 429, message="error_body",
+                                              headers={"Retry-After": str(seconds)})
+        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], everything)
+        if managed is None:
+            if self._guesses is not None:
+                self._guesses.missed(address, self._clock())
+            return self._pages.error_page(request, 404)
+        return managed
+
     def _resolve(self, token: str, everything: bool) -> Managed | None:
         # Always hashed and queried, however the token looks: no shortcut to time.
         controls = self._controls.by_manage_token_hash(hash_token(token))
@@ -209,9 +229,9 @@ class ManagePages:
                             ) -> tuple[Managed, dict[str, str]] | web.Response:
         """The transfer and the form of a POST that passed the same-site and CSRF checks, or
         the page that refuses it."""
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], False)
-        if managed is None:
-            return self._pages.error_page(request, 404)
+        managed = await self._lookup(request, False)
+        if isinstance(managed, web.Response):
+            return managed
         form = await read_form(request)
         problem = self._post_problem(request, managed, form)
         if problem:

@@ -48,7 +48,8 @@ def post_problem(request: web.Request, *, settings: PortalSettings, secret: byte
     """None when a POST comes from our own page about `subject`; else the refusal reason."""
     allowed = {origin_of(settings.public_url), f"{request.scheme}://{request.host}".lower()}
     headers = request.headers
-    if cross_site(headers.get("Origin"), headers.get("Referer"), allowed - {None}):
+    if cross_site(headers.get("Origin"), headers.get("Referer"), allowed - {None},
+                  fetch_site=headers.get("Sec-Fetch-Site")):
         return "cross_site"
     return csrf_problem(secret, subject, form.get("csrf", ""), now)
 

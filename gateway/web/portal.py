@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import quote
@@ -46,6 +47,7 @@ from gateway.unlock.opening import TransferOpener
 from gateway.web.manage import ManagePages
 from gateway.web.otp import VERIFIED_COOKIE, OtpGate, mask_address
 from gateway.web.pages import Pages, client_details, post_problem, read_form
+from gateway.web.ratelimit import GuessThrottle
 from gateway.web.security import (
     make_csrf_token,
     make_header_hook,
@@ -67,8 +69,10 @@ REFUSAL_STATUS = {
     "revoked": 410, "expired": 410, "limit_reached": 410, "blocked": 410,
     "cross_site": 403, "csrf_missing": 403, "csrf_invalid": 403, "csrf_expired": 403,
     "password_required": 403, "verification_required": 403, "locked": 429,
-    "otp_throttled": 429, "storage": 500,
+    "otp_throttled": 429, "guessing": 429, "storage": 500,
 }
+# The window of PortalSettings.max_unknown_tokens.
+GUESS_WINDOW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def build_portal_app(
     portal = Portal(settings, db, blobs, pages, secret, clock, events_hook, controls, outbox,
                     wake)
     codes = OtpGate(portal, controls, outbox, seal, wake)
-    manage = ManagePages(settings, db, pages, controls, outbox, secret, clock, opener)
+    manage = ManagePages(settings, db, pages, controls, outbox, secret, clock, opener,
+                         portal.guesses)
     app = web.Application(middlewares=[make_error_pages(pages)])
     app.on_response_prepare.append(make_header_hook(pages.https))
     app.router.add_get("/d/{token}", portal.landing)
@@ -177,6 +182,7 @@ class Portal:
         self._unlocks = UnlockStore(db)
         self._outbox = outbox
         self._wake_outbox = wake_outbox
+        self.guesses = GuessThrottle(settings.max_unknown_tokens, GUESS_WINDOW)
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -301,7 +307,11 @@ class Portal:
             outcome = "client_gone"
         if outcome != "complete":
             self.emit("download_aborted", {"reason": outcome})
-            await self.audit("download.aborted", request, state, {**target, "reason": outcome})
+            if outcome == "integrity":  # counted as damage found before the first byte is
+                self.emit("refusal", {"reason": "storage"})
+            # Shielded: the client is gone, and a server shutting down must not lose the record.
+            await asyncio.shield(self.audit("download.aborted", request, state,
+                                            {**target, "reason": outcome}))
         return response
 
     def _claim(self, request: web.Request, state: LinkState, target: dict[str, str],
@@ -344,7 +354,13 @@ class Portal:
     # -- looking a token up ---------------------------------------------------------------
 
     async def resolve(self, request: web.Request) -> LinkState:
-        return await asyncio.to_thread(self._resolve_now, request.match_info["token"])
+        address = self.client(request)["client_ip"]
+        if self.guesses.wait(address, self.clock()) is not None:
+            return LinkState(None, None, (), None, "guessing")
+        state = await asyncio.to_thread(self._resolve_now, request.match_info["token"])
+        if state.link is None and self.guesses.missed(address, self.clock()):
+            log.warning("portal: %s tried too many unknown links; throttled", address)
+        return state
 
     def _resolve_now(self, token: str) -> LinkState:
         # Always hashed and queried, however the token looks: no shortcut to time.
@@ -430,6 +446,8 @@ class Portal:
             return self.pages.error_page(request, 404)
         if status == 410:
             return self._gone_page(request, state, reason)
+        if reason == "guessing":
+            return self._guessing_page(request)
         if reason == "locked" and state.link is not None:
             guard = await asyncio.to_thread(self.db.password_guard, state.link.id)
             return self._locked_page(request, state, guard)
@@ -471,6 +489,12 @@ class Portal:
             request, "gone.html", 410, reason=reason, sender=state.transfer.sender,
             expired_at=self.pages.local(state.transfer.expires_at, locale),
         )
+
+    def _guessing_page(self, request: web.Request) -> web.Response:
+        wait = self.guesses.wait(self.client(request)["client_ip"], self.clock())
+        seconds = max(math.ceil(wait.total_seconds()), 1) if wait else 1
+        return self.pages.error_page(request, 429, message="error_body",
+                                     headers={"Retry-After": str(seconds)})
 
     def _locked_page(self, request: web.Request, state: LinkState, guard: PasswordGuardRow
                      ) -> web.Response:

@@ -162,12 +162,23 @@ def origin_of(url: str) -> str | None:
     return f"{parts.scheme}://{host}" if port in (None, default) else f"{parts.scheme}://{host}:{port}"
 
 
-def cross_site(origin: str | None, referer: str | None, allowed: Iterable[str]) -> bool:
+def fetched_cross_site(fetch_site: str | None) -> bool:
+    """Whether Sec-Fetch-Site (Fetch Metadata) says another site's page made the request.
+    'same-site' (a sibling subdomain) is left to the Origin check; no header says nothing."""
+    return (fetch_site or "").strip().lower() == "cross-site"
+
+
+def cross_site(origin: str | None, referer: str | None, allowed: Iterable[str],
+               fetch_site: str | None = None) -> bool:
     """True when the browser says the POST came from another site.
 
     `Origin: null` says nothing: browsers send it for our own forms, because our pages are
-    served with Referrer-Policy: no-referrer. The CSRF token is the real defence.
+    served with Referrer-Policy: no-referrer (but a sandboxed frame elsewhere sends it too,
+    which `fetch_site`, the Sec-Fetch-Site header, reveals). The CSRF token is the real
+    defence.
     """
+    if fetched_cross_site(fetch_site):
+        return True
     allowed = set(allowed)
     if origin and origin != "null":
         return origin.lower() not in allowed

@@ -140,3 +140,15 @@ def test_explain_prints_department_and_each_recipient():
     assert "max_downloads=5" in result.stdout
     assert "tanaka@partner.example.com  external" in result.stdout
     assert "jinji@city.example.lg.jp  internal" in result.stdout
+
+
+def test_example_config_names_every_key_of_every_section():
+    import re
+
+    from gateway.config import SECTION_KEYS
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    named = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.M))
+    missing = {f"{section}.{key}" for section, keys in SECTION_KEYS.items()
+               for key in keys if key not in named}
+    assert missing == set(), "config/gateway.toml shows every key with its default"

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.model import DeliveryResult, OutgoingMessage
-from gateway.pipeline.deliver import SmtpNextHop, crlf_line_endings, make_next_hop, parse_next_hop_url
+from gateway.pipeline.deliver import SmtpNextHop, make_next_hop, parse_next_hop_url
 from gateway.pipeline.outbox import OutboxNextHop
+from gateway.wire import crlf_line_endings
 from tests.support.raw_sink import RawSink
 from tests.support.sink import RecordingSink
 from tests.support.tls import write_self_signed
@@ -563,3 +564,9 @@ def test_raw_sink_sees_bare_line_ends_and_unstuffed_dots_a_sloppy_client_sends()
         (received,) = raw.wait_for(1)
     assert received.bare_line_ends() == [4]
     assert received.lines() == [b"bare\nLF", b".dot"] and received.content() == b"bare\nLF\r\ndot\r\n"
+
+
+def test_crs_before_an_lf_are_one_line_end_not_an_empty_line() -> None:
+    """A CRLF file sent by a client that adds its own CR must keep its header intact."""
+    sent = b"From: a@b.example\r\r\nSubject: x\r\r\n\r\r\nbody\r\r\n"
+    assert crlf_line_endings(sent) == b"From: a@b.example\r\nSubject: x\r\n\r\nbody\r\n"

@@ -460,3 +460,29 @@ def test_a_failure_on_the_management_page_logs_the_route_never_the_token(harness
     assert status == 500 and "store trouble" not in body and "Traceback" not in body
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "GET /m/{token} failed" in logged and token not in logged
+
+
+def test_management_post_marked_cross_site_by_the_browser_is_refused(harness):
+    token, (tanaka,) = harness.controlled()
+
+    async def scenario(client):
+        response, _ = await manage_post(client, token, "revoke", {"link": "all"},
+                                        headers={**SAME_ORIGIN, "Sec-Fetch-Site": "cross-site"})
+        return response.status
+
+    assert harness.run(scenario) == 403
+    assert harness.events("link.revoked") == []
+
+
+def test_guessing_management_tokens_is_throttled_with_the_download_links(harness):
+    token, (tanaka,) = harness.controlled()
+
+    async def scenario(client):
+        misses = [(await client.get(f"/m/{'x' * 32}{n:04d}")).status for n in range(30)]
+        misses += [(await client.get(f"/d/{'y' * 32}{n:04d}")).status for n in range(20)]
+        throttled = await client.get(f"/m/{token}")
+        return misses, throttled.status, throttled.headers.get("Retry-After")
+
+    misses, status, retry_after = harness.run(scenario)
+    assert misses == [404] * 50, "one budget of 50 misses per client for /m/ and /d/ together"
+    assert status == 429 and int(retry_after) > 0, "then even a real token waits"

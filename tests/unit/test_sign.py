@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import stat
@@ -15,10 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.dkimkeys import GeneratedKey, generate_dkim_key, load_private_key
+from gateway.model import DeliveryResult, OutgoingMessage
+from gateway.pipeline.deliver import SmtpNextHop
 from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
 from gateway.pipeline.parse import parse_message
 from gateway.pipeline.rewrite import rewrite_message
 from gateway.pipeline.sign import DkimKey, DkimSigner, dkimpy_private_key
+from tests.support.raw_sink import RawSink
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "city.example.lg.jp"
@@ -214,6 +218,31 @@ def test_bare_line_feeds_are_made_crlf_so_the_signature_still_verifies(rsa_key, 
     signed = signer_for(rsa_key).sign(mangled)
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", signed) is None
     assert verify_all(signed, rsa_key) == [True]
+
+
+def test_signature_verifies_on_the_bytes_the_next_hop_receives_despite_smuggling_line_ends(
+    ed25519_key, rewritten
+) -> None:
+    """Bare CR/LF and fake ends of data in the body: signed, sent over a socket, checked there."""
+    body_start = rewritten.index(b"\r\n\r\n") + 4
+    fake_ends = b"a\n.\nb\r.\rc\r\n.\nd\r\n"
+    sloppy = rewritten[:body_start] + fake_ends + rewritten[body_start:].replace(b"\r\n", b"\r")
+    signed = signer_for(ed25519_key).sign(sloppy)
+    message = OutgoingMessage("somu@city.example.lg.jp", ("tanaka@partner.example.com",), signed)
+    with RawSink() as raw:
+        hop = SmtpNextHop("127.0.0.1", raw.port, starttls="off", timeout=5.0, helo_name="gw.test")
+        assert asyncio.run(_deliver_and_close(hop, message)).accepted
+        (received,) = raw.wait_for(1)
+    assert received.bare_line_ends() == []
+    assert received.content() == signed  # what we signed is exactly what arrived
+    assert verify_all(received.content(), ed25519_key) == [True]
+
+
+async def _deliver_and_close(hop: SmtpNextHop, message: OutgoingMessage) -> DeliveryResult:
+    try:
+        return await hop.deliver(message)
+    finally:
+        await hop.close()
 
 
 def test_mail_from_a_domain_without_a_key_is_returned_unchanged(rsa_key, rewritten) -> None:
