@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test install system-deps check-config bench bench-download bench-load clean
+.PHONY: run test install system-deps check-config bench bench-download bench-load bench-unlock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ bench-download: $(STAMP)
 # smtp-source at 20 and 100 sessions x 1000 mixed messages: direct, via Postfix, via the gateway.
 bench-load: $(STAMP) system-deps
 	$(BIN)/python bench/postfix_load.py
+
+bench-unlock: $(STAMP) system-deps
+	$(BIN)/python bench/unlock_time.py --write-docs docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
