@@ -23,6 +23,7 @@ from gateway.store.db import Database
 from tests.e2e.test_relay_contract import link_states
 from tests.e2e.test_serve_cli import ROOT, free_port
 from tests.support.running import RunningGateway, corpus_mail, make_config, send_corpus
+from tests.support.sqlite_lock import locked_by_another_process
 
 PPAP = corpus_mail("01_outlook_jis_aes256")  # two external recipients, one encrypted ZIP
 
@@ -150,31 +151,14 @@ def test_real_full_tmpfs_gives_452_then_retry_is_delivered_once(tmp_path, gatewa
         subprocess.run(["umount", str(blobs_dir)], check=True)
 
 
-LOCKER = """
-import sqlite3, sys
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-connection.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()
-connection.execute("ROLLBACK")
-"""
-
-
 def test_database_locked_by_another_process_gives_451_within_busy_timeout_then_retry_once(
     gateway_on, sink
 ):
     running = gateway_on()
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(running.gateway.config.storage.database)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert locker.stdout.readline().strip() == "locked"
+    with locked_by_another_process(running.gateway.config.storage.database):
         started = time.monotonic()
         reply, text = send_corpus(running.port, PPAP)
         elapsed = time.monotonic() - started
-    finally:
-        locker.communicate("", timeout=10)
     assert (reply, text[:5]) == (451, "4.3.0"), text
     assert elapsed < 5 * 2 + 3, "answered within the busy timeout, did not hang"
     assert_nothing_half_done(running, sink)
@@ -188,15 +172,8 @@ def test_unchanged_mail_delivered_while_the_database_is_locked_is_not_sent_twice
     again, so the answer is 250 and the failed record is only logged."""
     running = gateway_on()
     plain = corpus_mail("13_no_attachment")
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(running.gateway.config.storage.database)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert locker.stdout.readline().strip() == "locked"
+    with locked_by_another_process(running.gateway.config.storage.database):
         reply, text = send_corpus(running.port, plain)
-    finally:
-        locker.communicate("", timeout=10)
     assert reply == 250, text
     assert [m.data for m in sink.wait_for(1)] == [plain.raw]
 

@@ -20,6 +20,7 @@ from gateway.store.passwords import (
     new_token,
     verify_password,
 )
+from tests.support.sqlite_lock import locked_by_another_process
 
 T0 = datetime(2024, 4, 1, 9, 0, tzinfo=timezone.utc)
 JST = timezone(timedelta(hours=9))
@@ -158,38 +159,19 @@ def test_wal_and_full_sync_hold_again_when_an_existing_database_is_reopened(
         assert reopened._query("PRAGMA synchronous")[0][0] == 2
 
 
-LOCKER = """
-import sqlite3, sys
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-connection.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()
-connection.execute("ROLLBACK")
-"""
-
-
 def test_database_locked_by_another_process_fails_within_busy_timeout_then_recovers(
     tmp_path: Path,
 ) -> None:
-    import subprocess
-    import sys
     import time
 
     db = Database(tmp_path / "meta.db", busy_timeout_ms=300)
     add_transfer(db, "before")
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(tmp_path / "meta.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert locker.stdout.readline().strip() == "locked"
+    with locked_by_another_process(tmp_path / "meta.db"):
         started = time.monotonic()
         with pytest.raises(MetadataError, match="locked"):
             add_transfer(db, "during")
         assert 0.25 <= time.monotonic() - started < 3
         assert db.transfer("before") is not None  # WAL readers are not blocked
-    finally:
-        locker.communicate("", timeout=10)
     add_transfer(db, "after")
     assert db.transfer("during") is None and db.transfer("after") is not None
     db.close()
