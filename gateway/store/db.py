@@ -15,81 +15,30 @@ import re
 import sqlite3
 import threading
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
+from gateway.store.rows import (  # re-exported: the store's row types are imported from here
+    EventRow,
+    FileRow,
+    LinkRow,
+    PasswordGuardRow,
+    TransferRow,
+    event_row,
+    from_text,
+    link_row,
+    to_text,
+    transfer_row,
+)
+
 _MIGRATION_NAME = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql")
 
 
 class MetadataError(Exception):
     """The metadata store failed; the message cannot be accepted right now."""
-
-
-@dataclass(frozen=True)
-class TransferRow:
-    id: str
-    fingerprint: str
-    message_id: str
-    sender: str
-    department: str
-    subject: str
-    created_at: datetime
-    expires_at: datetime
-    state: str  # 'pending' | 'active' | 'failed' | 'purged'
-    password_channel: str
-    password_hash: str | None
-    password_sealed: bytes | None
-    locale: str
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: str
-    transfer_id: str
-    display_name: str
-    content_type: str
-    size: int
-    sha256: str
-    blob_id: str
-    wrapped_key: bytes
-    position: int
-
-
-@dataclass(frozen=True)
-class LinkRow:
-    id: str
-    transfer_id: str
-    recipient: str
-    token_hash: str
-    state: str  # 'pending' | 'active' | 'failed' | 'revoked'
-    max_downloads: int  # 0 = unlimited
-    download_count: int
-    created_at: datetime
-    activated_at: datetime | None
-
-
-@dataclass(frozen=True)
-class EventRow:
-    id: int
-    at: datetime
-    kind: str
-    transfer_id: str | None
-    link_id: str | None
-    recipient: str | None
-    detail: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PasswordGuardRow:
-    """Download-password attempts counted against one link, and its lock-out if any."""
-
-    link_id: str
-    failures: int
-    locked_until: datetime | None
 
 
 class MetadataStore(Protocol):
@@ -140,43 +89,6 @@ class MetadataStore(Protocol):
                                  max_attempts: int) -> bool: ...
     def settle_password_attempt(self, link_id: str, correct: bool, now: datetime,
                                 max_attempts: int, lockout: timedelta) -> datetime | None: ...
-
-
-def _to_text(moment: datetime) -> str:
-    """Fixed-width UTC text, so that SQL text comparison orders instants correctly."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"timestamp must be timezone-aware: {moment!r}")
-    utc = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"
-
-
-def _from_text(text: str) -> datetime:
-    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=timezone.utc)
-
-
-def _optional_time(text: str | None) -> datetime | None:
-    return None if text is None else _from_text(text)
-
-
-def _transfer_row(row: sqlite3.Row) -> TransferRow:
-    fields = dict(row)
-    fields["created_at"] = _from_text(fields["created_at"])
-    fields["expires_at"] = _from_text(fields["expires_at"])
-    return TransferRow(**fields)
-
-
-def _link_row(row: sqlite3.Row) -> LinkRow:
-    fields = dict(row)
-    fields["created_at"] = _from_text(fields["created_at"])
-    fields["activated_at"] = _optional_time(fields["activated_at"])
-    return LinkRow(**fields)
-
-
-def _event_row(row: sqlite3.Row) -> EventRow:
-    fields = dict(row)
-    fields["at"] = _from_text(fields["at"])
-    fields["detail"] = json.loads(fields["detail"])
-    return EventRow(**fields)
 
 
 def _bundled_migrations() -> Traversable:
@@ -356,7 +268,7 @@ class Database:
                     self._execute(statement)
                 self._execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, _to_text(datetime.now(timezone.utc))),
+                    (version, name, to_text(datetime.now(timezone.utc))),
                 )
 
     # -- writes ----------------------------------------------------------------------
@@ -382,8 +294,8 @@ class Database:
             "INSERT INTO transfers (id, fingerprint, message_id, sender, department, subject,"
             " created_at, expires_at, state, password_channel, password_hash, password_sealed,"
             " locale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (id, fingerprint, message_id, sender, department, subject, _to_text(created_at),
-             _to_text(expires_at), state, password_channel, password_hash, password_sealed,
+            (id, fingerprint, message_id, sender, department, subject, to_text(created_at),
+             to_text(expires_at), state, password_channel, password_hash, password_sealed,
              locale),
         )
 
@@ -407,13 +319,13 @@ class Database:
             "INSERT INTO links (id, transfer_id, recipient, token_hash, state, max_downloads,"
             " download_count, created_at, activated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (id, transfer_id, recipient, token_hash, state, max_downloads, download_count,
-             _to_text(created_at), None if activated_at is None else _to_text(activated_at)),
+             to_text(created_at), None if activated_at is None else to_text(activated_at)),
         )
 
     def activate_link(self, link_id: str, at: datetime) -> None:
         self._write(
             "UPDATE links SET state = 'active', activated_at = ? WHERE id = ?",
-            (_to_text(at), link_id),
+            (to_text(at), link_id),
         )
 
     def fail_links(self, link_ids: Iterable[str]) -> None:
@@ -441,7 +353,7 @@ class Database:
         self._write(
             "INSERT INTO deliveries (fingerprint, recipient, transfer_id, link_id, delivered_at)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint, recipient) DO NOTHING",
-            (fingerprint, recipient, transfer_id, link_id, _to_text(at)),
+            (fingerprint, recipient, transfer_id, link_id, to_text(at)),
         )
 
     def append_event(
@@ -452,7 +364,7 @@ class Database:
         self._write(
             "INSERT INTO events (at, kind, transfer_id, link_id, recipient, detail)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (_to_text(at), kind, transfer_id, link_id, recipient,
+            (to_text(at), kind, transfer_id, link_id, recipient,
              json.dumps(detail or {}, ensure_ascii=False, sort_keys=True)),
         )
 
@@ -482,7 +394,7 @@ class Database:
 
     def transfer(self, transfer_id: str) -> TransferRow | None:
         rows = self._query("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
-        return _transfer_row(rows[0]) if rows else None
+        return transfer_row(rows[0]) if rows else None
 
     def transfer_by_fingerprint(self, fingerprint: str) -> TransferRow | None:
         """The most recent transfer made from this message that did not fail."""
@@ -491,7 +403,7 @@ class Database:
             " ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (fingerprint,),
         )
-        return _transfer_row(rows[0]) if rows else None
+        return transfer_row(rows[0]) if rows else None
 
     def files_of(self, transfer_id: str) -> list[FileRow]:
         rows = self._query(
@@ -503,11 +415,11 @@ class Database:
         rows = self._query(
             "SELECT * FROM links WHERE transfer_id = ? ORDER BY created_at, id", (transfer_id,)
         )
-        return [_link_row(row) for row in rows]
+        return [link_row(row) for row in rows]
 
     def link_by_token_hash(self, token_hash: str) -> LinkRow | None:
         rows = self._query("SELECT * FROM links WHERE token_hash = ?", (token_hash,))
-        return _link_row(rows[0]) if rows else None
+        return link_row(rows[0]) if rows else None
 
     def events_since(self, since: datetime) -> Iterator[EventRow]:
         """The audit trail from `since` on, oldest first, read in pages (it can be long)."""
@@ -515,31 +427,31 @@ class Database:
         while True:
             rows = self._query(
                 "SELECT * FROM events WHERE at >= ? AND id > ? ORDER BY id LIMIT 1000",
-                (_to_text(since), last_id),
+                (to_text(since), last_id),
             )
             if not rows:
                 return
             for row in rows:
-                yield _event_row(row)
+                yield event_row(row)
             last_id = rows[-1]["id"]
 
     def transfers_since(self, since: datetime, sender: str | None = None) -> list[TransferRow]:
         if sender is None:
             rows = self._query(
                 "SELECT * FROM transfers WHERE created_at >= ? ORDER BY created_at",
-                (_to_text(since),),
+                (to_text(since),),
             )
         else:
             rows = self._query(
                 "SELECT * FROM transfers WHERE created_at >= ? AND lower(sender) = lower(?)"
                 " ORDER BY created_at",
-                (_to_text(since), sender),
+                (to_text(since), sender),
             )
-        return [_transfer_row(row) for row in rows]
+        return [transfer_row(row) for row in rows]
 
     def link(self, link_id: str) -> LinkRow | None:
         rows = self._query("SELECT * FROM links WHERE id = ?", (link_id,))
-        return _link_row(rows[0]) if rows else None
+        return link_row(rows[0]) if rows else None
 
     def events(self, transfer_id: str | None = None) -> list[EventRow]:
         if transfer_id is None:
@@ -548,7 +460,7 @@ class Database:
             rows = self._query(
                 "SELECT * FROM events WHERE transfer_id = ? ORDER BY id", (transfer_id,)
             )
-        return [_event_row(row) for row in rows]
+        return [event_row(row) for row in rows]
 
     def referenced_blob_ids(self) -> set[str]:
         """Every blob id a files row still points at (the rest on disk are orphans)."""
@@ -573,7 +485,7 @@ class Database:
         rows = self._query(
             "SELECT id FROM transfers WHERE state = 'pending' AND created_at < ?"
             " ORDER BY created_at",
-            (_to_text(older_than),),
+            (to_text(older_than),),
         )
         return [row[0] for row in rows]
 
@@ -582,7 +494,7 @@ class Database:
         rows = self._query(
             "SELECT id FROM transfers WHERE state = 'failed'"
             " OR (state IN ('pending', 'active') AND expires_at <= ?) ORDER BY created_at",
-            (_to_text(now),),
+            (to_text(now),),
         )
         return [row[0] for row in rows]
 
@@ -594,7 +506,7 @@ class Database:
         )
         if not rows:
             return PasswordGuardRow(link_id, 0, None)
-        return PasswordGuardRow(link_id, rows[0][0], _optional_time(rows[0][1]))
+        return PasswordGuardRow(link_id, rows[0][0], from_text(rows[0][1]))
 
     def reserve_password_attempt(self, link_id: str, now: datetime, max_attempts: int) -> bool:
         """Count one attempt before the password is checked; False if the link is locked or
@@ -632,15 +544,6 @@ class Database:
             locked_until = now + lockout
             self._execute(
                 "UPDATE link_password_guard SET locked_until = ? WHERE link_id = ?",
-                (_to_text(locked_until), link_id),
+                (to_text(locked_until), link_id),
             )
             return locked_until
-
-
-# For the other repositories of this package: the same timestamp text as this module's.
-def to_text(moment: datetime) -> str:
-    return _to_text(moment)
-
-
-def from_text(text: str | None) -> datetime | None:
-    return _optional_time(text)
