@@ -10,7 +10,6 @@ from typing import NamedTuple
 from gateway.containers.base import Unreadable
 from gateway.model import ContainerReport
 
-
 _CFB_HEADER_SIZE = 512
 _CFB_HEADER_DIFAT_ENTRIES = 109
 _CFB_DIRECTORY_ENTRY = 128

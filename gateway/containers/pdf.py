@@ -7,7 +7,6 @@ import re
 
 from gateway.model import ContainerReport
 
-
 PDF_HEADER_WINDOW = 1024
 _PDF_TAIL = 64 * 1024
 _PDF_SPACE = rb"[\x00\t\n\x0c\r ]"

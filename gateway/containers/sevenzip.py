@@ -11,7 +11,6 @@ from typing import NamedTuple
 from gateway.containers.base import Unreadable
 from gateway.model import ContainerReport
 
-
 _7Z_START_HEADER = struct.Struct("<6s2BLQQL")
 _7Z_AES = b"\x06\xf1\x07\x01"
 _7Z_COPY = b"\x00"
