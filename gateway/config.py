@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from gateway.units import parse_duration, parse_size
+from gateway import config_values as check
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 # The templates that ship with the code, wherever it is started from.
@@ -223,242 +223,113 @@ class Config:
     source: Path | None = None
 
 
-# --- value converters: each raises ValueError with a short problem text -------------------
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _int(minimum: int, maximum: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if not minimum <= value <= maximum:
-            raise ValueError(f"must be between {minimum} and {maximum}, got {value}")
-        return value
-
-    return convert
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    return convert
-
-
-def _duration(value: Any) -> timedelta:
-    return parse_duration(value)
-
-
-def _size(minimum: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        size = parse_size(value)
-        if size < minimum:
-            raise ValueError(f"must be at least {minimum} bytes, got {value!r}")
-        return size
-
-    return convert
-
-
-def _path(value: Any) -> Path:
-    return Path(_str(value)).expanduser()
-
-
-def _optional_existing_file(value: Any) -> Path | None:
-    if value == "":
-        return None
-    path = _path(value)
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
-    return path
-
-
-def _str_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _domains(value: Any) -> tuple[str, ...]:
-    return tuple(d.strip().lower().rstrip(".") for d in _str_list(value) if d.strip())
-
-
-def _networks(value: Any) -> tuple:
-    try:
-        return tuple(ipaddress.ip_network(n, strict=False) for n in _str_list(value))
-    except ValueError as error:
-        raise ValueError(f"not a network: {error}") from None
-
-
-def _listen(value: Any) -> tuple[str, int]:
-    text = _str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _timezone(value: Any) -> ZoneInfo:
-    try:
-        return ZoneInfo(_str(value))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
-
-
-def _public_url(value: Any) -> str:
-    text = _str(value).rstrip("/")
-    if not (text.startswith("https://") or text.startswith("http://")) or len(text) < 10:
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
-    return text
-
-
-def _clamd_address(value: Any) -> str:
-    from gateway.scan.clamd import parse_clamd_address
-
-    text = _str(value)
-    if text:
-        parse_clamd_address(text)  # ValueError names what is wrong
-    return text
-
-
-def _webhook_url(value: Any) -> str:
-    text = _str(value)
-    if text and not (text.startswith("https://") or text.startswith("http://")):
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
-    return text
-
-
-def _next_hop_url(value: Any) -> str:
-    text = _str(value)
-    if text.startswith("outbox:") and len(text) > len("outbox:"):
-        return text
-    if text.startswith("smtp://"):
-        hostport = text[len("smtp://"):]
-        host, _, port = hostport.rpartition(":") if ":" in hostport.lstrip("[") else (hostport, "", "25")
-        if host.strip("[]") and port.isdigit() and 0 < int(port) <= 65535:
-            return text
-    raise ValueError(f"expected smtp://HOST:PORT or outbox:PATH, got {text!r}")
-
-
 # --- the schema: section → key → converter ------------------------------------------------
 
 POLICY_KEYS: dict[str, Callable[[Any], Any]] = {
-    "convert": _choice(CONVERT_MODES),
-    "link_lifetime": _duration,
-    "max_link_lifetime": _duration,
-    "max_downloads": _int(0, 1_000_000),
-    "password": _choice(PASSWORD_CHANNELS),
-    "password_length": _int(8, 64),
-    "locale": _choice(LOCALES),
-    "convert_signed": _bool,
-    "password_delay": _duration,
-    "verify_recipient": _bool,
-    "sender_receipt": _bool,
-    "notify_sender": _choice(NOTIFY_SENDER),
-    "password_mail_window": _duration,
-    "password_mail": _choice(PASSWORD_MAIL),
-    "keep_original_zip": _bool,
-    "on_scan_error": _choice(ON_SCAN_ERROR),
+    "convert": check.choice(CONVERT_MODES),
+    "link_lifetime": check.duration,
+    "max_link_lifetime": check.duration,
+    "max_downloads": check.integer(0, 1_000_000),
+    "password": check.choice(PASSWORD_CHANNELS),
+    "password_length": check.integer(8, 64),
+    "locale": check.choice(LOCALES),
+    "convert_signed": check.boolean,
+    "password_delay": check.duration,
+    "verify_recipient": check.boolean,
+    "sender_receipt": check.boolean,
+    "notify_sender": check.choice(NOTIFY_SENDER),
+    "password_mail_window": check.duration,
+    "password_mail": check.choice(PASSWORD_MAIL),
+    "keep_original_zip": check.boolean,
+    "on_scan_error": check.choice(ON_SCAN_ERROR),
 }
 
 SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "gateway": {
-        "hostname": _str,
-        "internal_domains": _domains,
-        "timezone": _timezone,
-        "log_format": _choice(("kv", "json")),
-        "templates_dir": _path,
+        "hostname": check.string,
+        "internal_domains": check.domains,
+        "timezone": check.timezone,
+        "log_format": check.choice(("kv", "json")),
+        "templates_dir": check.file_path,
     },
     "smtp": {
-        "listen": _listen,
-        "allowed_clients": _networks,
-        "max_message_size": _size(1024),
-        "max_recipients": _int(1, 100_000),
-        "max_line_length": _int(1000, 10_000_000),
-        "timeout": _duration,
-        "max_sessions": _int(1, 100_000),
-        "max_sessions_per_client": _int(1, 100_000),
-        "data_timeout": _duration,
-        "max_data_in_flight": _size(1024 * 1024),
-        "max_mime_depth": _int(1, 1000),
-        "max_mime_parts": _int(1, 1_000_000),
-        "mime_limit_action": _choice(MIME_LIMIT_ACTIONS),
-        "max_header_line": _int(998, 10_000_000),
-        "max_header_fields": _int(10, 1_000_000),
-        "tls_cert": _optional_existing_file,
-        "tls_key": _optional_existing_file,
-        "auth_users_file": _optional_existing_file,
-        "auth_max_failures": _int(1, 1000),
-        "auth_failure_window": _duration,
+        "listen": check.listen,
+        "allowed_clients": check.networks,
+        "max_message_size": check.size(1024),
+        "max_recipients": check.integer(1, 100_000),
+        "max_line_length": check.integer(1000, 10_000_000),
+        "timeout": check.duration,
+        "max_sessions": check.integer(1, 100_000),
+        "max_sessions_per_client": check.integer(1, 100_000),
+        "data_timeout": check.duration,
+        "max_data_in_flight": check.size(1024 * 1024),
+        "max_mime_depth": check.integer(1, 1000),
+        "max_mime_parts": check.integer(1, 1_000_000),
+        "mime_limit_action": check.choice(MIME_LIMIT_ACTIONS),
+        "max_header_line": check.integer(998, 10_000_000),
+        "max_header_fields": check.integer(10, 1_000_000),
+        "tls_cert": check.optional_existing_file,
+        "tls_key": check.optional_existing_file,
+        "auth_users_file": check.optional_existing_file,
+        "auth_max_failures": check.integer(1, 1000),
+        "auth_failure_window": check.duration,
     },
     "next_hop": {
-        "url": _next_hop_url,
-        "starttls": _choice(STARTTLS_MODES),
-        "timeout": _duration,
-        "pool_size": _int(1, 256),
+        "url": check.next_hop_url,
+        "starttls": check.choice(STARTTLS_MODES),
+        "timeout": check.duration,
+        "pool_size": check.integer(1, 256),
     },
     "storage": {
-        "data_dir": _path,
-        "database": _path,
-        "master_key_file": _path,
-        "master_key_env": _str,
-        "chunk_size": _size(4096),
+        "data_dir": check.file_path,
+        "database": check.file_path,
+        "master_key_file": check.file_path,
+        "master_key_env": check.string,
+        "chunk_size": check.size(4096),
     },
     "portal": {
-        "public_url": _public_url,
-        "listen": _listen,
-        "trusted_proxies": _networks,
-        "password_max_attempts": _int(1, 1000),
-        "password_lockout": _duration,
-        "session_lifetime": _duration,
-        "otp_lifetime": _duration,
-        "otp_max_attempts": _int(1, 100),
-        "otp_resend_interval": _duration,
-        "otp_per_client_per_hour": _int(1, 100_000),
-        "max_unknown_tokens": _int(1, 1_000_000),
+        "public_url": check.public_url,
+        "listen": check.listen,
+        "trusted_proxies": check.networks,
+        "password_max_attempts": check.integer(1, 1000),
+        "password_lockout": check.duration,
+        "session_lifetime": check.duration,
+        "otp_lifetime": check.duration,
+        "otp_max_attempts": check.integer(1, 100),
+        "otp_resend_interval": check.duration,
+        "otp_per_client_per_hour": check.integer(1, 100_000),
+        "max_unknown_tokens": check.integer(1, 1_000_000),
     },
     "notify": {
-        "from_address": _str,
-        "retry_initial": _duration,
-        "retry_max": _duration,
-        "max_age": _duration,
-        "poll_interval": _duration,
+        "from_address": check.string,
+        "retry_initial": check.duration,
+        "retry_max": check.duration,
+        "max_age": check.duration,
+        "poll_interval": check.duration,
     },
-    "scan": {"clamd": _clamd_address, "timeout": _duration, "max_stream": _size(1024),
-             "admin_address": _str},
+    "scan": {"clamd": check.clamd_address, "timeout": check.duration, "max_stream": check.size(1024),
+             "admin_address": check.string},
     "unlock": {
-        "max_members": _int(1, 100_000),
-        "max_total_size": _size(1024),
-        "max_ratio": _int(2, 100_000),
-        "max_depth": _int(0, 10),
+        "max_members": check.integer(1, 100_000),
+        "max_total_size": check.size(1024),
+        "max_ratio": check.integer(2, 100_000),
+        "max_depth": check.integer(0, 10),
     },
     "webhook": {
-        "url": _webhook_url,
-        "secret_file": _optional_existing_file,
-        "timeout": _duration,
+        "url": check.webhook_url,
+        "secret_file": check.optional_existing_file,
+        "timeout": check.duration,
     },
-    "admin": {"listen": _listen},
-    "housekeeping": {"purge_interval": _duration},
+    "admin": {"listen": check.listen},
+    "housekeeping": {"purge_interval": check.duration},
     "policy": POLICY_KEYS,
 }
 
 DKIM_KEY_KEYS: dict[str, Callable[[Any], Any]] = {
-    "domain": lambda v: _str(v).strip().lower().rstrip("."),
-    "selector": _str,
-    "key_file": _optional_existing_file,
-    "algorithm": _choice(DKIM_ALGORITHMS),
+    "domain": lambda v: check.string(v).strip().lower().rstrip("."),
+    "selector": check.string,
+    "key_file": check.optional_existing_file,
+    "algorithm": check.choice(DKIM_ALGORITHMS),
 }
 
 DEPARTMENT_KEYS = ("name", "senders", "policy")
@@ -504,8 +375,8 @@ def _build_departments(raw: Any, default: Policy) -> tuple[Department, ...]:
             if key not in DEPARTMENT_KEYS:
                 raise ConfigError(f"{prefix}.{key}", "unknown key")
         try:
-            name = _str(entry.get("name"))
-            senders = tuple(s.strip().lower() for s in _str_list(entry.get("senders")))
+            name = check.string(entry.get("name"))
+            senders = tuple(s.strip().lower() for s in check.text_list(entry.get("senders")))
         except ValueError as error:
             raise ConfigError(f"{prefix}.name/senders", str(error)) from None
         if not name or not senders:
