@@ -20,4 +20,7 @@ def crlf_line_endings(data: bytes) -> bytes:
     wire: a next hop that read a bare LF or CR as a line end could otherwise be made to see an
     end of data (`\\n.\\n`) that we did not (SMTP smuggling).
     """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
+        return data  # the usual case, told in three C-speed passes instead of a regex
     return _ANY_LINE_END.sub(b"\r\n", data)

@@ -97,6 +97,8 @@ class GatewaySMTP(SMTP):
         self._client: str | None = None  # set while this session holds a slot
         self._refused = False  # over a session limit: greeted with 421, never served
         self._data_held = 0  # bytes charged to the budget by the current DATA
+        self._in_data = False  # between 354 and the final dot: arriving bytes are activity
+        self._idle_reset_at = 0.0
         super().__init__(handler, **kwargs)
 
     async def push(self, status: str) -> None:
@@ -126,8 +128,16 @@ class GatewaySMTP(SMTP):
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        if self._refused:
+            return
+        super().data_received(data)
+        # A DATA run ends only at ".\r\n", so the reader may wait long for one while bytes
+        # keep coming: those bytes, not the runs, show that the client is not idle.
+        if self._in_data:
+            now = self.loop.time()
+            if now - self._idle_reset_at >= self._timeout_duration / _IDLE_RESETS_PER_TIMEOUT:
+                self._idle_reset_at = now
+                self._reset_timeout()
 
     def eof_received(self) -> bool | None:
         return False if self._refused else super().eof_received()
@@ -171,6 +181,7 @@ class GatewaySMTP(SMTP):
 
     async def _data_transaction(self) -> None:
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._in_data, self._idle_reset_at = True, self.loop.time()
         try:
             async with asyncio.timeout(self._data_timeout):
                 received = await self._receive_data()
@@ -180,6 +191,8 @@ class GatewaySMTP(SMTP):
                 f"{self._data_timeout:g} seconds"
             )
             return
+        finally:
+            self._in_data = False
         if isinstance(received, str):
             self._set_post_data_state()
             await self.push(received)
@@ -196,37 +209,44 @@ class GatewaySMTP(SMTP):
         await self.push("250 OK" if status is MISSING else status)
 
     async def _receive_data(self) -> bytes | str:
-        """The message, dot-unstuffed; or, read to its end, the reply that refuses it."""
-        content = bytearray()
+        """The message, dot-unstuffed; or, read to its end, the reply that refuses it.
+
+        Read in runs, not line by line: each read ends at the next ".\r\n" or at the stream
+        limit, so a 20 MB base64 attachment takes a few hundred reads, not a quarter million.
+        As in aiosmtpd, only CRLF "." CRLF ends the data (a bare LF or CR never does)."""
+        content = bytearray()  # still dot-stuffed; emptied once refused
+        last = b"\r\n"  # the last bytes received: the DATA line ended with CRLF
+        line_length = 0  # of the line the previous run ended in
         refusal: str | None = None
         received = 0
-        mid_line = False  # the last read ended inside a line longer than the stream limit
-        idle_reset_at = self.loop.time()
-        idle_reset_interval = self._timeout_duration / _IDLE_RESETS_PER_TIMEOUT
         while True:
             try:
-                line = await self._reader.readuntil(b"\r\n")
+                run = await self._reader.readuntil(b".\r\n")
             except asyncio.LimitOverrunError as error:
-                line = await self._reader.read(error.consumed)
-                refusal = refusal or LINE_TOO_LONG.render()
-            if not mid_line and line == b".\r\n":
+                run = await self._reader.read(error.consumed)
+            if run.endswith(b".\r\n") and (last + run)[-5:-3] == b"\r\n":
+                received += len(run) - 3
+                if refusal is None:
+                    refusal = self._refusal_for(run[:-3], received, line_length)
+                    content += run[:-3]
                 break
-            received += len(line)
-            if refusal is None and (refusal := self._refusal_for(line, received)) is None:
-                content += line[1:] if not mid_line and line.startswith(b".") else line
-            elif self._data_held or content:
+            received += len(run)
+            if refusal is None and (refusal := self._refusal_for(run, received, line_length)):
                 # refused: hold nothing, and leave the budget to others, while reading to the end
                 content = bytearray()
                 self._budget.give_back(self._data_held)
                 self._data_held = 0
-            mid_line = not line.endswith(b"\r\n")
-            if self.loop.time() - idle_reset_at >= idle_reset_interval:
-                idle_reset_at = self.loop.time()
-                self._reset_timeout()
-        return refusal if refusal is not None else bytes(content)
+            elif refusal is None:
+                content += run
+            line_length = _open_line_length(run, line_length)
+            last = (last + run)[-4:]
+        if refusal is not None:
+            return refusal
+        return _unstuffed(bytes(content))
 
-    def _refusal_for(self, line: bytes, received: int) -> str | None:
-        if len(line) > self.line_length_limit:
+    def _refusal_for(self, run: bytes, received: int, open_line: int) -> str | None:
+        if open_line + len(run) > self.line_length_limit and _longest_line(run, open_line) > \
+                self.line_length_limit:
             return LINE_TOO_LONG.render()
         if self.data_size_limit and received > self.data_size_limit:
             return MESSAGE_TOO_BIG.render()
@@ -236,6 +256,29 @@ class GatewaySMTP(SMTP):
                 return DATA_IN_FLIGHT_FULL.render()
             self._data_held += step
         return None
+
+
+def _open_line_length(run: bytes, before: int) -> int:
+    """Length of the line `run` ends in (0 after a CRLF), counting `before` if it has none."""
+    end = run.rfind(b"\r\n")
+    return before + len(run) if end < 0 else len(run) - end - 2
+
+
+def _longest_line(run: bytes, open_line: int) -> int:
+    """The longest line in `run` with its CRLF, the first one continuing a line `open_line` long
+    (the last one, unfinished, without)."""
+    lines = run.split(b"\r\n")
+    if len(lines) == 1:
+        return open_line + len(run)
+    middle = max(map(len, lines[1:-1]), default=-2) + 2
+    return max(open_line + len(lines[0]) + 2, middle, len(lines[-1]))
+
+
+def _unstuffed(content: bytes) -> bytes:
+    """RFC 5321 4.5.2: the first "." of every line is the client's transparency dot."""
+    if content.startswith(b"."):
+        content = content[1:]
+    return content.replace(b"\r\n.", b"\r\n")
 
 
 def make_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:

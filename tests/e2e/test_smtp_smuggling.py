@@ -8,6 +8,8 @@ dot-stuffed, and our DKIM signature verifies on exactly those bytes.
 
 from __future__ import annotations
 
+import time
+
 import dkim
 import pytest
 
@@ -165,3 +167,48 @@ def test_converted_mail_leaves_crlf_dot_stuffed_and_its_dkim_signature_verifies(
         content = message.content()
         assert content.startswith(b"DKIM-Signature:") and b"/d/" in content, "converted and signed"
         assert dkim.verify(content, dnsfunc=lambda name, timeout=5: records[name])
+
+
+# -- the DATA reader reads in runs ending at ".\r\n": what a line-by-line reader got right too --
+
+
+def test_lines_ending_in_a_dot_and_stuffed_dots_come_through_as_written(sink, start_gateway):
+    running = start_gateway()
+    body = HEAD + b"\r\nEnd of a sentence.\r\n..leading dot\r\n..\r\n.x\r\nlast.\r\n"
+    assert send_raw(running.port, body)[-2:] == [250, 221]
+    (message,) = sink.wait_for(1)
+    assert message.data == as_a_server_reads(body)
+    assert b"\r\nEnd of a sentence.\r\n.leading dot\r\n.\r\nx\r\nlast.\r\n" in message.data
+
+
+def test_end_of_data_split_across_packets_ends_it_once(sink, start_gateway):
+    running = start_gateway()
+    with RawClient(running.port) as client:
+        open_transaction(client)
+        for piece in (HEAD + b"\r\nbody\r", b"\n", b".", b"\r", b"\n"):
+            client.send(piece)
+            time.sleep(0.05)
+        assert client.reply()[0] == 250
+        assert client.command(b"QUIT")[0] == 221
+    (message,) = sink.wait_for(1)
+    assert message.data.endswith(b"\r\nbody\r\n")
+
+
+def test_a_message_whose_first_line_is_the_dot_is_empty_not_endless(sink, start_gateway):
+    running = start_gateway()
+    with RawClient(running.port) as client:
+        open_transaction(client)
+        client.send(b".\r\n")
+        assert client.reply()[0] in (250, 554)  # ended: whatever the relay makes of nothing
+        assert client.command(b"QUIT")[0] == 221
+
+
+def test_a_long_base64_body_arrives_byte_for_byte(sink, start_gateway):
+    import base64
+    import os
+
+    running = start_gateway()
+    lines = base64.encodebytes(os.urandom(3 * 1024 * 1024)).replace(b"\n", b"\r\n")
+    body = HEAD + b"\r\n" + lines
+    assert send_raw(running.port, body)[-2:] == [250, 221]
+    assert sink.wait_for(1)[0].data == body
