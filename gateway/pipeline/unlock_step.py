@@ -20,7 +20,7 @@ from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
 from gateway.store.unlocks import UnlockStore
 from gateway.unlock.candidates import password_candidates
-from gateway.unlock.opening import LockedTransfer, OpenState, TransferOpener
+from gateway.unlock.opening import LockedTransfer, Opened, OpenOutcome, OpenState, TransferOpener
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,23 @@ class PasswordMailUnlocker:
         if not waiting:
             return None
         candidates = await asyncio.to_thread(password_candidates, message)
-        # Every waiting transfer is tried: a sender may send two ZIPs and one password.
+        # Decrypt everything first, and ask the scanner before recording anything: a password
+        # mail deferred for a missing scanner must not have unlocked half of what it opens.
         states: dict[str, OpenState] = {}
+        opened: list[tuple[_Waiting, Opened]] = []
         for entry in waiting:
-            outcome = await self._opener.open(entry.locked, candidates, policy, "password-mail", now)
+            result = await self._opener.decrypt(entry.locked, candidates, "password-mail", now)
+            if isinstance(result, OpenOutcome):
+                states[entry.locked.transfer.id] = result.state
+            else:
+                opened.append((entry, result))
+        if opened and policy.on_scan_error == "tempfail" and not await self._opener.scanner_ready():
+            ids = tuple(entry.locked.transfer.id for entry, _ in opened)
+            return UnlockVerdict(ids, ("tempfail",) * len(ids), (), tempfail=True)
+        for entry, result in opened:
+            outcome = await self._opener.finish(entry.locked, result, policy, "password-mail", now)
             states[entry.locked.transfer.id] = outcome.state
-            if outcome.state is OpenState.TEMPFAIL:
+            if outcome.state is OpenState.TEMPFAIL:  # clamd went away after answering PING
                 return UnlockVerdict(tuple(states), tuple(s.value for s in states.values()), (),
                                      tempfail=True)
             if outcome.state is OpenState.UNLOCKED:

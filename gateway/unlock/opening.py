@@ -56,7 +56,7 @@ class OpenOutcome:
     detail: str = ""  # the refusal reason, or "file: signature" when blocked
 
 
-_Opened = list[tuple[FileRow, ExtractResult]]
+Opened = list[tuple[FileRow, ExtractResult]]  # each encrypted ZIP with what it held
 
 
 class TransferOpener:
@@ -77,6 +77,10 @@ class TransferOpener:
             max_ratio=settings.max_ratio, max_depth=settings.max_depth,
         )
 
+    async def scanner_ready(self) -> bool:
+        """False only when a scanner is configured and does not answer PING."""
+        return self._scanner is None or await self._scanner.ping()
+
     def locked(self, transfer: TransferRow) -> LockedTransfer | None:
         """The transfer with its encrypted ZIPs, or None when there is nothing to open."""
         if self._unlocks.of(transfer.id) is not None:
@@ -91,6 +95,16 @@ class TransferOpener:
         self, locked: LockedTransfer, candidates: list[str], policy: Policy, source: str,
         now: datetime,
     ) -> OpenOutcome:
+        decrypted = await self.decrypt(locked, candidates, source, now)
+        if isinstance(decrypted, OpenOutcome):
+            return decrypted
+        return await self.finish(locked, decrypted, policy, source, now)
+
+    async def decrypt(
+        self, locked: LockedTransfer, candidates: list[str], source: str, now: datetime
+    ) -> Opened | OpenOutcome:
+        """What the ZIPs hold, once a candidate opens them all; or why not (a refused archive
+        is recorded: it stays locked whatever the password)."""
         tid = locked.transfer.id
         try:
             opened = await asyncio.to_thread(self._first_that_opens, locked, candidates)
@@ -101,8 +115,13 @@ class TransferOpener:
             )
             log.warning("unlock refused transfer=%s: %s", tid, refused.reason)
             return OpenOutcome(OpenState.REFUSED, refused.reason)
-        if opened is None:
-            return OpenOutcome(OpenState.WRONG_PASSWORD)
+        return OpenOutcome(OpenState.WRONG_PASSWORD) if opened is None else opened
+
+    async def finish(
+        self, locked: LockedTransfer, opened: Opened, policy: Policy, source: str, now: datetime
+    ) -> OpenOutcome:
+        """Scan what was opened, then store it (unlocked) or block the transfer."""
+        tid = locked.transfer.id
         if self._scanner is not None:
             try:
                 infected = await self._scan(opened)
@@ -154,7 +173,7 @@ class TransferOpener:
         data = b"".join(self._blobs.open(row.blob_id, row.wrapped_key))
         return data if inspect_zip(data).verdict is ZipVerdict.ENCRYPTED_ZIP else None
 
-    def _first_that_opens(self, locked: LockedTransfer, candidates: list[str]) -> _Opened | None:
+    def _first_that_opens(self, locked: LockedTransfer, candidates: list[str]) -> Opened | None:
         """Decrypt with each candidate in turn; each ZIP is decrypted once, by the candidate that
         proves itself on it (extract_members makes the cheap checks before inflating)."""
         for candidate in candidates:
@@ -166,7 +185,7 @@ class TransferOpener:
                     raise
         return None
 
-    async def _scan(self, opened: _Opened) -> tuple[str, str] | None:
+    async def _scan(self, opened: Opened) -> tuple[str, str] | None:
         for _, result in opened:
             for extracted in result.files:
                 verdict = await self._scanner.scan(extracted.data)
@@ -191,7 +210,7 @@ class TransferOpener:
                 )
 
     def _store(
-        self, locked: LockedTransfer, opened: _Opened, policy: Policy, source: str, now: datetime
+        self, locked: LockedTransfer, opened: Opened, policy: Policy, source: str, now: datetime
     ) -> bool:
         rows: list[ExtractedRow] = []
         try:

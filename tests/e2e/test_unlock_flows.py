@@ -210,3 +210,20 @@ def test_pass_relays_the_password_mail_unchanged_yet_serves_the_files(sink, star
     assert send(running.port, SENDER, [TANAKA], raw)[0] == 250
     assert [m.rcpt_tos for m in sink.wait_for(2)[1:] if m.data == raw] == [[TANAKA]]
     assert "a.txt" in portal(running, f"/d/{link}")[1]
+
+
+def test_scanner_down_defers_a_password_mail_for_two_zips_without_opening_either(
+        tmp_path, sink, start_gateway):
+    running = start_gateway({"scan": {"clamd": f"unix:{tmp_path}/no-clamd.sock"},
+                             "policy": {"sender_receipt": False, "convert": "encrypted-zip"}})
+    for name in ("a.zip", "b.zip"):
+        data = encrypted_zip({name[0] + ".txt": name.encode() * 50}, "same-pass")
+        assert send(running.port, SENDER, [TANAKA], zip_mail([TANAKA], data, name))[0] == 250
+    sink.wait_for(2)
+    running.clock.advance(minutes=1)
+    code, text = send(running.port, SENDER, [TANAKA], password_mail([TANAKA], "same-pass"))
+    assert code == 451 and "4.7.0" in text
+    assert not [e for e in running.db.events() if e.kind.startswith("unlock.")]
+    assert len(sink.messages) == 2, "the password mail waits with the sender's MTA"
+    ordinary = password_mail([TANAKA], "opens-nothing")
+    assert send(running.port, SENDER, [TANAKA], ordinary)[0] == 250, "other mail is not held up"
