@@ -20,7 +20,13 @@ from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
 from gateway.store.unlocks import UnlockStore
 from gateway.unlock.candidates import password_candidates
-from gateway.unlock.opening import LockedTransfer, Opened, OpenOutcome, OpenState, TransferOpener
+from gateway.unlock.opening import (
+    LockedTransfer,
+    Opened,
+    OpenOutcome,
+    OpenState,
+    TransferOpener,
+)
 
 
 @dataclass(frozen=True)
