@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from gateway.store.passwords import verify_password
+from gateway.store.passwords import hash_password, verify_password
 
 log = logging.getLogger("gateway.smtp")
 
@@ -142,6 +143,7 @@ class PasswordFileAuthenticator:
 
     def __init__(self, users: dict[str, str], throttle: AuthFailureThrottle | None = None):
         self._users = users
+        self._decoy = hash_password(secrets.token_urlsafe(16))  # checked for unknown names
         if throttle is None:
             throttle = AuthFailureThrottle(5, timedelta(minutes=10), _utc_now)
         self._throttle = throttle
@@ -157,7 +159,10 @@ class PasswordFileAuthenticator:
         name = auth_data.login.decode("utf-8", "replace")
         password = auth_data.password.decode("utf-8", "replace")
         stored = self._users.get(name)
-        if stored is None or not verify_password(password, stored):
+        # An unknown name costs the same scrypt as a wrong password: the time taken must not
+        # tell which user names exist.
+        matches = verify_password(password, stored if stored is not None else self._decoy)
+        if stored is None or not matches:
             self._throttle.record_failure(key)
             log.info("AUTH failed for client %s", key)
             return AuthResult(success=False, handled=False, message=AUTH_FAILED_REPLY)

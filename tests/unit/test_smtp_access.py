@@ -139,3 +139,15 @@ def test_odd_peers_are_not_allowed_and_do_not_raise(peer):
     assert peer_ip(peer) is None
     assert not RelayAccess([ipaddress.ip_network("0.0.0.0/0")]).client_allowed(peer)
     assert isinstance(client_key(peer), str)
+
+
+def test_an_unknown_user_costs_the_same_scrypt_as_a_wrong_password(users, monkeypatch):
+    """Counted, not timed: the time taken must not tell which user names exist."""
+    authenticator = PasswordFileAuthenticator(users)
+    checked: list[str] = []
+    real = access.verify_password
+    monkeypatch.setattr(access, "verify_password",
+                        lambda pw, stored: checked.append(stored) or real(pw, stored))
+    assert not _try(authenticator, "192.0.2.1", "wrong", login="scanner").success
+    assert not _try(authenticator, "192.0.2.2", "wrong", login="nobody").success
+    assert len(checked) == 2 and all(stored.startswith("scrypt$n=") for stored in checked)
