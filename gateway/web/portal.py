@@ -6,7 +6,8 @@ download notice, if they want one, in the same commit). A transfer that asks for
 only to a visitor who proved with a mailed one-time code (otp.py) to hold the recipient's
 mailbox. Every token is hashed and looked up, well-formed or not, and every refusal looks
 the same as an unknown link where it must. SQLite, scrypt and decryption run in worker
-threads, never on the event loop. The sender's management page is manage.py.
+threads, never on the event loop. The downloads themselves are download_route.py; the
+sender's management page is manage.py.
 """
 
 from __future__ import annotations
@@ -25,25 +26,16 @@ from aiohttp import web
 
 from gateway.config import PortalSettings
 from gateway.pipeline.notice import display_name, human_size
-from gateway.store.blobs import BlobIntegrityError, BlobStore
+from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore, OtpState, TransferControls
 from gateway.store.db import Database, FileRow, LinkRow, PasswordGuardRow, TransferRow
 from gateway.store.outbox import OutboxStore
-from gateway.store.unlocks import UnlockStore
 from gateway.store.passwords import hash_token, verify_password
-from gateway.web.download import (
-    STORAGE_ERRORS,
-    FileSource,
-    PieceSource,
-    ZipSource,
-    close_source,
-    content_disposition,
-    download_name,
-    next_piece,
-    stream_body,
-)
-from gateway.web.i18n import Translator
+from gateway.store.unlocks import UnlockStore
 from gateway.unlock.opening import TransferOpener
+from gateway.web.download import download_name
+from gateway.web.download_route import DownloadRoute
+from gateway.web.i18n import Translator
 from gateway.web.manage import ManagePages
 from gateway.web.otp import VERIFIED_COOKIE, OtpGate, mask_address
 from gateway.web.pages import Pages, client_details, post_problem, read_form
@@ -114,6 +106,7 @@ def build_portal_app(
     portal = Portal(settings, db, blobs, pages, secret, clock, events_hook, controls, outbox,
                     wake)
     codes = OtpGate(portal, controls, outbox, seal, wake)
+    downloads = DownloadRoute(portal, blobs, outbox, wake)
     manage = ManagePages(settings, db, pages, controls, outbox, secret, clock, opener,
                          portal.guesses)
     app = web.Application(middlewares=[make_error_pages(pages)])
@@ -122,8 +115,8 @@ def build_portal_app(
     app.router.add_post("/d/{token}/password", portal.password)
     app.router.add_post("/d/{token}/otp", codes.send)
     app.router.add_post("/d/{token}/otp/verify", codes.verify)
-    app.router.add_post("/d/{token}/f/{file_id}", portal.download_file)
-    app.router.add_post("/d/{token}/all", portal.download_all)
+    app.router.add_post("/d/{token}/f/{file_id}", downloads.download_file)
+    app.router.add_post("/d/{token}/all", downloads.download_all)
     app.router.add_get("/m/{token}", manage.page)
     app.router.add_post("/m/{token}/revoke", manage.revoke)
     app.router.add_post("/m/{token}/extend", manage.extend)
@@ -237,120 +230,6 @@ class Portal:
         alert = Translator(self.pages.locale(request))("password_wrong", left=left)
         return self.landing_page(request, state, 403, alert=alert)
 
-    async def download_file(self, request: web.Request) -> web.StreamResponse:
-        return await self._download(request, request.match_info["file_id"])
-
-    async def download_all(self, request: web.Request) -> web.StreamResponse:
-        return await self._download(request, None)
-
-    # -- downloading ----------------------------------------------------------------------
-
-    async def _download(self, request: web.Request, file_id: str | None) -> web.StreamResponse:
-        target = {"file_id": file_id or "all"}
-        state = await self.resolve(request)
-        if state.refusal:
-            return await self.refuse(request, state, state.refusal, target)
-        assert state.link is not None and state.transfer is not None
-        problem = self.post_problem(request, state.link, await read_form(request))
-        if problem is None:
-            problem = self._missing_proof(request, state)
-        chosen = [f for f in state.files if file_id is None or f.id == file_id]
-        if problem is None and (not chosen or (file_id is None and len(chosen) < 2)):
-            problem = "no_such_file"
-        if problem:
-            return await self.refuse(request, state, problem, target)
-        source, name, length = self._source_for(state.transfer, chosen, file_id is None)
-        noticed = None if file_id is None else chosen[0].display_name
-        try:
-            return await self._serve(request, state, source, name, length, target, noticed)
-        finally:
-            await close_source(source)
-
-    def _source_for(
-        self, transfer: TransferRow, chosen: list[FileRow], as_zip: bool
-    ) -> tuple[PieceSource, str, int | None]:
-        if as_zip:
-            created = transfer.created_at.astimezone(self.pages.timezone)
-            name = f"files-{created:%Y%m%d}.zip"
-            return ZipSource(self._blobs, chosen, created), name, None
-        (file,) = chosen
-        return FileSource(self._blobs, file), download_name(file.display_name), file.size
-
-    async def _serve(
-        self, request: web.Request, state: LinkState, source: PieceSource, name: str,
-        length: int | None, target: dict[str, str], noticed: str | None,
-    ) -> web.StreamResponse:
-        try:
-            first = await next_piece(source)  # a damaged file is found before any byte leaves
-        except STORAGE_ERRORS as error:
-            log.warning("portal: cannot serve %s: %s", target["file_id"], error)
-            reason = "integrity" if isinstance(error, BlobIntegrityError) else "unreadable"
-            return await self.refuse(request, state, "storage", {**target, "error": reason})
-        claimed, notice_queued = await asyncio.to_thread(
-            self._claim, request, state, target, noticed
-        )
-        if not claimed:
-            return await self.refuse(request, state, "limit_reached", target)
-        if notice_queued:
-            self._wake_outbox()
-        self.emit("download", {})
-        response = web.StreamResponse(headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": content_disposition(name),
-        })
-        if length is not None:
-            response.content_length = length
-        try:
-            await response.prepare(request)
-            outcome = await stream_body(request, response, first or b"", source)
-        except ConnectionError:
-            outcome = "client_gone"
-        if outcome != "complete":
-            self.emit("download_aborted", {"reason": outcome})
-            if outcome == "integrity":  # counted as damage found before the first byte is
-                self.emit("refusal", {"reason": "storage"})
-            # Shielded: the client is gone, and a server shutting down must not lose the record.
-            await asyncio.shield(self.audit("download.aborted", request, state,
-                                            {**target, "reason": outcome}))
-        return response
-
-    def _claim(self, request: web.Request, state: LinkState, target: dict[str, str],
-               noticed: str | None) -> tuple[bool, bool]:
-        """Count the download, audit it and queue the sender's notice, in one commit (runs
-        in a worker thread). Returns (counted, notice queued)."""
-        assert state.link is not None
-        now = self.clock()
-        with self.db.transaction():
-            if not self.db.claim_download(state.link.id):
-                return False, False
-            self.db.append_event(
-                "download", now, transfer_id=state.link.transfer_id,
-                link_id=state.link.id, recipient=state.link.recipient,
-                detail={**self.client(request), **target, "outcome": "served"},
-            )
-            return True, self._queue_download_notice(state, noticed, now)
-
-    def _queue_download_notice(self, state: LinkState, noticed: str | None,
-                               now: datetime) -> bool:
-        """Inside the claim's commit: a notice for the sender, if their choice calls for one.
-        `noticed` is the file's name; None means all files as one ZIP."""
-        mode = state.controls.notify_sender if state.controls else "never"
-        if mode == "never":
-            return False
-        assert state.link is not None
-        counted = self.db.link(state.link.id)  # read in the claim's commit: exact
-        first = counted is not None and counted.download_count == 1
-        if mode == "first-download" and not first:
-            return False
-        queued = self._outbox.enqueue(
-            kind="download-notice", now=now, due_at=now, transfer_id=state.link.transfer_id,
-            link_id=state.link.id,
-            payload={"recipient": state.link.recipient, "file": noticed,
-                     "at": now.isoformat(), "first": first},
-            dedupe_key=f"download-notice:first:{state.link.id}" if first else None,
-        )
-        return queued is not None
-
     # -- looking a token up ---------------------------------------------------------------
 
     async def resolve(self, request: web.Request) -> LinkState:
@@ -414,7 +293,7 @@ class Portal:
         cookie = request.cookies.get(SESSION_COOKIE, "")
         return session_valid(self.secret, state.link.id, cookie, self.clock())
 
-    def _missing_proof(self, request: web.Request, state: LinkState) -> str | None:
+    def missing_proof(self, request: web.Request, state: LinkState) -> str | None:
         """Each proof the transfer asks for is needed; neither stands in for the other."""
         if not self.verified(request, state):
             return "verification_required"
