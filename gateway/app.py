@@ -30,11 +30,10 @@ from gateway.ops.metrics import GatewayMetrics
 from gateway.pipeline.deliver import NextHop, make_next_hop
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.notify_step import NoticeQueue
-from gateway.pipeline.unlock_step import PasswordMailUnlocker
-from gateway.unlock.opening import TransferOpener
 from gateway.pipeline.relay import Relay
 from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.pipeline.store_step import TransferWriter
+from gateway.pipeline.unlock_step import PasswordMailUnlocker
 from gateway.scan.clamd import ClamdScanner
 from gateway.smtp.access import (
     AuthFailureThrottle,
@@ -45,11 +44,17 @@ from gateway.smtp.access import (
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.server import start_smtp_server
 from gateway.store.blobs import BlobStore
-from gateway.store.db import Database, MetadataError
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
+from gateway.store.db import Database, MetadataError
+from gateway.store.keys import (
+    DOWNLOAD_PASSWORD_KEY,
+    MasterKeyError,
+    derive_key,
+    load_or_create_master_key,
+)
 from gateway.store.outbox import OutboxStore
-from gateway.store.keys import MasterKeyError, derive_key, load_or_create_master_key
+from gateway.unlock.opening import TransferOpener
 from gateway.web.portal import REFUSAL_STATUS, build_portal_app
 
 log = logging.getLogger("gateway")
@@ -270,6 +275,7 @@ class Gateway:
             outbox=OutboxStore(self.db), controls=ControlsStore(self.db),
             seal=lambda item_id, data: seal_small(master_key, item_id.encode(), data),
             wake_outbox=self.notify_wake.set, opener=self._opener,
+            password_key=derive_key(master_key, DOWNLOAD_PASSWORD_KEY),
         )
         runner, self.portal_port = await start_web(
             app, config.portal.listen_host, config.portal.listen_port

@@ -232,9 +232,8 @@ def cmd_send_sample(args) -> int:
 
 def cmd_serve(args) -> int:
     from gateway.app import Gateway
-    from gateway.log import setup_logging
-
     from gateway.crashpoints import arm
+    from gateway.log import setup_logging
 
     config = _config(args)
     setup_logging()

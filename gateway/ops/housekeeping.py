@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
 from gateway.crashpoints import crash_point
-from gateway.store.blobs import TEMP_PREFIX
-from gateway.store.blobs import BlobStore, StorageError
+from gateway.store.blobs import TEMP_PREFIX, BlobStore, StorageError
 from gateway.store.db import Database
 
 _log = logging.getLogger("gateway.housekeeping")

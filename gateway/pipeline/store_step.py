@@ -15,12 +15,25 @@ from datetime import datetime
 from typing import Iterator
 
 from gateway.crashpoints import crash_point
-from gateway.model import Attachment, Decision, Envelope, IssuedLink, StoredFile, StoredTransfer
+from gateway.model import (
+    Attachment,
+    Decision,
+    Envelope,
+    IssuedLink,
+    StoredFile,
+    StoredTransfer,
+)
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
 from gateway.store.db import Database
-from gateway.store.passwords import generate_password, hash_password, hash_token, new_token
+from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, derive_key
+from gateway.store.passwords import (
+    generate_password,
+    hash_generated_password,
+    hash_token,
+    new_token,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,7 @@ class TransferWriter:
         self._controls = ControlsStore(db)
         self._blobs = blobs
         self._master_key = master_key
+        self._password_key = derive_key(master_key, DOWNLOAD_PASSWORD_KEY)
         self._chunk_size = chunk_size
 
     async def store(
@@ -133,7 +147,7 @@ class TransferWriter:
         if channel != "none":
             # Made here, kept only hashed (to check) and sealed (until the channel has sent it).
             password = generate_password(decision.policy.password_length)
-            password_hash = hash_password(password)
+            password_hash = hash_generated_password(password, self._password_key)
             password_sealed = seal_small(self._master_key, transfer_id.encode(), password.encode())
         self._db.insert_transfer(
             id=transfer_id, fingerprint=facts.fingerprint, message_id=facts.message_id,

@@ -117,6 +117,10 @@ def load_or_create_master_key(path: Path, env_value: str | None, may_create: boo
     return _read_key_file(path)
 
 
+# The purpose of the key that keys the hashes of generated download passwords (passwords.py).
+DOWNLOAD_PASSWORD_KEY = "download password v1"
+
+
 def derive_key(master_key: bytes, purpose: str) -> bytes:
     """A separate 32-byte key for one purpose (e.g. signing portal sessions), so that the
     master key itself only ever wraps data keys."""

@@ -22,7 +22,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.store.blobs import BlobIntegrityError, BlobMissingError, BlobStore, StorageError
+from gateway.store.blobs import (
+    BlobIntegrityError,
+    BlobMissingError,
+    BlobStore,
+    StorageError,
+)
 from gateway.store.db import FileRow
 
 log = logging.getLogger("gateway.web")

@@ -90,13 +90,15 @@ def build_portal_app(
     events_hook: EventsHook | None = None, outbox: OutboxStore | None = None,
     controls: ControlsStore | None = None, seal: Sealer | None = None,
     wake_outbox: Callable[[], None] | None = None, opener: TransferOpener | None = None,
+    password_key: bytes | None = None,
 ) -> web.Application:
     """The portal as an aiohttp application; the caller runs it (web.AppRunner, TCPSite).
 
     `outbox` and `controls` default to repositories over `db`. Without `seal` no one-time
     code can be sent, so links that need one stay closed. `wake_outbox()` (called on the
     event loop) tells the outbox worker that something is due now. Without `opener` the
-    management page offers no unlock form."""
+    management page offers no unlock form. `password_key` checks generated download
+    passwords (keyed hashes); without it only scrypt hashes can match."""
     if len(secret) < 32:
         raise ValueError("the portal secret must be at least 32 bytes")
     pages = Pages(templates_dir, timezone, settings.public_url.startswith("https://"))
@@ -104,7 +106,7 @@ def build_portal_app(
     outbox = OutboxStore(db) if outbox is None else outbox
     wake = wake_outbox or _nothing_to_wake
     portal = Portal(settings, db, blobs, pages, secret, clock, events_hook, controls, outbox,
-                    wake)
+                    wake, password_key)
     codes = OtpGate(portal, controls, outbox, seal, wake)
     downloads = DownloadRoute(portal, blobs, outbox, wake)
     manage = ManagePages(settings, db, pages, controls, outbox, secret, clock, opener,
@@ -163,7 +165,9 @@ class Portal:
         self, settings: PortalSettings, db: Database, blobs: BlobStore, pages: Pages,
         secret: bytes, clock: Callable[[], datetime], events_hook: EventsHook | None,
         controls: ControlsStore, outbox: OutboxStore, wake_outbox: Callable[[], None],
+        password_key: bytes | None = None,
     ):
+        self._password_key = password_key
         self.settings = settings
         self.pages = pages
         self.db = db
@@ -205,7 +209,7 @@ class Portal:
             return await self.refuse(request, state, "locked")
         typed = form.get("password", "")
         correct = len(typed) <= _MAX_PASSWORD_CHARS and await asyncio.to_thread(
-            verify_password, typed, state.transfer.password_hash
+            verify_password, typed, state.transfer.password_hash, self._password_key
         )
         locked_until = await asyncio.to_thread(
             self.db.settle_password_attempt, link_id, correct, now,

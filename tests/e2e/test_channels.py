@@ -39,6 +39,15 @@ def stored_password_hash(running) -> str:
     return transfer.password_hash
 
 
+def password_key(running) -> bytes:
+    """The key of generated-password hashes, as the gateway derives it from its master key."""
+    from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, derive_key, load_or_create_master_key
+
+    storage = running.gateway.config.storage
+    master = load_or_create_master_key(storage.master_key_file, storage.master_key_from_env)
+    return derive_key(master, DOWNLOAD_PASSWORD_KEY)
+
+
 def test_recipient_email_password_arrives_after_the_delay_without_the_link(sink, start_gateway):
     running = start_gateway({"policy": {"password": "recipient-email", "sender_receipt": False}})
     mail = corpus_mail(PPAP)
@@ -55,7 +64,7 @@ def test_recipient_email_password_arrives_after_the_delay_without_the_link(sink,
     for message in password_mails:
         text = body_text(message.data)
         assert not LINK.search(text) and PUBLIC_URL not in text and "/d/" not in text
-        assert verify_password(password_in(text), stored_hash)
+        assert verify_password(password_in(text), stored_hash, password_key(running))
         assert "見積書" in subject(message.data)  # names the mail it belongs to
         assert message.data.count(b"Message-ID: <notice-") == 1
 
@@ -71,7 +80,10 @@ def test_sender_email_password_goes_to_the_sender_only(sink, start_gateway):
     (notice,) = [m for m in sink.wait_for(3) if m not in link_mails]
     assert notice.rcpt_tos == [SENDER]
     text = body_text(notice.data)
-    assert verify_password(password_in(text), stored_password_hash(running))
+    stored = stored_password_hash(running)
+    assert stored.startswith("hmac-sha256$"), "a generated password gets the keyed hash"
+    assert verify_password(password_in(text), stored, password_key(running))
+    assert not verify_password(password_in(text), stored), "useless without the key"
     assert all(r in text for r in mail.rcpt_tos) and not LINK.search(text)
 
 
@@ -143,7 +155,8 @@ def test_webhook_channel_posts_a_signed_password(tmp_path, sink, start_gateway):
     assert [good for good, _ in receiver.calls] == [True, True]
     bodies = [body for _, body in receiver.calls]
     assert sorted(b["recipient"] for b in bodies) == sorted(mail.rcpt_tos)
-    assert all(verify_password(b["password"], stored_password_hash(running)) for b in bodies)
+    key = password_key(running)
+    assert all(verify_password(b["password"], stored_password_hash(running), key) for b in bodies)
     assert len(sink.messages) == 2, "nothing else went by mail"
 
 

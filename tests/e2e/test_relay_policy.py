@@ -8,7 +8,7 @@ import sqlite3
 from email import message_from_bytes, policy
 
 from gateway.store.crypto import open_small
-from gateway.store.keys import load_or_create_master_key
+from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, derive_key, load_or_create_master_key
 from gateway.store.passwords import verify_password
 from tests.e2e.test_relay_corpus import links_in, texts_of
 from tests.support.running import corpus_mail, send, send_corpus
@@ -33,7 +33,8 @@ def test_password_policy_makes_a_password_kept_hashed_and_sealed(sink, start_gat
     storage = running.gateway.config.storage
     master = load_or_create_master_key(storage.master_key_file, None)
     password = open_small(master, row["id"].encode(), row["password_sealed"]).decode()
-    assert len(password) == 12 and verify_password(password, row["password_hash"])
+    key = derive_key(master, DOWNLOAD_PASSWORD_KEY)
+    assert len(password) == 12 and verify_password(password, row["password_hash"], key)
     # the plaintext never sits in the database or in any relayed mail
     for path in storage.data_dir.glob("gateway.sqlite3*"):
         assert password.encode() not in path.read_bytes()

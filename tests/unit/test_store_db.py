@@ -514,3 +514,20 @@ def test_generated_passwords_avoid_look_alike_characters() -> None:
     assert len(generate_password(20)) == 20
     with pytest.raises(ValueError):
         generate_password(0)
+
+
+def test_generated_password_hash_is_keyed_and_useless_without_its_key() -> None:
+    from gateway.store.passwords import hash_generated_password
+
+    key, other = b"k" * 32, b"o" * 32
+    stored = hash_generated_password("Tr0ub4dor&3", key)
+    assert stored.startswith("hmac-sha256$") and "Tr0ub4dor" not in stored
+    assert verify_password("Tr0ub4dor&3", stored, key)
+    assert not verify_password("Tr0ub4dor&4", stored, key)
+    assert not verify_password("Tr0ub4dor&3", stored, other)
+    assert not verify_password("Tr0ub4dor&3", stored), "no key: never a match"
+    assert hash_generated_password("Tr0ub4dor&3", key) != stored, "salted"
+    assert verify_password("ハ\u309aスワート\u3099", hash_generated_password("パスワード", key), key)
+    for broken in ("hmac-sha256$", "hmac-sha256$AAAA$AAAA", "hmac-sha256$!!$" + "A" * 43):
+        assert verify_password("x", broken, key) is False
+    assert verify_password("Tr0ub4dor&3", hash_password("Tr0ub4dor&3"), key), "scrypt still works"
