@@ -11,7 +11,6 @@ event: events name the transfer.
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
@@ -177,9 +176,7 @@ class ManagePages:
         if self._guesses is not None:
             wait = self._guesses.wait(address, self._clock())
             if wait is not None:
-                seconds = max(math.ceil(wait.total_seconds()), 1)
-                return self._pages.error_page(request, 429, message="error_body",
-                                              headers={"Retry-After": str(seconds)})
+                return self._pages.guessing_page(request, wait)
         managed = await asyncio.to_thread(self._resolve, request.match_info["token"], everything)
         if managed is None:
             if self._guesses is not None:

@@ -3,8 +3,9 @@ form, and the same-site check every POST passes before it may change anything.""
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote
@@ -125,6 +126,12 @@ class Pages:
             )
         response.headers.update(headers or {})
         return response
+
+    def guessing_page(self, request: web.Request, wait: timedelta | None) -> web.Response:
+        """429 for a client that has tried too many unknown tokens, for as long as it must wait."""
+        seconds = max(math.ceil(wait.total_seconds()), 1) if wait else 1
+        return self.error_page(request, 429, message="error_body",
+                               headers={"Retry-After": str(seconds)})
 
 
 def _has_valid_token_shape(request: web.Request) -> bool:

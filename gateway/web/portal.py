@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -330,7 +329,8 @@ class Portal:
         if status == 410:
             return self._gone_page(request, state, reason)
         if reason == "guessing":
-            return self._guessing_page(request)
+            wait = self.guesses.wait(self.client(request)["client_ip"], self.clock())
+            return self.pages.guessing_page(request, wait)
         if reason == "locked" and state.link is not None:
             guard = await asyncio.to_thread(self.db.password_guard, state.link.id)
             return self._locked_page(request, state, guard)
@@ -372,12 +372,6 @@ class Portal:
             request, "gone.html", 410, reason=reason, sender=state.transfer.sender,
             expired_at=self.pages.local(state.transfer.expires_at, locale),
         )
-
-    def _guessing_page(self, request: web.Request) -> web.Response:
-        wait = self.guesses.wait(self.client(request)["client_ip"], self.clock())
-        seconds = max(math.ceil(wait.total_seconds()), 1) if wait else 1
-        return self.pages.error_page(request, 429, message="error_body",
-                                     headers={"Retry-After": str(seconds)})
 
     def _locked_page(self, request: web.Request, state: LinkState, guard: PasswordGuardRow
                      ) -> web.Response:
