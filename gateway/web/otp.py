@@ -25,7 +25,6 @@ from aiohttp import web
 from gateway.store.controls import ControlsStore, ResendTooSoon
 from gateway.store.outbox import OutboxStore, new_outbox_id
 from gateway.web.i18n import Translator
-from gateway.web.pages import read_form
 from gateway.web.ratelimit import SlidingWindow, client_key
 from gateway.web.security import make_verified, otp_mac
 
@@ -77,15 +76,10 @@ class OtpGate:
 
     async def send(self, request: web.Request) -> web.StreamResponse:
         portal = self._portal
-        state = await portal.resolve(request)
-        if state.refusal:
-            return await portal.refuse(request, state, state.refusal)
-        assert state.link is not None
-        if not state.verify_recipient:
-            return portal.see_landing(request)
-        problem = portal.post_problem(request, state.link, await read_form(request))
-        if problem:
-            return await portal.refuse(request, state, problem)
+        checked = await portal.checked_post(request, _asks_for_a_code)
+        if isinstance(checked, web.StreamResponse):
+            return checked
+        state, _ = checked
         if self._seal is None:
             log.error("portal: no sealer was given, so no one-time code can be sent")
             return portal.pages.error_page(request, 503, message="otp_unavailable")
@@ -108,16 +102,11 @@ class OtpGate:
 
     async def verify(self, request: web.Request) -> web.StreamResponse:
         portal = self._portal
-        state = await portal.resolve(request)
-        if state.refusal:
-            return await portal.refuse(request, state, state.refusal)
+        checked = await portal.checked_post(request, _asks_for_a_code)
+        if isinstance(checked, web.StreamResponse):
+            return checked
+        state, form = checked
         assert state.link is not None
-        if not state.verify_recipient:
-            return portal.see_landing(request)
-        form = await read_form(request)
-        problem = portal.post_problem(request, state.link, form)
-        if problem:
-            return await portal.refuse(request, state, problem)
         now = portal.clock()
         link_id = state.link.id
         typed = normalize_code(form.get("code", ""))
@@ -212,3 +201,7 @@ class OtpGate:
 
 def _minutes(lifetime: timedelta) -> int:
     return max(1, int(lifetime.total_seconds() // 60))
+
+
+def _asks_for_a_code(state: LinkState) -> bool:
+    return state.verify_recipient

@@ -189,16 +189,13 @@ class Portal:
         return self.landing_page(request, state, 200)
 
     async def password(self, request: web.Request) -> web.StreamResponse:
-        state = await self.resolve(request)
-        if state.refusal:
-            return await self.refuse(request, state, state.refusal)
+        checked = await self.checked_post(
+            request, lambda state: state.transfer.password_hash is not None
+        )
+        if isinstance(checked, web.StreamResponse):
+            return checked
+        state, form = checked
         assert state.link is not None and state.transfer is not None
-        if state.transfer.password_hash is None:
-            return self.see_landing(request)
-        form = await read_form(request)
-        problem = self.post_problem(request, state.link, form)
-        if problem:
-            return await self.refuse(request, state, problem)
         now = self.clock()
         limits = self.settings
         link_id = state.link.id
@@ -274,6 +271,24 @@ class Portal:
         return None if files else "not_active"
 
     # -- what a POST and a download need --------------------------------------------------
+
+    async def checked_post(
+        self, request: web.Request, applies: Callable[[LinkState], bool]
+    ) -> tuple[LinkState, dict[str, str]] | web.StreamResponse:
+        """The link and the form of a POST that passed the same-site and CSRF checks; or the
+        answer instead: the link's refusal, the landing page when the form does not apply to
+        this link (`applies` is False), or the refusal of the POST itself."""
+        state = await self.resolve(request)
+        if state.refusal:
+            return await self.refuse(request, state, state.refusal)
+        assert state.link is not None and state.transfer is not None
+        if not applies(state):
+            return self.see_landing(request)
+        form = await read_form(request)
+        problem = self.post_problem(request, state.link, form)
+        if problem:
+            return await self.refuse(request, state, problem)
+        return state, form
 
     def post_problem(self, request: web.Request, link: LinkRow, form: Mapping[str, str]
                      ) -> str | None:
