@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import html
 import os
-import platform
 import re
 import shlex
 import sys
@@ -30,7 +29,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import version
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -42,13 +40,14 @@ from relay_throughput import (
     ROOT,
     BenchError,
     Child,
-    filesystem_of,
+    machine_line,
     percentile,
     print_profile,
     process_usage,
     spawn,
     usage_since,
     wait_for_line,
+    write_docs,
 )
 
 from gateway.store.blobs import BlobStore
@@ -58,6 +57,7 @@ from gateway.store.passwords import hash_token, new_token
 
 DOCS_BEGIN = "<!-- download_throughput:begin -->"
 DOCS_END = "<!-- download_throughput:end -->"
+PACKAGES = ("aiohttp", "cryptography")  # the versions a run reports
 MiB = 1024 * 1024
 READ_SIZE = 64 * 1024  # the client reads the body in pieces of at most this
 FILE_NAME = "見積書_2026年11月.pdf"
@@ -381,20 +381,10 @@ def summary_lines(phases: list[Phase], args) -> list[str]:
     return lines
 
 
-def machine_line(workdir: Path) -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    return (
-        f"nproc {os.cpu_count()} ({model}), Python {platform.python_version()}, Linux {platform.release()}, "
-        f"aiohttp {version('aiohttp')}, cryptography {version('cryptography')}, "
-        f"temp/data dir on {filesystem_of(workdir)}"
-    )
-
-
 def report(phases: list[Phase], args, argv: list[str], workdir: Path, problems: list[str]) -> str:
     downloads = args.clients * args.rounds
     lines = [
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on: {machine_line(workdir)}.",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on: {machine_line(workdir, PACKAGES)}.",
         "",
         f"Command: `.venv/bin/python bench/download_throughput.py {shlex.join(argv)}`".rstrip() + "  ",
         f"One file of {args.size_mb} MB (random bytes), {args.clients} concurrent clients × "
@@ -412,15 +402,6 @@ def report(phases: list[Phase], args, argv: list[str], workdir: Path, problems: 
     if args.profile is not None:
         lines.insert(0, "(the portal ran under the per-thread profiler: its figures are slowed down)\n")
     return "\n".join(lines)
-
-
-def write_docs(path: Path, block: str) -> None:
-    text = path.read_text()
-    before, begin, rest = text.partition(DOCS_BEGIN)
-    _, end, after = rest.partition(DOCS_END)
-    if not begin or not end:
-        raise BenchError(f"{path} lacks the markers {DOCS_BEGIN} … {DOCS_END}")
-    path.write_text(f"{before}{DOCS_BEGIN}\n{block}\n{DOCS_END}{after}")
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -475,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== portal CPU profile: {args.profile}")
         print_profile(args.profile)
     if args.write_docs is not None:
-        write_docs(args.write_docs, block)
+        write_docs(args.write_docs, block, (DOCS_BEGIN, DOCS_END))
         print(f"\nwrote the generated block of {args.write_docs}")
     if problems:
         print(f"\ndownload_throughput: FAILED, {len(problems)} problem(s) listed above", file=sys.stderr)

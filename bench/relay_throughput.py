@@ -526,13 +526,14 @@ def filesystem_of(path: Path) -> str:
     return f"{best[2]} ({best[0]})"
 
 
-def machine_line(workdir: Path) -> str:
+def machine_line(workdir: Path, packages: tuple[str, ...] = ("aiosmtpd", "aiosmtplib")) -> str:
+    """The machine, Python, the versions of `packages` and the file system a run used."""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "?")
+    versions = "".join(f"{name} {version(name)}, " for name in packages)
     return (
         f"nproc {os.cpu_count()} ({model}), Python {platform.python_version()}, Linux {platform.release()}, "
-        f"aiosmtpd {version('aiosmtpd')}, aiosmtplib {version('aiosmtplib')}, "
-        f"temp/data dir on {filesystem_of(workdir)}"
+        f"{versions}temp/data dir on {filesystem_of(workdir)}"
     )
 
 
@@ -561,13 +562,15 @@ def report(phases: list[Phase], source: MessageSource, args, argv: list[str], wo
     return "\n".join(lines)
 
 
-def write_docs(path: Path, block: str) -> None:
+def write_docs(path: Path, block: str, markers: tuple[str, str] = (DOCS_BEGIN, DOCS_END)) -> None:
+    """Put block between a benchmark's begin and end markers in path (the rest stays)."""
+    begin_marker, end_marker = markers
     text = path.read_text()
-    before, begin, rest = text.partition(DOCS_BEGIN)
-    _, end, after = rest.partition(DOCS_END)
+    before, begin, rest = text.partition(begin_marker)
+    _, end, after = rest.partition(end_marker)
     if not begin or not end:
-        raise BenchError(f"{path} lacks the markers {DOCS_BEGIN} … {DOCS_END}")
-    path.write_text(f"{before}{DOCS_BEGIN}\n{block}\n{DOCS_END}{after}")
+        raise BenchError(f"{path} lacks the markers {begin_marker} … {end_marker}")
+    path.write_text(f"{before}{begin_marker}\n{block}\n{end_marker}{after}")
 
 
 def print_profile(path: Path, top: int = 25) -> None:

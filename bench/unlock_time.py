@@ -34,6 +34,8 @@ import pyzipper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from relay_throughput import write_docs  # noqa: E402  (run from bench/, like the others)
+
 from gateway.model import Envelope  # noqa: E402
 from gateway.pipeline.classify import classify  # noqa: E402
 from gateway.pipeline.policy import decide  # noqa: E402
@@ -146,12 +148,6 @@ def report(size_mb: int, rows: list[tuple[str, float, float]], costs: dict[str, 
     return "\n".join(lines)
 
 
-def write_docs(path: Path, block: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    start, end = text.index(DOCS_BEGIN) + len(DOCS_BEGIN), text.index(DOCS_END)
-    path.write_text(text[:start] + "\n" + block + "\n" + text[end:], encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=20)
@@ -176,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     block = report(args.size_mb, rows, costs, args.rounds, clamd_version.split("/")[0])
     print(block)
     if args.write_docs:
-        write_docs(args.write_docs, block)
+        write_docs(args.write_docs, block, (DOCS_BEGIN, DOCS_END))
     return 0
 
 
