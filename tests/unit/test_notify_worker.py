@@ -7,10 +7,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -25,6 +25,7 @@ from gateway.store.db import Database
 from gateway.store.outbox import OutboxItem, OutboxStore, new_outbox_id
 from tests.support.running import FakeClock
 from tests.support.sink import RecordingSink
+from tests.unit.test_deliver import run  # a fresh loop that always closes the hop
 
 MASTER_KEY = bytes(range(32))
 GATEWAY_FROM = "ppap-gateway@city.example.lg.jp"
@@ -35,7 +36,6 @@ SETTINGS = NotifySettings(
     from_address=GATEWAY_FROM, retry_initial=timedelta(minutes=1), retry_max=timedelta(hours=1),
     max_age=timedelta(days=2), poll_interval=timedelta(seconds=60),
 )
-T = TypeVar("T")
 
 
 class TinyComposer:
@@ -111,14 +111,6 @@ def worker(outbox: OutboxStore, hop: SmtpNextHop, clock: FakeClock, **options: A
     return OutboxWorker(outbox, composer, hop, None, settings, clock, **options)
 
 
-def run(hop: SmtpNextHop, steps: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await steps()
-        finally:
-            await hop.close()
-
-    return asyncio.run(main())
 
 
 def once(outbox: OutboxStore, hop: SmtpNextHop, clock: FakeClock, **options: Any) -> int:
