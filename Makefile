@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test install system-deps check-config bench bench-download bench-load bench-unlock clean
+.PHONY: run test install system-deps check-config fuzz bench bench-download bench-load bench-unlock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,8 @@ check-config: $(STAMP)
 # EICAR-only database; freshclam, which needs the network, is never run); Postfix (with its
 # smtp-source/smtp-sink in /usr/sbin) and swaks for the Postfix and load tests, which run private
 # instances on loopback ports. Postfix is preseeded to "No configuration": the system instance gets
-# no main.cf and is never started or used.
+# no main.cf and is never started or used. 7-Zip (7zz) and libarchive (bsdtar) are the fuzzer's
+# archive readers (tests/fuzz/oracle.py).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
@@ -36,6 +37,8 @@ system-deps:
 	command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || missing="$$missing clamav-daemon clamav"; \
 	command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
 	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
+	command -v 7zz >/dev/null 2>&1 || missing="$$missing 7zip"; \
+	command -v bsdtar >/dev/null 2>&1 || missing="$$missing libarchive-tools"; \
 	[ -z "$$missing" ] || { \
 	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -45,6 +48,11 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# A fuzz campaign against one real gateway (tests/fuzz): FUZZ_SECONDS (default 1200) of mutated
+# PPAP mail; summary and reproducers in test-artifacts/fuzz; exit 1 on any violation.
+fuzz: $(STAMP) system-deps
+	$(BIN)/python -m tests.fuzz --seconds $${FUZZ_SECONDS:-1200} --seed $${FUZZ_SEED:-$$(date +%s)} --out test-artifacts/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_throughput.py
