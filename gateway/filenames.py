@@ -17,7 +17,8 @@ from email.message import Message
 _MAX_HEADER_CHARS = 16 * 1024
 _MAX_EXTENSION_CHARS = 16
 
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+# the charset may be empty or unknown (clients write both): the bytes are then guessed
+_ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([bBqQ])\?([^?\s]*)\?=")
 # Windows labels CP932 "Shift_JIS"; Python's shift_jis codec lacks its extensions (①, ㈱, ...).
 _SHIFT_JIS_NAMES = frozenset(
     {"shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "csshiftjis", "windows-31j", "ms932"}
@@ -36,6 +37,15 @@ def attachment_filename(part: Message) -> str:
         if name:
             return name
     return ""
+
+
+def header_value(message: Message, name: str) -> str:
+    """A header decoded for display: RFC 2047 words leniently (unknown or empty charsets
+    guessed), raw 8-bit bytes as UTF-8 or CP932; never raises, never leaves surrogates."""
+    text = _header_text(message, name)
+    if "=?" in text:
+        text = decode_encoded_words(text)
+    return clean_text(text)
 
 
 def has_filename_parameter(part: Message) -> bool:

@@ -70,7 +70,7 @@ class MessageLogger:
         fields = {
             "queue_id": txid,
             "client": envelope.peer,
-            "from": envelope.mail_from,
+            "from": envelope.mail_from or "<>",  # the null sender, written as Postfix logs it
             "department": outcome.department,
             "rcpt": len(envelope.rcpt_tos),
             "internal": outcome.internal,

@@ -15,7 +15,7 @@ from datetime import datetime
 class Envelope:
     """What the SMTP client told us, apart from the content."""
 
-    mail_from: str
+    mail_from: str  # "" is the null sender (MAIL FROM:<>): bounces, reports, auto-replies
     rcpt_tos: tuple[str, ...]
     peer: str = ""
     helo: str = ""
@@ -61,6 +61,26 @@ class ContainerReport:
     reason: str = ""  # for the log: what was seen, or why the structure could not be read
 
 
+class Finding(enum.IntEnum):
+    """What a look into a file's content found, ordered by weight: a file's finding is the
+    heaviest of what it holds."""
+
+    CLEAN = 0
+    OPAQUE = 1  # encrypted to a recipient's key (S/MIME, OpenPGP): unreadable by anyone else
+    UNINSPECTABLE = 2  # a container that cannot be opened here: held back like an encrypted one
+    ENCRYPTED = 3  # an encrypted archive or a password-protected file
+
+
+@dataclass(frozen=True)
+class ContentReport:
+    finding: Finding
+    reason: str = ""  # for the log and the notes: what was found and where (ASCII)
+
+    @property
+    def clean(self) -> bool:
+        return self.finding is Finding.CLEAN
+
+
 @dataclass(frozen=True)
 class Attachment:
     """One leaf MIME part that carries a file.
@@ -76,6 +96,11 @@ class Attachment:
     zip: ZipReport
     inside_rfc822: bool = False
     container: ContainerReport | None = None  # filled for attachments that are not ZIPs
+    # What a look into its content found (an encrypted archive anywhere in it, or something
+    # that cannot be opened); None when the message was not inspected that deeply.
+    content: ContentReport | None = None
+    inside_signed: bool = False  # a genuine S/MIME or PGP signature covers this part
+    in_body: bool = False  # body text (not a file) that carries a file in its text
 
     @property
     def size(self) -> int:
@@ -85,11 +110,18 @@ class Attachment:
 @dataclass(frozen=True)
 class Classification:
     attachments: tuple[Attachment, ...]
-    # multipart/signed, application/pkcs7-mime, multipart/encrypted: passes unchanged by default
-    signed_or_encrypted: bool = False
-    # the message could not be parsed as MIME at all (it then passes unchanged)
-    unparseable: bool = False
+    # a genuine S/MIME or PGP/MIME signature covers some of the message
+    signed: bool = False
+    # parts genuinely encrypted to a recipient's key (S/MIME, OpenPGP): why, for the policy
+    opaque: tuple[str, ...] = ()
+    # why the message cannot be inspected even though it parses (a message/partial fragment,
+    # an encrypted archive outside any part): refused when it goes out
+    uninspectable: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+    @property
+    def signed_or_encrypted(self) -> bool:
+        return self.signed or bool(self.opaque)
 
 
 class Action(enum.Enum):
@@ -105,12 +137,21 @@ class RecipientDecision:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why the whole message is refused (always a 5xx: resending the same mail cannot help)."""
+
+    enhanced: str  # RFC 3463 code, e.g. "5.7.0"
+    text: str  # ASCII, for the sender's bounce
+
+
+@dataclass(frozen=True)
 class Decision:
     department: str
     policy: "object"  # gateway.config.Policy; typed loosely to keep model free of config
     recipients: tuple[RecipientDecision, ...]
     to_convert: tuple[Attachment, ...]  # the parts that leave as a link
-    reason: str  # short word for the log: "pass", "convert", "internal", "signed", ...
+    reason: str  # short word for the log: "pass", "convert", "internal", "refused", ...
+    refusal: Refusal | None = None
 
     @property
     def converting(self) -> bool:

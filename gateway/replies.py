@@ -11,6 +11,8 @@ import errno
 import sqlite3
 from dataclasses import dataclass
 
+from gateway.containers.base import InspectionLimit, InspectionTimedOut
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -45,6 +47,9 @@ NUL_DOT_LINE = Reply(554, "5.6.0", "A line of a dot and NUL characters is refuse
 MIME_OVER_LIMITS = Reply(554, "5.6.0", "MIME structure exceeds limits")
 HEADER_OVER_LIMITS = Reply(552, "5.3.4", "Message header exceeds limits")
 DATA_IN_FLIGHT_FULL = Reply(451, "4.3.2", "Too much mail in transit, try again later")
+NUL_IN_MESSAGE = Reply(554, "5.6.0", "NUL characters are not allowed in mail (RFC 5322)")
+CANNOT_INSPECT = Reply(554, "5.6.0", "Message cannot be inspected")
+INSPECTION_TIMED_OUT = Reply(451, "4.3.0", "Content inspection did not finish, try again later")
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -74,6 +79,10 @@ def _is_storage_trouble(error: BaseException) -> bool:
     return isinstance(error, (StorageError, MetadataError, MasterKeyError, sqlite3.Error, PermissionError))
 
 
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
+
+
 def reply_for_exception(error: BaseException) -> Reply:
     """Most specific first; the default is 451 4.3.0.
 
@@ -89,9 +98,14 @@ def reply_for_exception(error: BaseException) -> Reply:
 
     if isinstance(error, RewriteError):
         return CANNOT_CONVERT
+    if isinstance(error, InspectionLimit):
+        return Reply(CANNOT_INSPECT.code, CANNOT_INSPECT.enhanced,
+                     f"{CANNOT_INSPECT.text}: {_ascii(error.reason)}")
+    if isinstance(error, InspectionTimedOut):
+        return INSPECTION_TIMED_OUT
     if isinstance(error, StructureLimitExceeded):
         limit = HEADER_OVER_LIMITS if isinstance(error, HeaderLimitExceeded) else MIME_OVER_LIMITS
-        return Reply(limit.code, limit.enhanced, f"{limit.text}: {error.reason}")
+        return Reply(limit.code, limit.enhanced, f"{limit.text}: {_ascii(error.reason)}")
     if isinstance(error, UnparseableMessage):
         return CANNOT_PARSE
     causes = _causes(error)

@@ -93,14 +93,20 @@ def _refused_message(item: OutboxItem) -> TransferRow:
     )
 
 
+_ENCODED_WORD_START = re.compile(r"=\?(?=[^?\s]*\?[bBqQ]\?)")
+
+
 def one_line(text: str, limit: int = _MAX_TEXT) -> str:
     """Stored text made safe for a header or a body line: no line breaks, controls or bidi
     overrides, runs of blanks collapsed, at most `limit` characters."""
     kept = "".join(
-        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else
+        "\ufffd" if unicodedata.category(ch) == "Cs" else ch  # a lone surrogate cannot be sent
         for ch in text if ch not in _BIDI_CONTROLS
     )
-    kept = " ".join(kept.split())
+    # What still reads as an RFC 2047 word would be decoded again by the header parser (and
+    # an unknown charset then cannot be written out): a space keeps it literal text.
+    kept = " ".join(_ENCODED_WORD_START.sub("= ?", kept).split())
     return kept if len(kept) <= limit else kept[: limit - 1] + "…"
 
 

@@ -1,144 +1,186 @@
-"""Find every file a message carries and say, from its bytes, whether it is an encrypted ZIP
-(or another encrypted container: 7z, Office, PDF) and whether a ZIP holds ZIPs.
+"""Find every file a message carries and say, from its bytes, whether it holds an encrypted
+archive (or another encrypted container: 7z, RAR, Office, PDF, OpenPGP) anywhere in it.
 
-Names and Content-Types are reported but never trusted for the verdict: every attachment's
-bytes go through inspect_zip, and those that are no ZIP through inspect_container, so an
-encrypted ZIP called report.pdf or an encrypted .docx sent as octet-stream is still found.
+Names, Content-Types and transfer-encoding labels are reported but never trusted for the
+verdict: every leaf of the MIME tree — body text, reports and unparsed wrappers included —
+is decoded as leniently as clients do and looked into by gateway.containers.contents, which
+opens whatever can hide a file. A leaf that holds an encrypted archive is an attachment to
+convert whatever its type; a message the inspection cannot cover raises the limit's error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
-from email.errors import InvalidBase64LengthDefect
 from email.message import Message
 
 from gateway.containers import inspect_container, nested_zip_names
-from gateway.filenames import (
-    attachment_filename,
-    decode_base64_leniently,
-    has_filename_parameter,
-)
-from gateway.model import Attachment, Classification, ZipVerdict
+from gateway.containers.base import InspectionLimit
+from gateway.containers.contents import ContentInspector, InspectionLimits
+from gateway.filenames import attachment_filename, has_filename_parameter
+from gateway.model import Attachment, Classification, ContentReport, Finding, ZipVerdict
+from gateway.pipeline.leaves import Leaf, LeafKind, walk_leaves
 from gateway.pipeline.parse import (
-    MAX_DEPTH,
-    MimeLimitExceeded,
     MimeLimits,
+    StructureLimitExceeded,
+    UnparseableMessage,
     check_limits,
-    children,
     parse_message,
-    walk_with_paths,
 )
 from gateway.zipinspect import inspect_zip
 
-# PGP/MIME (RFC 3156) and S/MIME (RFC 8551): changing such a message would break it
-SIGNED_OR_ENCRYPTED_TYPES = frozenset(
-    {
-        "multipart/signed",
-        "multipart/encrypted",
-        "application/pkcs7-mime",
-        "application/x-pkcs7-mime",
-    }
-)
 BODY_TEXT_TYPES = frozenset({"text/plain", "text/html"})
 _MAX_NOTES = 20
+_SEALED = ContentReport(Finding.ENCRYPTED, "S/MIME or PGP message encrypted with a password")
+_FRAGMENT = "a message/partial fragment (its other pieces travel in other mails)"
+_UNINSPECTED_CMS_LIMIT = 64 * 1024 * 1024
 
 
-def parse_and_classify(raw: bytes, limits: MimeLimits) -> tuple[Message, Classification]:
-    """Check the limits on the raw bytes, then parse and classify. Over a header limit, or over
-    a MIME limit with action "reject", the typed error propagates (its reply is in
-    gateway.replies); over a MIME limit with "pass", the message is left unparsed and is
-    reported as having nothing to convert, so it leaves byte for byte as it came."""
-    try:
-        check_limits(raw, limits)
-    except MimeLimitExceeded as error:
-        if limits.action != "pass":
-            raise
-        note = f"mime limit: {error.reason}; passed unchanged"
-        return Message(), Classification(attachments=(), unparseable=True, notes=(note,))
+def content_inspector(limits: MimeLimits, inspection: InspectionLimits) -> ContentInspector:
+    """A fresh inspector (one budget) for one message; attached mail is walked as the
+    message itself is."""
+    return ContentInspector(inspection, _MessageOpener(limits).pieces)
+
+
+def parse_and_classify(
+    raw: bytes, limits: MimeLimits, inspector: ContentInspector | None = None
+) -> tuple[Message, Classification]:
+    """Check the structure limits on the raw bytes, parse, and classify. Over a limit the
+    typed error propagates (its reply is in gateway.replies). With an inspector, every
+    leaf's content is looked into; without, only the attachments' own bytes are judged (for
+    mail that no recipient outside receives)."""
+    check_limits(raw, limits)
     message = parse_message(raw)
-    return message, classify(message)
+    return message, classify(message, limits, inspector)
 
 
-def classify(root: Message) -> Classification:
-    """List the attachments of a parsed message with their ZIP verdicts."""
+def classify(
+    root: Message, limits: MimeLimits = MimeLimits(), inspector: ContentInspector | None = None
+) -> Classification:
+    """List the attachments of a parsed message with their verdicts; with an inspector,
+    every leaf's content is looked into as well."""
     attachments: list[Attachment] = []
     notes: list[str] = []
-    signed_or_encrypted = False
-    # path of each container → whether what it holds is inside an attached message; kept
-    # here because asking is_inside_rfc822 per part would be quadratic in very wide trees
-    holds_rfc822_content: dict[tuple[int, ...], bool] = {}
-    for path, part in walk_with_paths(root):
-        content_type = part.get_content_type()
-        signed_or_encrypted = signed_or_encrypted or content_type in SIGNED_OR_ENCRYPTED_TYPES
-        inside_rfc822 = bool(path) and holds_rfc822_content[path[:-1]]
-        if part.is_multipart():
-            holds_rfc822_content[path] = inside_rfc822 or content_type == "message/rfc822"
-        notes.extend(_structure_notes(path, part))
-        if _is_attachment(part):
-            attachment = _attachment(path, part, inside_rfc822)
+    signed = False
+    opaque: list[str] = []
+    uninspectable: list[str] = []
+    for leaf in _leaves(root, limits, inspector):
+        signed = signed or leaf.inside_signed
+        if leaf.kind is LeafKind.SIGNATURE:
+            continue
+        if leaf.kind is LeafKind.OPAQUE:
+            opaque.append(f"{_where(leaf.path)}: encrypted to the recipient's key")
+            continue
+        if leaf.kind is LeafKind.FRAGMENT:
+            uninspectable.append(f"{_where(leaf.path)}: {_FRAGMENT}")
+            continue
+        report = _inspected(inspector, leaf)
+        if leaf.kind is LeafKind.OUTSIDE:
+            if report is not None and not report.clean:
+                uninspectable.append(f"{_where(leaf.path)}: {report.reason} in its {leaf.where}")
+            continue
+        if report is not None and report.finding is Finding.OPAQUE:
+            opaque.append(f"{_where(leaf.path)}: {report.reason}")
+        if leaf.kind is LeafKind.SEALED or _carries_file(leaf.part, report):
+            attachment = _attachment(leaf, report)
             attachments.append(attachment)
             if attachment.zip.nested_zip_names:
-                notes.append(f"double-zip: {attachment.filename or _where(path)}")
-        notes.extend(_defect_notes(path, part))  # after decoding, which records bad base64
+                notes.append(f"double-zip: {attachment.filename or _where(leaf.path)}")
+        notes.extend(_defect_notes(leaf.path, leaf.part))
     return Classification(
         attachments=tuple(attachments),
-        signed_or_encrypted=signed_or_encrypted,
+        signed=signed,
+        opaque=tuple(opaque),
+        uninspectable=tuple(uninspectable),
         notes=_bounded(notes),
     )
 
 
-def _is_attachment(part: Message) -> bool:
-    """A leaf part that is not body text (text/plain or text/html, unnamed, not 'attachment')."""
-    if part.is_multipart() or part.get_content_maintype() in ("multipart", "message"):
+def _leaves(root: Message, limits: MimeLimits, inspector: ContentInspector | None):
+    # without an inspector nothing is charged: CMS compression is still bounded, by the
+    # largest message we accept
+    remaining = inspector.remaining if inspector is not None else _UNINSPECTED_CMS_LIMIT
+    return walk_leaves(root, max_depth=limits.max_depth, max_parts=limits.max_parts,
+                       max_output=remaining)
+
+
+def _inspected(inspector: ContentInspector | None, leaf: Leaf) -> ContentReport | None:
+    if leaf.kind is LeafKind.SEALED:
+        return _SEALED
+    if inspector is None:
+        return None
+    report = inspector.inspect(leaf.data)
+    if leaf.also_raw and report.finding is not Finding.ENCRYPTED:
+        raw = inspector.inspect(leaf.also_raw)
+        report = raw if raw.finding > report.finding else report
+    return report
+
+
+def _carries_file(part: Message, report: ContentReport | None) -> bool:
+    """A file: named, marked as an attachment, not body text — or anything holding one."""
+    if report is not None and report.finding in (Finding.ENCRYPTED, Finding.UNINSPECTABLE):
+        return True
+    if part.get_content_maintype() in ("multipart", "message"):
         return False
     if part.get_content_disposition() == "attachment" or has_filename_parameter(part):
         return True
     return part.get_content_type() not in BODY_TEXT_TYPES
 
 
-def _attachment(path: tuple[int, ...], part: Message, inside_rfc822: bool) -> Attachment:
-    data = _transfer_decoded(part)
-    report = inspect_zip(data)
+def _attachment(leaf: Leaf, report: ContentReport | None) -> Attachment:
+    data = leaf.data
+    zip_report = inspect_zip(data)
     container = None
-    if report.verdict is ZipVerdict.NOT_ZIP:
+    if zip_report.verdict is ZipVerdict.NOT_ZIP:
         container = inspect_container(data)
     else:
-        report = replace(report, nested_zip_names=nested_zip_names(data, report))
+        zip_report = replace(zip_report, nested_zip_names=nested_zip_names(data, zip_report))
+    part = leaf.part
+    is_body = not part.is_multipart() and part.get_content_type() in BODY_TEXT_TYPES and not (
+        part.get_content_disposition() == "attachment" or has_filename_parameter(part))
     return Attachment(
-        path=path,
+        path=leaf.path,
         filename=attachment_filename(part),
         content_type=part.get_content_type(),
         data=data,
-        zip=report,
-        inside_rfc822=inside_rfc822,
+        zip=zip_report,
+        inside_rfc822=leaf.inside_rfc822,
         container=container,
+        content=report,
+        inside_signed=leaf.inside_signed,
+        in_body=is_body,
     )
 
 
-def _transfer_decoded(part: Message) -> bytes:
-    defects_before = len(part.defects)
-    payload = part.get_payload(decode=True)
-    if any(isinstance(d, InvalidBase64LengthDefect) for d in part.defects[defects_before:]):
-        # here the stdlib hands back the base64 text itself; mail clients decode what is
-        # whole, so a cut-off encrypted ZIP must be judged on those bytes
-        raw = part.get_payload()
-        if isinstance(raw, str):
-            return decode_base64_leniently(raw.encode("ascii", "surrogateescape"))
-    return payload if isinstance(payload, bytes) else b""
+class _MessageOpener:
+    """How the content inspector looks into a message found inside a file: the same limits,
+    the same walk; what cannot be walked is a finding, not a reason to refuse the outer mail."""
 
+    def __init__(self, limits: MimeLimits):
+        self._limits = limits
 
-def _structure_notes(path: tuple[int, ...], part: Message) -> list[str]:
-    where = _where(path)
-    notes: list[str] = []
-    if len(path) >= MAX_DEPTH and children(part):
-        notes.append(f"{where}: depth limit {MAX_DEPTH} reached, deeper parts not inspected")
-    if part.get_content_maintype() in ("multipart", "message") and not part.is_multipart():
-        notes.append(f"{where}: {part.get_content_type()} without parseable parts")
-    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
-    if part.get_content_type() == "message/rfc822" and encoding in ("base64", "quoted-printable"):
-        # the parser reads the encoded text as the message, so files inside stay unseen
-        notes.append(f"{where}: message/rfc822 in {encoding}, its contents not inspected")
-    return notes
+    def pieces(self, data: bytes, remaining: int) -> Iterator[bytes | ContentReport]:
+        try:
+            check_limits(data, self._limits)
+            message = parse_message(data)
+            leaves = list(walk_leaves(message, max_depth=self._limits.max_depth,
+                                      max_parts=self._limits.max_parts, max_output=remaining))
+        except (StructureLimitExceeded, UnparseableMessage) as problem:
+            yield ContentReport(Finding.UNINSPECTABLE, f"attached message: {problem}")
+            return
+        except InspectionLimit:
+            raise
+        for leaf in leaves:
+            if leaf.kind in (LeafKind.CONTENT, LeafKind.OUTSIDE):
+                yield leaf.data
+                if leaf.also_raw:
+                    yield leaf.also_raw
+            elif leaf.kind is LeafKind.OPAQUE:
+                yield ContentReport(Finding.OPAQUE, "attached message encrypted to a key")
+            elif leaf.kind is LeafKind.SEALED:
+                yield _SEALED
+            elif leaf.kind is LeafKind.FRAGMENT:
+                yield ContentReport(Finding.UNINSPECTABLE, f"attached {_FRAGMENT}")
 
 
 def _defect_notes(path: tuple[int, ...], part: Message) -> list[str]:

@@ -9,14 +9,20 @@ index 0), so a stage can name a part without holding a reference into someone el
 
 from __future__ import annotations
 
+import binascii
 import email.policy
+from email import errors
 import functools
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesParser
 from typing import TYPE_CHECKING
+
+from gateway.filenames import decode_base64_leniently
 
 if TYPE_CHECKING:
     from gateway.config import SmtpSettings
@@ -74,6 +80,88 @@ def part_at(root: Message, path: tuple[int, ...]) -> Message:
     return part
 
 
+# --- a part's body, as it arrived and as clients decode it --------------------------------
+
+IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
+_UU_ENCODINGS = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+_BODY_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=None)
+
+
+def transfer_encoding(part: Message) -> str:
+    """The Content-Transfer-Encoding as lenient clients read it: ' BASE64 ', '"base64"' and
+    'base64; x' all name base64; no header is ''."""
+    value = str(part.get("content-transfer-encoding", "")).strip().strip('"').lower()
+    words = value.replace(";", " ").split()
+    return words[0] if words else ""
+
+
+def body_bytes(part: Message) -> bytes:
+    """The part's body before transfer decoding. A multipart or message/* part that the parser
+    opened is written back (CRLF) without its own header, so nothing it holds is lost."""
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        return text_bytes(payload)
+    if isinstance(payload, bytes):
+        return payload
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, mangle_from_=False, policy=_BODY_POLICY).flatten(part)
+    whole = buffer.getvalue()
+    end = whole.find(b"\r\n\r\n")
+    return whole[end + 4:] if end >= 0 else whole
+
+
+def header_bytes(part: Message) -> bytes:
+    """The part's header section as text, one field a line (folding kept)."""
+    return b"\r\n".join(
+        text_bytes(f"{name}: {value}") for name, value in part.items()
+    )
+
+
+def text_bytes(text: str) -> bytes:
+    """compat32 hands bodies over as str holding the raw bytes (8-bit ones as surrogates);
+    anything wider came from a decoded header and is taken as UTF-8."""
+    try:
+        return text.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+
+
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
+_PADDING_TAIL = re.compile(rb"=[=\s]*\Z")
+
+
+def _base64_body(part: Message, raw: bytes) -> bytes:
+    """Base64 decoded as clients do, noting what the standard library's decoder would have:
+    stray characters (skipped) and a length that leaves a lone character (dropped). Padding
+    in the middle does not stop it. Large attachments take the fast path, copying nothing."""
+    if _NOT_BASE64.search(raw):
+        part.defects.append(errors.InvalidBase64CharactersDefect())
+    first_padding = raw.find(b"=")
+    if first_padding < 0 or _PADDING_TAIL.match(raw, first_padding):
+        try:
+            return binascii.a2b_base64(raw)  # skips line ends and stray characters itself
+        except binascii.Error:
+            pass  # a lone last character, or missing padding: the lenient way below
+    if len(re.sub(rb"[^A-Za-z0-9+/]", b"", raw)) % 4 == 1:
+        part.defects.append(errors.InvalidBase64LengthDefect())
+    return decode_base64_leniently(raw)
+
+
+def decoded_body(part: Message) -> bytes:
+    """The body decoded from its transfer encoding as leniently as mail clients do: base64
+    with stray characters ignored, quoted-printable, uuencode; any other label as it is."""
+    raw = body_bytes(part)
+    encoding = transfer_encoding(part)
+    if encoding == "base64":
+        return _base64_body(part, raw)
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(raw)
+    if encoding in _UU_ENCODINGS and isinstance(part.get_payload(), str):
+        decoded = part.get_payload(decode=True)
+        return decoded if isinstance(decoded, bytes) else raw
+    return raw
+
+
 # --- structure limits, checked on the raw bytes before the parser sees them ---------------
 #
 # The standard library's parser recurses once per nesting level (a 1000-deep multipart ends in
@@ -94,12 +182,11 @@ class MimeLimits:
     max_parts: int = 1000
     max_header_line: int = 8192  # bytes in one physical line of the message's header section
     max_header_fields: int = 1000
-    action: str = "reject"  # what a MIME structure over the limits gets: "reject" | "pass"
 
     @classmethod
     def from_settings(cls, smtp: SmtpSettings) -> MimeLimits:
         return cls(smtp.max_mime_depth, smtp.max_mime_parts, smtp.max_header_line,
-                   smtp.max_header_fields, smtp.mime_limit_action)
+                   smtp.max_header_fields)
 
 
 class StructureLimitExceeded(ValueError):
@@ -111,7 +198,7 @@ class StructureLimitExceeded(ValueError):
 
 
 class MimeLimitExceeded(StructureLimitExceeded):
-    """Nested too deep or too many parts (554 5.6.0, or passed unchanged by policy)."""
+    """Nested too deep, too many parts, or a part header too long (554 5.6.0)."""
 
 
 class HeaderLimitExceeded(StructureLimitExceeded):
@@ -193,7 +280,9 @@ class _MimeScan:
                 raise MimeLimitExceeded(f"more than {self._limits.max_parts} MIME parts")
             if len(self._stack) > self._limits.max_depth:
                 raise MimeLimitExceeded(f"MIME nesting deeper than {self._limits.max_depth}")
-            # the message's own headers are read whole; a part's only as far as the window
+            # the message's own headers are read whole; a part's only as far as the window,
+            # and a part whose headers run past it is refused: what lies below them (its type,
+            # its boundary, its parts) would go unseen here while the parser reads it
             window = len(self._raw) if start == 0 else _PART_HEADER_WINDOW
             end, body = self._part_bounds(start, min(len(self._raw), start + window))
             content_type, boundary = _content_type(self._raw[start:end], default_type)
@@ -217,6 +306,10 @@ class _MimeScan:
         delimiter = self._raw.find(b"\n--", start, end)
         if delimiter >= 0:
             return delimiter + 1, delimiter + 1
+        if end == stop < len(self._raw):  # no end of the headers inside the window
+            raise MimeLimitExceeded(
+                f"a MIME part header longer than {_PART_HEADER_WINDOW // 1024} KiB"
+            )
         return end, (self._body_start(end) if end < stop else stop)
 
     def _body_start(self, header_end: int) -> int:
@@ -254,5 +347,9 @@ def _content_type(section: bytes, default_type: str) -> tuple[str, bytes | None]
         boundary = header.get_boundary()
         encoded = boundary.encode("ascii", "surrogateescape") if boundary else None
     except _STDLIB_PARSER_CRASHES:  # the parser fails on this header too: UnparseableMessage
+        encoded = None
+    except UnicodeEncodeError:
+        # an RFC 2231 boundary that decodes to non-ASCII: the feedparser compares it with lines
+        # read as ASCII, so it never matches and the part stays one unparsed body
         encoded = None
     return header.get_content_type(), encoded

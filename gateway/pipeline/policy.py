@@ -6,8 +6,10 @@ envelope and the classification; output: a Decision.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fnmatch import fnmatchcase
 
+from gateway.addresses import domain_of, is_plain_mailbox
 from gateway.config import Config, Policy
 from gateway.model import (
     Action,
@@ -15,7 +17,9 @@ from gateway.model import (
     Classification,
     Decision,
     Envelope,
+    Finding,
     RecipientDecision,
+    Refusal,
     ZipVerdict,
 )
 
@@ -23,10 +27,6 @@ DEFAULT_DEPARTMENT = "default"
 
 # A ZIP we cannot read is kept from travelling like an encrypted one: it may well be one.
 _BLOCKED_VERDICTS = (ZipVerdict.ENCRYPTED_ZIP, ZipVerdict.CORRUPT_ZIP)
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
 def sender_matches(matcher: str, address: str) -> bool:
@@ -39,6 +39,11 @@ def sender_matches(matcher: str, address: str) -> bool:
 
 
 def is_internal(config: Config, address: str) -> bool:
+    """Only a plain mailbox in an internal domain: an address the next hop could route on
+    elsewhere (`user%other@dom`, `"user@other"@dom`, `other!user@dom`, `user@[192.0.2.1]`)
+    is external, whatever its domain says."""
+    if not is_plain_mailbox(address):
+        return False
     domain = domain_of(address)
     for internal in config.gateway.internal_domains:
         if internal.startswith("*.") or internal.startswith("."):
@@ -59,11 +64,23 @@ def department_policy(config: Config, name: str) -> Policy:
 
 
 def department_for(config: Config, sender: str) -> tuple[str, Policy]:
-    """First matching department wins, else the default policy."""
+    """First matching department wins, else the default policy. The null sender (bounces,
+    reports) belongs to no one: the default policy, whatever a "*" matcher says."""
+    if not sender:
+        return DEFAULT_DEPARTMENT, config.policy
     for department in config.departments:
         if any(sender_matches(m, sender) for m in department.senders):
             return department.name, department.policy
     return DEFAULT_DEPARTMENT, config.policy
+
+
+def needs_inspection(config: Config, envelope: Envelope) -> bool:
+    """Whether the message's files must be looked into: some copy leaves the organisation
+    under a policy that converts anything."""
+    _, policy = department_for(config, envelope.mail_from)
+    if policy.convert == "none":
+        return False
+    return not all(is_internal(config, r) for r in envelope.rcpt_tos)
 
 
 def attachments_to_convert(policy: Policy, classification: Classification) -> tuple[Attachment, ...]:
@@ -75,10 +92,23 @@ def attachments_to_convert(policy: Policy, classification: Classification) -> tu
 
 
 def _needs_password(attachment: Attachment) -> bool:
-    """An encrypted (or unreadable) ZIP, or an encrypted 7z, Office document or PDF."""
+    """An encrypted (or unreadable) ZIP, an encrypted 7z, RAR, Office document, PDF or OpenPGP
+    message anywhere in it, or a container that cannot be opened to find out."""
     if attachment.zip.verdict in _BLOCKED_VERDICTS:
         return True
-    return attachment.container is not None and attachment.container.encrypted
+    if attachment.container is not None and attachment.container.encrypted:
+        return True
+    content = attachment.content
+    return content is not None and content.finding in (Finding.ENCRYPTED, Finding.UNINSPECTABLE)
+
+
+# Refusals, in the words the sender's bounce will carry (ASCII).
+SIGNED_ARCHIVE = Refusal(
+    "5.7.0", "Encrypted archive inside a signed message: converting it would break the "
+    "signature; send the file unencrypted or the message unsigned")
+ENCRYPTED_MAIL = Refusal(
+    "5.7.0", "Encrypted message (S/MIME or OpenPGP): its contents cannot be checked for "
+    "password-protected files")
 
 
 def decide(config: Config, envelope: Envelope, classification: Classification) -> Decision:
@@ -89,15 +119,31 @@ def decide(config: Config, envelope: Envelope, classification: Classification) -
         recipients = tuple(RecipientDecision(r, internal[r], Action.PASS) for r in envelope.rcpt_tos)
         return Decision(department, policy, recipients, (), reason)
 
-    if classification.signed_or_encrypted and not policy.convert_signed:
-        return all_pass("signed")
+    def refuse(refusal: Refusal) -> Decision:
+        return replace(all_pass("refused"), refusal=refusal)
+
     to_convert = attachments_to_convert(policy, classification)
-    if not to_convert:
+    if policy.convert == "none":
         return all_pass("pass")
     if all(internal.values()):
-        return all_pass("internal")
+        return all_pass("internal" if to_convert else "pass")
+    # From here on some recipient is outside: what cannot be inspected does not go out.
+    if classification.uninspectable:
+        return refuse(Refusal("5.6.0", f"Message cannot be inspected: "
+                                       f"{_ascii(classification.uninspectable[0])}"))
+    if any(a.inside_signed for a in to_convert) and not policy.convert_signed:
+        return refuse(SIGNED_ARCHIVE)
+    if classification.opaque and policy.encrypted_mail == "refuse":
+        return refuse(ENCRYPTED_MAIL)
+    if not to_convert:
+        return all_pass("encrypted" if classification.opaque else
+                        "signed" if classification.signed else "pass")
     recipients = tuple(
         RecipientDecision(r, internal[r], Action.PASS if internal[r] else Action.CONVERT)
         for r in envelope.rcpt_tos
     )
     return Decision(department, policy, recipients, to_convert, "convert")
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")

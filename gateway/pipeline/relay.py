@@ -14,12 +14,11 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from email.header import decode_header, make_header
 from typing import Callable
 
 from gateway.config import Config, Policy
 from gateway.crashpoints import crash_point
-from gateway.filenames import clean_text
+from gateway.filenames import header_value
 from gateway.model import (
     Action,
     Decision,
@@ -29,7 +28,9 @@ from gateway.model import (
     StoredTransfer,
     ZipVerdict,
 )
-from gateway.pipeline.classify import parse_and_classify
+from gateway.containers.base import InspectionLimit, InspectionTimedOut
+from gateway.containers.contents import ContentInspector, InspectionLimits
+from gateway.pipeline.classify import content_inspector, parse_and_classify
 from gateway.pipeline.deliver import NextHop
 from gateway.pipeline.notice import Notice, NoticeFile, render_notice
 from gateway.pipeline.notify_step import NoticeQueue
@@ -39,8 +40,8 @@ from gateway.pipeline.parse import (
     UnparseableMessage,
     parse_message,
 )
-from gateway.pipeline.policy import decide
-from gateway.pipeline.rewrite import rewrite_parsed
+from gateway.pipeline.policy import decide, needs_inspection
+from gateway.pipeline.rewrite import RewriteError, rewrite_parsed
 from gateway.pipeline.scan_step import find_infection
 from gateway.pipeline.sign import DkimSigner
 from gateway.pipeline.store_step import MessageFacts, TransferWriter
@@ -48,6 +49,7 @@ from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
 from gateway.replies import (
     ALREADY_DELIVERED,
     NUL_DOT_LINE,
+    NUL_IN_MESSAGE,
     OK,
     SCAN_UNAVAILABLE,
     Reply,
@@ -56,12 +58,16 @@ from gateway.replies import (
 from gateway.scan.clamd import ClamdScanner, ScanError, ScanUnavailable
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
+from gateway.wire import crlf_line_endings
 
 log = logging.getLogger("gateway.relay")
 
 # A next hop that drops NUL before looking for the end of data would read such a line as
 # CRLF.CRLF and take what follows as new commands (SMTP smuggling). No real client sends one.
 _NUL_DOT_LINE = re.compile(rb"(?:\A|[\r\n])(?:\x00+\.\x00*|\.\x00+)(?=[\r\n]|\Z)")
+# What a message's own content brings about: answered with a reason, no traceback logged.
+_REFUSALS = (StructureLimitExceeded, UnparseableMessage, InspectionLimit, InspectionTimedOut,
+             RewriteError)
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+(.*)$", re.S)
 
 
@@ -91,15 +97,20 @@ def message_fingerprint(envelope: Envelope, raw: bytes) -> str:
 
 
 def _header_text(message, name: str, limit: int = 500) -> str:
-    value = message.get(name)
-    if value is None:
-        return ""
-    try:
-        text = str(make_header(decode_header(str(value))))
-    except Exception:  # undecodable or unknown charset: keep the raw form
-        text = str(value)
-    # Stored, then shown on the portal and in notices: no controls or bidi overrides.
-    return " ".join(clean_text(text).split())[:limit]
+    # Stored, then shown on the portal and in notices: decoded, no controls or bidi overrides.
+    return " ".join(header_value(message, name).split())[:limit]
+
+
+def _verify_converted(messages: list[OutgoingMessage], inspector: ContentInspector) -> None:
+    """What we inspect is what we send: each rewritten copy is looked into again before it
+    leaves. Anything found means the rewrite could not separate a file from the message."""
+    for message in messages:
+        if message.link_id is None:
+            continue  # the original, as classified, for recipients inside
+        report = inspector.inspect(message.data)
+        if not report.clean:
+            log.error("a converted copy still holds: %s", report.reason)
+            raise RewriteError(f"a converted copy still holds {report.reason}")
 
 
 def _reply_from_result(result: DeliveryResult) -> Reply:
@@ -139,14 +150,21 @@ class Relay:
         self._signer = signer
         self._templates = templates
         self._clock = clock
+        self._inspection = InspectionLimits(
+            max_expanded=config.smtp.max_expanded_size,
+            max_nesting=config.smtp.max_file_nesting,
+            timeout=config.smtp.inspect_timeout.total_seconds(),
+        )
 
     async def handle(self, envelope: Envelope, raw: bytes) -> Outcome:
         outcome = Outcome(reply=OK)
         try:
             await self._handle(envelope, raw, outcome)
-        except (StructureLimitExceeded, UnparseableMessage) as error:
-            # The message's fault, refused with its reason: the message line says it all.
-            outcome.reply, outcome.decision = reply_for_exception(error), "refused"
+        except _REFUSALS as error:
+            # The message's fault (or, for a timeout, the moment's), answered with its reason:
+            # the message line says it all.
+            outcome.reply = reply_for_exception(error)
+            outcome.decision = "refused" if outcome.reply.code >= 500 else "deferred"
             outcome.notes.append(f"{type(error).__name__}: {error}")
         except Exception as error:  # fail closed: our trouble is the sender's retry
             log.exception("relay failed: %s", type(error).__name__)
@@ -155,9 +173,14 @@ class Relay:
         return outcome
 
     async def _handle(self, envelope: Envelope, raw: bytes, outcome: Outcome) -> None:
-        if b"\x00" in raw and _NUL_DOT_LINE.search(raw):  # the scan is slow; NUL is rare
-            outcome.reply, outcome.decision = NUL_DOT_LINE, "refused"
+        if b"\x00" in raw:  # readers disagree about NUL (C strings end there): one reading
+            smuggling = _NUL_DOT_LINE.search(raw)
+            outcome.reply, outcome.decision = (NUL_DOT_LINE if smuggling else NUL_IN_MESSAGE,
+                                               "refused")
             return
+        # One reading of the bytes: line ends as the next hop will get them (CRLF only) are
+        # what we classify, so a CR CR LF or bare LF cannot make us see a different message.
+        raw = crlf_line_endings(raw)
         fingerprint = message_fingerprint(envelope, raw)
         served = await asyncio.to_thread(self._db.delivered_recipients, fingerprint)
         remaining = tuple(r for r in envelope.rcpt_tos if r not in served)
@@ -165,14 +188,23 @@ class Relay:
             outcome.reply, outcome.decision = ALREADY_DELIVERED, "duplicate"
             return
         envelope = replace(envelope, rcpt_tos=remaining)
+        limits = MimeLimits.from_settings(self._config.smtp)
+        # Files are looked into only where that can matter: a copy leaving the organisation
+        # under a policy that converts.
+        inspector = (content_inspector(limits, self._inspection)
+                     if needs_inspection(self._config, envelope) else None)
         message, classification = await asyncio.to_thread(
-            parse_and_classify, raw, MimeLimits.from_settings(self._config.smtp)
+            parse_and_classify, raw, limits, inspector
         )
         decision = decide(self._config, envelope, classification)
         outcome.department, outcome.decision = decision.department, decision.reason
         outcome.internal = sum(1 for r in decision.recipients if r.internal)
         outcome.external = len(decision.recipients) - outcome.internal
         outcome.notes.extend(classification.notes)
+        if decision.refusal is not None:
+            outcome.reply = Reply(554, decision.refusal.enhanced, decision.refusal.text)
+            outcome.notes.extend(classification.uninspectable or classification.opaque)
+            return
         outcome.notes.extend(
             f"corrupt-zip held back: {a.zip.reason}"
             for a in decision.to_convert if a.zip.verdict is ZipVerdict.CORRUPT_ZIP
@@ -200,6 +232,8 @@ class Relay:
                 outcome.bytes_stored = sum(f.size for f in transfer.files)
         try:
             messages = await self._build_messages(envelope, raw, message, decision, transfer)
+            if inspector is not None and transfer is not None:
+                await asyncio.to_thread(_verify_converted, messages, inspector)
         except BaseException:
             if transfer is not None:  # nothing left the gateway: the links must not stay
                 await self._writer.discard(transfer)
@@ -228,7 +262,7 @@ class Relay:
             return True
         outcome.reply, outcome.decision = infection.reply(), "virus"
         outcome.notes.append(f"virus {infection.signature}")
-        facts = {"sender": envelope.mail_from, "file": infection.filename,
+        facts = {"sender": envelope.mail_from or "<>", "file": infection.filename,
                  "signature": infection.signature, "recipients": len(envelope.rcpt_tos)}
         admin = self._config.scan.admin_address
         now = self._clock()

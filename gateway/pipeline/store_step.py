@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
 
+from gateway.addresses import is_null_sender
 from gateway.crashpoints import crash_point
 from gateway.model import (
     Attachment,
@@ -22,6 +23,7 @@ from gateway.model import (
     IssuedLink,
     StoredFile,
     StoredTransfer,
+    ZipVerdict,
 )
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
@@ -53,6 +55,34 @@ def _chunks(data: bytes, size: int) -> Iterator[memoryview]:
 
 def new_id() -> str:
     return secrets.token_hex(16)
+
+
+def password_channel(policy_channel: str, sender: str) -> str:
+    """The channel a transfer's download password takes. Nothing is ever sent to the null sender
+    (RFC 3834, RFC 5321 4.5.5), so a password meant for the sender goes to each recipient by its
+    own mail instead: the download still needs it, and the notice says so."""
+    if policy_channel == "sender-email" and is_null_sender(sender):
+        return "recipient-email"
+    return policy_channel
+
+
+_EXTENSIONS = {"7z": ".7z", "office": ".doc", "pdf": ".pdf"}
+
+
+def unnamed_file_name(attachment: Attachment) -> str:
+    """A name for a converted part that gives none: what it is, as its bytes and type say
+    (body text that carried a file, a forwarded message, an archive)."""
+    if attachment.zip.verdict is not ZipVerdict.NOT_ZIP:
+        return "attachment.zip"
+    if attachment.container is not None and attachment.container.kind in _EXTENSIONS:
+        return "attachment" + _EXTENSIONS[attachment.container.kind]
+    if attachment.content_type.startswith("message/"):
+        return "message.eml"
+    if attachment.content_type == "text/html":
+        return "message.html"
+    if attachment.content_type.startswith("text/"):
+        return "message.txt"
+    return "attachment.bin"
 
 
 class TransferWriter:
@@ -90,6 +120,10 @@ class TransferWriter:
         recipients = [r.address for r in decision.recipients if r.action.value == "convert"]
         links = tuple(IssuedLink(new_id(), r, new_token()) for r in recipients)
         manage_token = None if reuse else new_token()
+        channel = password_channel(decision.policy.password, envelope.mail_from)
+        # The null sender gets no receipt (so nobody holds the management token) and no
+        # download notices.
+        to_sender = not is_null_sender(envelope.mail_from)
         try:
             if not reuse:
                 for attachment in decision.to_convert:
@@ -98,12 +132,14 @@ class TransferWriter:
             crash_point("store.blobs_written")
             with self._db.transaction():
                 if not reuse:
-                    self._insert_transfer(transfer_id, envelope, decision, facts, now, expires_at)
+                    self._insert_transfer(
+                        transfer_id, envelope, decision, facts, now, expires_at, channel
+                    )
                     policy = decision.policy
                     self._controls.insert(
                         transfer_id=transfer_id, manage_token_hash=hash_token(manage_token),
                         verify_recipient=policy.verify_recipient,
-                        notify_sender=policy.notify_sender,
+                        notify_sender=policy.notify_sender if to_sender else "never",
                         max_expires_at=now + policy.max_link_lifetime,
                     )
                     for position, (attachment, stored, wrapped) in enumerate(new_files):
@@ -128,21 +164,20 @@ class TransferWriter:
             raise
         crash_point("store.committed")
         return StoredTransfer(
-            transfer_id, files, links, expires_at, decision.policy.password, reused=reuse,
-            manage_token=manage_token,
+            transfer_id, files, links, expires_at, channel, reused=reuse,
+            manage_token=manage_token if to_sender else None,
         )
 
     def _write_blob(self, attachment: Attachment) -> tuple[Attachment, StoredFile, bytes]:
         info = self._blobs.write(_chunks(attachment.data, self._chunk_size))
-        name = attachment.filename or "attachment.zip"
+        name = attachment.filename or unnamed_file_name(attachment)
         stored = StoredFile(new_id(), name, info.size, info.sha256, info.blob_id)
         return attachment, stored, info.wrapped_key
 
     def _insert_transfer(
         self, transfer_id: str, envelope: Envelope, decision: Decision,
-        facts: MessageFacts, now: datetime, expires_at: datetime,
+        facts: MessageFacts, now: datetime, expires_at: datetime, channel: str,
     ) -> None:
-        channel = decision.policy.password
         password_hash = password_sealed = None
         if channel != "none":
             # Made here, kept only hashed (to check) and sealed (until the channel has sent it).

@@ -14,6 +14,7 @@ from datetime import datetime
 from email.message import Message
 from typing import Callable
 
+from gateway.addresses import is_null_sender
 from gateway.config import Policy
 from gateway.model import Classification, Envelope
 from gateway.store.db import Database
@@ -58,8 +59,12 @@ class PasswordMailUnlocker:
     async def handle(
         self, envelope: Envelope, message: Message, classification: Classification, policy: Policy
     ) -> UnlockVerdict | None:
-        """None when this is not a password mail for anything waiting (the usual case: cheap)."""
+        """None when this is not a password mail for anything waiting (the usual case: cheap).
+        Never one from the null sender: a bounce or an auto-reply quoting a password mail is
+        no sender's password mail, and nothing may be sent back to it."""
         if classification.attachments or classification.signed_or_encrypted:
+            return None
+        if is_null_sender(envelope.mail_from):
             return None
         now = self._clock()
         waiting = await asyncio.to_thread(self._waiting, envelope, policy, now)

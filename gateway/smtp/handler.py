@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 
+from gateway.addresses import reverse_path
 from gateway.log import MessageLogger
 from gateway.model import Envelope
 from gateway.ops.metrics import GatewayMetrics
@@ -55,7 +56,7 @@ class GatewayHandler:
         started = time.monotonic()
         options = {o.upper() for o in envelope.mail_options}
         incoming = Envelope(
-            mail_from=envelope.mail_from or "",
+            mail_from=reverse_path(envelope.mail_from),  # `MAIL FROM:<>` is the null sender ""
             rcpt_tos=tuple(envelope.rcpt_tos),
             peer=str(session.peer[0]) if session.peer else "",
             helo=session.host_name or "",

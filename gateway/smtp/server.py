@@ -1,7 +1,8 @@
 """The SMTP listener: aiosmtpd's protocol in our own event loop, with our replies and limits.
 
-aiosmtpd answers a few conditions with fixed texts and no enhanced status code; we map those
-to the replies in gateway.replies so that a 5xx names its reason the way MTAs expect. On top of
+aiosmtpd answers many conditions without an enhanced status code (RFC 3463); we map a few fixed
+texts to the replies in gateway.replies, and give every other 4xx/5xx line the code that fits
+its reply code, so that each refusal names its class the way MTAs expect. On top of
 aiosmtpd it enforces the resource limits of [smtp]: sessions (global and per client address),
 an idle timeout that answers `421` before closing, a bound on the whole DATA phase, and a budget
 of DATA bytes held in memory by all sessions together.
@@ -10,6 +11,7 @@ of DATA bytes held in memory by all sessions together.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,37 @@ _FIXED_REPLIES = {
     "552 Error: Too much mail data": MESSAGE_TOO_BIG.render(),
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG.render(),
     "500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG.render(),
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
 }
+# The RFC 3463 / RFC 5248 code for a refusal that comes without one, by the reply code's meaning in
+# RFC 5321, 3207, 4954 and 7504. 450, 550 and 554 cover mailbox, address and policy refusals
+# alike: X.0.0, "other or undefined status".
+_ENHANCED_FOR = {
+    421: "4.3.2",  # service not available: system not accepting network messages
+    450: "4.0.0",
+    451: "4.3.0",  # local error in processing
+    452: "4.3.1",  # insufficient system storage
+    454: "4.7.0",  # TLS not available (RFC 3207)
+    500: "5.5.2",  # syntax error, command unrecognised
+    501: "5.5.4",  # syntax error in parameters or arguments
+    502: "5.5.1",  # command not implemented
+    503: "5.5.1",  # bad sequence of commands
+    504: "5.5.4",  # command parameter not implemented
+    521: "5.3.2",  # does not accept mail (RFC 7504)
+    530: "5.7.0",  # authentication (or STARTTLS) required (RFC 4954, 3207)
+    534: "5.7.9",  # authentication mechanism too weak (RFC 4954)
+    535: "5.7.8",  # authentication credentials invalid (RFC 4954)
+    538: "5.7.11",  # encryption required for the mechanism (RFC 4954)
+    550: "5.0.0",
+    551: "5.1.6",  # user not local
+    552: "5.3.4",  # message too big for the system
+    553: "5.1.0",  # mailbox name not allowed: sender or recipient, so "other address status"
+    554: "5.0.0",  # transaction failed
+    555: "5.5.4",  # MAIL/RCPT parameters not recognised
+}
+_REFUSAL_LINE = re.compile(r"([45]\d\d)([ -]?)(.*)", re.S)
+_HAS_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 _BUDGET_STEP = 64 * 1024  # DATA bytes are charged to the budget in steps, not per line
 _IDLE_RESETS_PER_TIMEOUT = 4  # during DATA the idle timer restarts at most this often
 
@@ -102,7 +134,7 @@ class GatewaySMTP(SMTP):
         super().__init__(handler, **kwargs)
 
     async def push(self, status: str) -> None:
-        await super().push(_FIXED_REPLIES.get(status, status))
+        await super().push(with_enhanced_code(_FIXED_REPLIES.get(status, status)))
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -245,8 +277,9 @@ class GatewaySMTP(SMTP):
         return _unstuffed(bytes(content))
 
     def _refusal_for(self, run: bytes, received: int, open_line: int) -> str | None:
-        if open_line + len(run) > self.line_length_limit and _longest_line(run, open_line) > \
-                self.line_length_limit:
+        # +1: a bare LF or CR is measured as the CRLF it leaves with
+        if open_line + len(run) + 1 > self.line_length_limit and \
+                _longest_line(run, open_line) > self.line_length_limit:
             return LINE_TOO_LONG.render()
         if self.data_size_limit and received > self.data_size_limit:
             return MESSAGE_TOO_BIG.render()
@@ -258,16 +291,45 @@ class GatewaySMTP(SMTP):
         return None
 
 
+def with_enhanced_code(reply: str) -> str:
+    """`reply` with an enhanced status code on every 4xx/5xx line that has none."""
+    if not isinstance(reply, str) or reply[:1] not in ("4", "5"):
+        return reply
+    return "\r\n".join(_line_with_code(line) for line in reply.split("\r\n"))
+
+
+def _line_with_code(line: str) -> str:
+    match = _REFUSAL_LINE.fullmatch(line)
+    if match is None:
+        return line
+    code, separator, text = match.groups()
+    if separator == "" and text:  # "5000 ..." is no reply line of ours to mend
+        return line
+    text = text.lstrip(" ")
+    if _HAS_ENHANCED.match(text):
+        return line
+    enhanced = _ENHANCED_FOR.get(int(code), f"{code[0]}.0.0")
+    return f"{code}{separator or ' '}{enhanced} {text}".rstrip(" ")
+
+
 def _open_line_length(run: bytes, before: int) -> int:
-    """Length of the line `run` ends in (0 after a CRLF), counting `before` if it has none."""
-    end = run.rfind(b"\r\n")
-    return before + len(run) if end < 0 else len(run) - end - 2
+    """Length of the line `run` ends in (0 after a line end), counting `before` if it has none."""
+    end = max(run.rfind(b"\n"), run.rfind(b"\r"))
+    return before + len(run) if end < 0 else len(run) - end - 1
+
+
+def _lines(run: bytes) -> list[bytes]:
+    """`run` cut at every line end: CRLF, bare LF or bare CR (only the end of DATA is CRLF-only)."""
+    crlf = run.count(b"\r\n")
+    if run.count(b"\r") == crlf and run.count(b"\n") == crlf:
+        return run.split(b"\r\n")  # the usual case, without a regex
+    return _LINE_END.split(run)
 
 
 def _longest_line(run: bytes, open_line: int) -> int:
-    """The longest line in `run` with its CRLF, the first one continuing a line `open_line` long
-    (the last one, unfinished, without)."""
-    lines = run.split(b"\r\n")
+    """The longest line in `run` with its line end counted as the CRLF it leaves with, the first
+    one continuing a line `open_line` long (the last one, unfinished, without)."""
+    lines = _lines(run)
     if len(lines) == 1:
         return open_line + len(run)
     middle = max(map(len, lines[1:-1]), default=-2) + 2

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.addresses import is_null_sender
 from gateway.store.db import Database, from_text, to_text
 
 
@@ -120,7 +121,8 @@ class OutboxStore:
         self, item: OutboxItem, now: datetime, error: str, note: dict[str, Any] | None = None
     ) -> bool:
         """Give up on an item, audited; `note` (enqueue's arguments) queues the notice telling
-        the sender, in the same commit, so a crash cannot lose it."""
+        the sender, in the same commit, so a crash cannot lose it. A transfer from the null
+        sender gets no note: nothing is ever sent to `<>`."""
         with self._db.transaction():
             changed = self._db.write(
                 "UPDATE outbox SET state = 'gave_up', sealed = NULL, last_error = ?,"
@@ -132,9 +134,13 @@ class OutboxStore:
                     f"outbox.gave_up.{item.kind}", now, transfer_id=item.transfer_id,
                     link_id=item.link_id, detail={"item": item.id, "error": error[:200]},
                 )
-                if note is not None:
+                if note is not None and not self._from_null_sender(note.get("transfer_id")):
                     self.enqueue(now=now, **note)
         return changed == 1
+
+    def _from_null_sender(self, transfer_id: str | None) -> bool:
+        transfer = self._db.transfer(transfer_id) if transfer_id else None
+        return transfer is not None and is_null_sender(transfer.sender)
 
     def cancel(self, *, link_id: str | None = None, transfer_id: str | None = None,
                kinds: tuple[str, ...] = ()) -> int:

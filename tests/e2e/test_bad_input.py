@@ -109,12 +109,21 @@ def test_hostile_filename_never_reaches_a_header_or_the_notice_raw(sink, start_g
     assert "\u202e" not in out.decode("utf-8", "replace")
 
 
-def test_nul_bytes_and_undecodable_headers_pass_unchanged(sink, start_gateway):
+def test_undecodable_headers_pass_unchanged(sink, start_gateway):
     running = start_gateway()
     data = (b"From: <somu@city.example.lg.jp>\r\nTo: <tanaka@partner.example.com>\r\n"
-            b"Subject: =?x-unknown?B?????=?= \xff\xfe raw\r\n\r\nbody with a NUL \x00 byte\r\n")
+            b"Subject: =?x-unknown?B?????=?= \xff\xfe raw\r\n\r\nbody\r\n")
     assert send(running.port, SENDER, [EXTERNAL], data)[0] == 250
     assert sink.wait_for(1)[0].data == data
+
+
+def test_nul_bytes_are_refused_with_a_reason(sink, start_gateway):
+    running = start_gateway()
+    data = (b"From: <somu@city.example.lg.jp>\r\nTo: <tanaka@partner.example.com>\r\n"
+            b"Subject: nul\r\n\r\nbody with a NUL \x00 byte\r\n")
+    code, text = send(running.port, SENDER, [EXTERNAL], data)
+    assert code == 554 and text.startswith("5.6.0") and "NUL" in text
+    assert sink.messages == []
 
 
 def test_long_lines_pass_and_overlong_lines_are_refused_with_a_reason(sink, start_gateway):
@@ -125,6 +134,21 @@ def test_long_lines_pass_and_overlong_lines_are_refused_with_a_reason(sink, star
     overlong = b"From: <somu@city.example.lg.jp>\r\n\r\n" + b"y" * 70000 + b"\r\n"
     code, text = send(running.port, SENDER, [EXTERNAL], overlong)
     assert code == 500 and "5.5.2" in text and "Line too long" in text
+    assert len(sink.messages) == 1
+
+
+def test_bare_lf_lines_are_measured_one_by_one(sink, start_gateway):
+    """A bare LF ends a line for the length limit too (only CRLF.CRLF ends the data)."""
+    running = start_gateway()
+    head = b"From: <somu@city.example.lg.jp>\nTo: <tanaka@partner.example.com>\nSubject: lf\n\n"
+    body = b"".join(b"%075d\n" % n for n in range(200 * 1024 // 76))
+    assert len(body) > 3 * 64 * 1024 and max(map(len, body.split(b"\n"))) == 75
+    replies = raw_session(running.port, head + body)
+    assert replies[-1].startswith(b"250"), replies
+    # raw_session ends the data with CRLF.CRLF, which adds a CRLF of its own
+    assert sink.wait_for(1)[0].data == (head + body).replace(b"\n", b"\r\n") + b"\r\n"
+    replies = raw_session(running.port, head + b"y" * 70000 + b"\n" + body[:760])
+    assert replies[-1].startswith(b"500 5.5.2 Line too long"), replies
     assert len(sink.messages) == 1
 
 

@@ -63,7 +63,7 @@ def test_commands_pipelined_with_starttls_are_discarded_not_run_inside_tls(tls_g
         client.starttls(context)
         # Had the injected EHLO run inside TLS, its 250 would come first and MAIL would be accepted.
         code, text = client.command(f"MAIL FROM:<{INTERNAL_SENDER}>".encode())
-        assert (code, text) == (503, b"503 Error: send HELO first")
+        assert (code, text) == (503, b"503 5.5.1 Error: send HELO first")
         assert client.command(b"EHLO client.test")[0] == 250
         # Had the injected MAIL run, this one would be refused as nested.
         assert client.command(f"MAIL FROM:<{INTERNAL_SENDER}>".encode())[0] == 250
@@ -76,7 +76,7 @@ def test_a_transaction_begun_before_starttls_does_not_survive_the_upgrade(tls_ga
         assert client.command(f"MAIL FROM:<{INTERNAL_SENDER}>".encode())[0] == 250
         upgrade(client, context)
         assert client.command(b"EHLO client.test")[0] == 250
-        assert client.command(f"RCPT TO:<{EXTERNAL}>".encode()) == (503, b"503 Error: need MAIL command")
+        assert client.command(f"RCPT TO:<{EXTERNAL}>".encode()) == (503, b"503 5.5.1 Error: need MAIL command")
 
 
 def test_auth_login_without_tls_is_refused_538_before_any_challenge(tls_gateway):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -130,3 +131,31 @@ def send(port: int, mail_from: str, rcpt_tos: list[str], data: bytes,
 def send_corpus(port: int, mail: Corpus) -> tuple[int, str]:
     options = ("BODY=8BITMIME",) if mail.side["envelope"].get("requires_8bitmime") else ()
     return send(port, mail.mail_from, mail.rcpt_tos, mail.raw, options)
+
+
+def send_exact(port: int, mail_from: str, rcpt_tos: list[str], data: bytes) -> tuple[int, str]:
+    """Send one message over a raw socket, its line ends exactly as given (smtplib would turn
+    bare LF and CR into CRLF); only lines after a CRLF are dot-stuffed, as on the wire."""
+    stuffed = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        replies = connection.makefile("rb")
+
+        def reply() -> tuple[int, str]:
+            line = replies.readline()
+            while line[3:4] == b"-":
+                line = replies.readline()
+            return int(line[:3]), line[4:].decode("utf-8", "replace").strip()
+
+        reply()
+        for command in (b"EHLO client.test", f"MAIL FROM:<{mail_from}>".encode(),
+                        *(f"RCPT TO:<{rcpt}>".encode() for rcpt in rcpt_tos), b"DATA"):
+            connection.sendall(command + b"\r\n")
+            code, text = reply()
+            if code >= 400:
+                return code, text
+        connection.sendall(stuffed + b".\r\n")
+        answer = reply()
+        connection.sendall(b"QUIT\r\n")
+        return answer

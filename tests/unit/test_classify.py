@@ -19,14 +19,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from gateway.model import Classification, ContainerReport, ZipVerdict
-from gateway.pipeline.classify import classify
-from gateway.pipeline.parse import MAX_DEPTH, parse_message, part_at
+from gateway.containers.contents import InspectionLimits
+from gateway.model import Classification, ContainerReport, Finding, ZipVerdict
+from gateway.pipeline.classify import classify, content_inspector
+from gateway.pipeline.parse import MAX_DEPTH, MimeLimitExceeded, MimeLimits, parse_message, part_at
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 CORPUS_MAILS = sorted(path.stem for path in (CORPUS / "mail").glob("*.eml"))
 ENCRYPTED_ZIP = (CORPUS / "files" / "02_zipcrypto_infozip_ascii.zip").read_bytes()
 CONTAINER_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "containers"
+SHELL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "shells"
 
 
 def classify_bytes(raw: bytes) -> Classification:
@@ -220,17 +222,17 @@ def test_smime_opaque_signed_data_sets_signed_or_encrypted(signer) -> None:
     assert classify_bytes(with_headers(opaque)).signed_or_encrypted
 
 
-def test_smime_enveloped_data_sets_signed_or_encrypted(signer) -> None:
+def test_smime_enveloped_data_is_opaque_not_a_file(signer) -> None:
     cert, _ = signer
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(TEXT_PART).add_recipient(cert)
     enveloped = builder.encrypt(serialization.Encoding.SMIME, [])
     result = classify_bytes(with_headers(enveloped))
-    assert result.signed_or_encrypted
-    assert [a.content_type for a in result.attachments] == ["application/pkcs7-mime"]
+    assert result.signed_or_encrypted and result.opaque
+    assert result.attachments == ()
 
 
-def test_pgp_mime_encrypted_sets_signed_or_encrypted() -> None:
-    raw = with_headers(
+def pgp_encrypted(armored: bytes) -> bytes:
+    return with_headers(
         mime(
             "MIME-Version: 1.0",
             'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="pgp"',
@@ -242,18 +244,32 @@ def test_pgp_mime_encrypted_sets_signed_or_encrypted() -> None:
             "--pgp",
             'Content-Type: application/octet-stream; name="encrypted.asc"',
             "",
-            "-----BEGIN PGP MESSAGE-----",
-            "",
-            "hF4DAAAAAAAAAAASAQdAexample",
-            "-----END PGP MESSAGE-----",
+            armored,
             "--pgp--",
         )
     )
-    assert classify_bytes(raw).signed_or_encrypted
 
 
-def test_pgp_mime_signed_sets_signed_or_encrypted() -> None:
-    raw = with_headers(
+def test_genuine_pgp_mime_encryption_to_a_key_is_opaque() -> None:
+    result = classify_bytes(pgp_encrypted((SHELL_FIXTURES / "encrypted_pubkey.asc").read_bytes()))
+    assert result.opaque and result.attachments == ()
+
+
+def test_pgp_mime_encrypted_with_a_password_is_a_file_to_convert() -> None:
+    armored = (SHELL_FIXTURES / "encrypted_symmetric.asc").read_bytes()
+    (attachment,) = classify_bytes(pgp_encrypted(armored)).attachments
+    assert attachment.content is not None and attachment.content.finding is Finding.ENCRYPTED
+
+
+def test_a_fake_pgp_mime_encryption_is_not_taken_on_trust() -> None:
+    fake = b"-----BEGIN PGP MESSAGE-----\r\n\r\nhF4DAAAAAAAAAAASAQdAexample\r\n-----END PGP MESSAGE-----"
+    result = classify_bytes(pgp_encrypted(fake))
+    assert not result.signed_or_encrypted
+    assert "encrypted.asc" in [a.filename for a in result.attachments]
+
+
+def pgp_signed(signature: bytes) -> bytes:
+    return with_headers(
         mime(
             "MIME-Version: 1.0",
             "Content-Type: multipart/signed; micalg=pgp-sha256;",
@@ -266,44 +282,55 @@ def test_pgp_mime_signed_sets_signed_or_encrypted() -> None:
             "--sig",
             'Content-Type: application/pgp-signature; name="signature.asc"',
             "",
-            "-----BEGIN PGP SIGNATURE-----",
-            "",
-            "iHUEARYIAB0WIQexample",
-            "-----END PGP SIGNATURE-----",
+            signature,
             "--sig--",
         )
     )
-    result = classify_bytes(raw)
-    assert result.signed_or_encrypted
+
+
+def test_a_genuine_pgp_signature_marks_the_mail_signed_and_is_no_file() -> None:
+    result = classify_bytes(pgp_signed((SHELL_FIXTURES / "signature.asc").read_bytes()))
+    assert result.signed and result.attachments == ()
+
+
+def test_a_fake_pgp_signature_is_an_ordinary_file() -> None:
+    fake = b"-----BEGIN PGP SIGNATURE-----\r\n\r\niHUEARYIAB0WIQexample\r\n-----END PGP SIGNATURE-----"
+    result = classify_bytes(pgp_signed(fake))
+    assert not result.signed
     assert [a.filename for a in result.attachments] == ["signature.asc"]
 
 
-def test_nesting_past_the_depth_limit_is_noted() -> None:
+def test_nesting_past_the_depth_limit_is_refused_not_skipped() -> None:
     levels = range(MAX_DEPTH + 10)
     opening = b"".join(
         mime(f'Content-Type: multipart/mixed; boundary="n{level}"', "", f"--n{level}") for level in levels
     )
     closing = b"".join(mime(f"--n{level}--") for level in reversed(levels))
     deepest = mime("Content-Type: application/zip", "", "x")
-    result = classify_bytes(mime("From: a@city.example.lg.jp") + opening + deepest + closing)
-    assert any("depth limit" in note for note in result.notes)
+    with pytest.raises(MimeLimitExceeded, match="deeper than 50"):
+        classify_bytes(mime("From: a@city.example.lg.jp") + opening + deepest + closing)
 
 
 def test_multipart_without_boundary_is_noted_not_treated_as_a_file() -> None:
     raw = mime("From: a@city.example.lg.jp", "Content-Type: multipart/mixed", "", "no parts here")
     result = classify_bytes(raw)
     assert result.attachments == ()
-    assert any("without parseable parts" in note for note in result.notes)
+    assert "message: NoBoundaryInMultipartDefect" in result.notes
 
 
-def test_base64_encoded_attached_message_is_noted() -> None:
+def test_base64_encoded_attached_message_is_looked_into() -> None:
+    inner = mixed(TEXT_PART, file_part("a.zip", ENCRYPTED_ZIP))
     encoded_message = mime(
         "Content-Type: message/rfc822",
         "Content-Transfer-Encoding: base64",
         "",
-        base64_lines(b"Subject: hi\r\n\r\nbody\r\n"),
+        base64_lines(inner),
     )
-    assert any("message/rfc822 in base64" in note for note in classify_bytes(mixed(encoded_message)).notes)
+    root = parse_message(mixed(TEXT_PART, encoded_message))
+    inspector = content_inspector(MimeLimits(), InspectionLimits())
+    (attachment,) = classify(root, MimeLimits(), inspector).attachments
+    assert attachment.content_type == "message/rfc822"
+    assert attachment.content.finding is Finding.ENCRYPTED
 
 
 def test_many_defects_give_a_bounded_list_of_notes() -> None:
@@ -337,7 +364,7 @@ def test_odd_messages_classify_without_raising(raw: bytes) -> None:
 def test_wide_message_with_many_parts_classifies_in_linear_time() -> None:
     root = parse_message(mixed(*[mime("Content-Type: application/octet-stream", "", "x")] * 20_000))
     started = time.perf_counter()
-    result = classify(root)
+    result = classify(root, MimeLimits(max_parts=30_000))
     assert time.perf_counter() - started < 60  # hang guard (quadratic took minutes), not a speed target
     assert len(result.attachments) == 20_000
 

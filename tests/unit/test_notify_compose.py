@@ -582,3 +582,17 @@ def test_zip_password_notice_says_only_what_holds(
     assert all(text in body for text in present), body
     assert not any(text in body for text in absent), body
     assert PASSWORD not in body and "http" not in body
+
+
+@pytest.mark.parametrize("subject", [
+    "=?x-unknown?B?6KaL56mN5pu4LnppcA==?=",  # as a mail once stored it: an unknown charset
+    "=??B?6KaL56mN5pu4LnppcA==?= 見積書",  # an empty charset, beside non-ASCII text
+])
+def test_a_subject_in_an_unknown_charset_composes(db, master_key, composer, subject) -> None:
+    """Stored subjects go into our headers as literal text: nothing the header parser would
+    decode again into characters that cannot be written out (once a receipt failed on every
+    retry, then its give-up note)."""
+    transfer = Transfer(db, master_key, subject=subject)
+    item = queue(db, master_key, "receipt", transfer, secret={"manage_token": new_token()})
+    message = composer.compose(item)
+    assert "見積書" in str(parsed(message)["Subject"]) or "=" in str(parsed(message)["Subject"])

@@ -156,25 +156,23 @@ def test_bare_lf_messages_are_measured_too():
                      MimeLimits(max_header_fields=10))
 
 
-def test_reject_action_raises_and_maps_to_554_naming_the_reason():
+def test_over_the_mime_limits_raises_and_maps_to_554_naming_the_reason():
     with pytest.raises(MimeLimitExceeded) as caught:
-        parse_and_classify(nested_multipart(1000), MimeLimits(action="reject"))
+        parse_and_classify(nested_multipart(1000), MimeLimits())
     reply = reply_for_exception(caught.value)
     assert (reply.code, reply.enhanced) == (554, "5.6.0")
     assert "nesting deeper than 50" in reply.render()
 
 
-def test_pass_action_leaves_the_message_unparsed_with_nothing_to_convert():
-    message, classification = parse_and_classify(wide_multipart(5000), MimeLimits(action="pass"))
-    assert classification.attachments == () and classification.unparseable
-    assert "more than 1000 MIME parts" in classification.notes[0]
-    assert message.get_payload() is None
+def test_a_wide_message_is_refused_not_passed_unexamined():
+    with pytest.raises(MimeLimitExceeded, match="more than 1000 MIME parts"):
+        parse_and_classify(wide_multipart(5000), MimeLimits())
 
 
-def test_header_limits_refuse_with_552_even_when_mime_limits_pass():
+def test_header_limits_refuse_with_552():
     raw = HEAD + b"X: y\r\n" * 2000 + b"\r\nbody\r\n"
     with pytest.raises(HeaderLimitExceeded) as caught:
-        parse_and_classify(raw, MimeLimits(action="pass"))
+        parse_and_classify(raw, MimeLimits())
     reply = reply_for_exception(caught.value)
     assert (reply.code, reply.enhanced) == (552, "5.3.4") and "header fields" in reply.text
 
@@ -182,15 +180,21 @@ def test_header_limits_refuse_with_552_even_when_mime_limits_pass():
 def test_message_within_limits_is_parsed_and_classified():
     raw = (CORPUS / "mail").glob("*.eml").__next__().read_bytes()
     message, classification = parse_and_classify(raw, MimeLimits())
-    assert not classification.unparseable and message.keys()
+    assert message.keys() and classification.notes is not None
 
 
 def test_limits_are_read_from_smtp_settings(tmp_path):
     smtp = make_config(tmp_path, "outbox:x", {"smtp": {
-        "max_mime_depth": 7, "max_mime_parts": 70, "mime_limit_action": "pass",
+        "max_mime_depth": 7, "max_mime_parts": 70,
         "max_header_line": 2000, "max_header_fields": 20}}).smtp
-    assert MimeLimits.from_settings(smtp) == MimeLimits(7, 70, 2000, 20, "pass")
+    assert MimeLimits.from_settings(smtp) == MimeLimits(7, 70, 2000, 20)
     assert MimeLimits.from_settings(make_config(tmp_path, "outbox:x").smtp) == MimeLimits()
+
+
+def test_the_removed_pass_action_is_a_config_error_saying_so(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, "outbox:x", {"smtp": {"mime_limit_action": "pass"}})
+    assert caught.value.key == "smtp.mime_limit_action" and "reject" in caught.value.problem
 
 
 @pytest.mark.parametrize("values, key", [

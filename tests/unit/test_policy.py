@@ -1,6 +1,7 @@
 """Policy: departments by sender, internal recipients pass, external ones convert."""
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,39 @@ def test_all_attachments_and_none_modes():
     assert not none_mode.converting
 
 
-def test_signed_mail_passes_unless_policy_converts_it():
+def test_an_archive_under_a_genuine_signature_is_refused_unless_policy_converts_it():
     envelope = Envelope("x@city.example.lg.jp", ("a@partner.example.com",))
-    signed = Classification((attachment(ZipVerdict.ENCRYPTED_ZIP),), signed_or_encrypted=True)
-    assert decide(CONFIG, envelope, signed).reason == "signed"
+    signed = Classification(
+        (replace(attachment(ZipVerdict.ENCRYPTED_ZIP), inside_signed=True),), signed=True)
+    decision = decide(CONFIG, envelope, signed)
+    assert decision.reason == "refused" and not decision.converting
+    assert decision.refusal.enhanced == "5.7.0" and "signature" in decision.refusal.text
     converting = build_config({"policy": {"convert_signed": True}}, environ={})
     assert decide(converting, envelope, signed).converting
+
+
+def test_signed_mail_without_an_archive_passes():
+    envelope = Envelope("x@city.example.lg.jp", ("a@partner.example.com",))
+    assert decide(CONFIG, envelope, Classification((), signed=True)).reason == "signed"
+
+
+def test_mail_encrypted_to_a_key_is_refused_unless_policy_passes_it():
+    envelope = Envelope("x@city.example.lg.jp", ("a@partner.example.com",))
+    opaque = Classification((), opaque=("message: encrypted to the recipient's key",))
+    assert decide(CONFIG, envelope, opaque).refusal.enhanced == "5.7.0"
+    passing = build_config({"policy": {"encrypted_mail": "pass"}}, environ={})
+    assert decide(passing, envelope, opaque).reason == "encrypted"
+    inside = Envelope("x@city.example.lg.jp", ("b@city.example.lg.jp",))
+    assert decide(CONFIG, inside, opaque).refusal is None
+
+
+def test_a_message_that_cannot_be_inspected_is_refused_for_outside_recipients_only():
+    fragment = Classification((), uninspectable=("part 1: a message/partial fragment",))
+    outside = Envelope("x@city.example.lg.jp", ("a@partner.example.com",))
+    decision = decide(CONFIG, outside, fragment)
+    assert decision.refusal.enhanced == "5.6.0" and "message/partial" in decision.refusal.text
+    inside = Envelope("x@city.example.lg.jp", ("b@city.example.lg.jp",))
+    assert decide(CONFIG, inside, fragment).reason == "pass"
 
 
 def test_only_internal_recipients_means_no_conversion():
@@ -143,3 +171,20 @@ def test_real_files_convert_when_encrypted_and_pass_when_plain():
     raw = b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
     decision = decide(CONFIG, EXTERNAL, classify(parse_message(raw)))
     assert [a.filename for a in decision.to_convert] == ["locked.7z", "locked.docx", "locked.pdf"]
+
+
+@pytest.mark.parametrize("address", [
+    "tanaka%partner.example.com@city.example.lg.jp",
+    "partner.example.com!tanaka@city.example.lg.jp",
+    '"tanaka@partner.example.com"@city.example.lg.jp',
+    '"kacho"@city.example.lg.jp',
+    "@partner.example.com:tanaka@city.example.lg.jp",
+    "tanaka@[192.0.2.1]",
+    "a..b@ward.city.example.lg.jp",
+])
+def test_an_address_that_could_be_routed_elsewhere_is_never_internal(address):
+    assert not is_internal(CONFIG, address)
+    envelope = Envelope("somu@city.example.lg.jp", (address, "kacho@city.example.lg.jp"))
+    decision = decide(CONFIG, envelope, Classification((attachment(ZipVerdict.ENCRYPTED_ZIP),)))
+    actions = {r.address: r.action for r in decision.recipients}
+    assert actions == {address: Action.CONVERT, "kacho@city.example.lg.jp": Action.PASS}

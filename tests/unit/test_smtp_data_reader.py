@@ -12,3 +12,13 @@ def test_data_reader_helpers_measure_lines_across_runs_and_unstuff_dots() -> Non
     assert _longest_line(b"ab\r\ngh", 10) == 14  # the open line finished by this run
     assert _open_line_length(b"ab\r\ncd", 7) == 2 and _open_line_length(b"cd", 7) == 9
     assert _unstuffed(b"..a\r\n.b\r\nc.\r\n") == b".a\r\nb\r\nc.\r\n"
+
+
+def test_a_bare_lf_or_cr_ends_a_line_when_measuring_it() -> None:
+    """Each line end is counted as the CRLF the line leaves with."""
+    assert _longest_line(b"ab\ncdef\ngh", 1) == 6  # "cdef\n"
+    assert _longest_line(b"ab\rcdef\rgh", 1) == 6
+    assert _longest_line(b"ab\r\ncd\nefgh\rij", 0) == 6  # mixed ends: "efgh\r"
+    assert _longest_line(b"x" * 76 + b"\n" + b"y" * 76 + b"\n", 0) == 78
+    assert _open_line_length(b"ab\ncd", 7) == 2 and _open_line_length(b"ab\rcde", 7) == 3
+    assert _open_line_length(b"ab\r", 7) == 0 and _open_line_length(b"ab\n", 7) == 0
