@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test install system-deps check-config fuzz bench bench-download bench-load bench-unlock clean
+.PHONY: run test install system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,9 +50,10 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # A fuzz campaign against one real gateway (tests/fuzz): FUZZ_SECONDS (default 1200) of mutated
-# PPAP mail; summary and reproducers in test-artifacts/fuzz; exit 1 on any violation.
+# PPAP mail; summary and reproducers in test-artifacts/fuzz, the figures in docs/security.md;
+# exit 1 on any violation.
 fuzz: $(STAMP) system-deps
-	$(BIN)/python -m tests.fuzz --seconds $${FUZZ_SECONDS:-1200} --seed $${FUZZ_SEED:-$$(date +%s)} --out test-artifacts/fuzz
+	$(BIN)/python -m tests.fuzz --seconds $${FUZZ_SECONDS:-1200} --seed $${FUZZ_SEED:-$$(date +%s)} --out test-artifacts/fuzz --write-docs docs/security.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_throughput.py
@@ -63,6 +64,11 @@ bench-download: $(STAMP)
 # smtp-source at 20 and 100 sessions x 1000 mixed messages: direct, via Postfix, via the gateway.
 bench-load: $(STAMP) system-deps
 	$(BIN)/python bench/postfix_load.py
+
+# What looking into files costs per kind of mail, against the stdlib parse (and an older tree
+# with BASELINE=PATH).
+bench-inspect: $(STAMP)
+	$(BIN)/python bench/inspect_cost.py $(if $(BASELINE),--baseline $(BASELINE)) --write-docs docs/benchmarks.md
 
 bench-unlock: $(STAMP) system-deps
 	$(BIN)/python bench/unlock_time.py --write-docs docs/benchmarks.md

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import binascii
 import bz2
-import hashlib
 import lzma
 import re
 import struct
@@ -88,7 +87,8 @@ _KNOWN_HEADERS = re.compile(
     rb"content-transfer-encoding|return-path)[ \t]*:", re.I | re.M
 )
 _MEMO_MIN = 1024  # smaller files are looked at again rather than hashed
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
+_NOT_BASE64_LETTERS = bytes(sorted(set(range(256)) - set(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")))
 _MIN_BASE64_LETTERS = 32
 
 
@@ -102,19 +102,23 @@ class ContentInspector:
         self._clock = clock
         self._deadline = clock() + limits.timeout
         self._expanded = 0
-        self._seen: dict[bytes, ContentReport] = {}
+        self._seen: dict[tuple[int, int], list[tuple[bytes, ContentReport]]] = {}
 
     def inspect(self, data: bytes, depth: int = 0) -> ContentReport:
         """The heaviest finding in data and everything it holds."""
         self._check_time()
         if depth > self._limits.max_nesting:
             raise InspectionLimit(f"files nested more than {self._limits.max_nesting} deep")
-        key = hashlib.blake2b(data, digest_size=16).digest() if len(data) >= _MEMO_MIN else None
-        if key is not None and key in self._seen:
-            return self._seen[key]
+        # A file seen before in this message (the parts a converted copy keeps are looked at
+        # again before it leaves) is not opened twice. Only whole leaves are remembered, so the
+        # memo holds no bytes the message does not hold anyway; equal bytes, not a hash, match.
+        key = (len(data), zlib.crc32(data)) if depth == 0 and len(data) >= _MEMO_MIN else None
+        for seen, report in self._seen.get(key, ()) if key else ():
+            if seen == data:
+                return report
         report = _heaviest(self._findings(data, depth))
         if key is not None:
-            self._seen[key] = report
+            self._seen.setdefault(key, []).append((data, report))
         return report
 
     def charge(self, size: int) -> None:
@@ -155,7 +159,7 @@ class ContentInspector:
         """The text's base64 characters taken together, the rest ignored, as `base64 -di`
         and lenient decoders read it (from each of the four alignments: the text before a
         block shifts it). Decoding never expands, so it is not charged to the budget."""
-        letters = _NOT_BASE64.sub(b"", data)
+        letters = data.translate(None, _NOT_BASE64_LETTERS)
         if len(letters) < _MIN_BASE64_LETTERS:
             return
         for skip in range(4):
@@ -170,13 +174,8 @@ class ContentInspector:
         # An encryption flag under a method APPNOTE does not define still counts where the
         # bytes hold a whole ZIP (local and central records): that is a tampered archive,
         # which 7-Zip reports as encrypted, not two chance signatures.
-        whole = _ZIP_LOCAL in data and (_ZIP_CENTRAL in data or _ZIP_END in data)
-        for position in self._occurrences(data, _ZIP_CENTRAL):
-            if position + _CENTRAL.size <= len(data):
-                fields = _CENTRAL.unpack_from(data, position)
-                if _zip_encrypted(fields[3], fields[4], whole):
-                    yield ContentReport(Finding.ENCRYPTED, "encrypted ZIP entry")
-                    return
+        whole = _WholeZip(data)
+        plain: list[tuple[int, int, int]] = []
         for position in self._occurrences(data, _ZIP_LOCAL):
             if position + _LOCAL.size > len(data):
                 continue
@@ -185,10 +184,16 @@ class ContentInspector:
             if _zip_encrypted(flags, method, whole):
                 yield ContentReport(Finding.ENCRYPTED, "encrypted ZIP entry")
                 return
-            if method not in _ZIP_METHODS:
-                continue
-            start = position + _LOCAL.size + fields[9] + fields[10]
-            yield from self._zip_entry(data, start, method, fields[7], depth)
+            if method in _ZIP_METHODS:
+                plain.append((position + _LOCAL.size + fields[9] + fields[10], method, fields[7]))
+        for position in self._occurrences(data, _ZIP_CENTRAL):
+            if position + _CENTRAL.size <= len(data):
+                fields = _CENTRAL.unpack_from(data, position)
+                if _zip_encrypted(fields[3], fields[4], whole):
+                    yield ContentReport(Finding.ENCRYPTED, "encrypted ZIP entry")
+                    return
+        for start, method, size in plain:
+            yield from self._zip_entry(data, start, method, size, depth)
 
     def _zip_entry(self, data: bytes, start: int, method: int, size: int,
                    depth: int) -> Iterator[ContentReport]:
@@ -381,11 +386,25 @@ def _within(report: ContentReport, container: str) -> ContentReport:
     return ContentReport(report.finding, f"{report.reason} in {container}")
 
 
-def _zip_encrypted(flags: int, method: int, whole_zip: bool) -> bool:
+class _WholeZip:
+    """Whether the bytes hold local and central ZIP records both; asked only when needed."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._answer: bool | None = None
+
+    def __bool__(self) -> bool:
+        if self._answer is None:
+            data = self._data
+            self._answer = _ZIP_LOCAL in data and (_ZIP_CENTRAL in data or _ZIP_END in data)
+        return self._answer
+
+
+def _zip_encrypted(flags: int, method: int, whole_zip: _WholeZip) -> bool:
     if not (flags & _ZIP_ENCRYPTED_FLAGS or method == _ZIP_AES):
         return False
     # alone, an unknown method means bytes that happen to read "PK", not a ZIP record
-    return method in _ZIP_METHODS or whole_zip
+    return method in _ZIP_METHODS or bool(whole_zip)
 
 
 class _ZipLzma:

@@ -45,6 +45,11 @@ _BASE64_RUN = re.compile(
     + rb"(?P<run>" + _BASE64_BODY + rb")"
 )
 _BASE64_PAYLOAD = re.compile(_BASE64_BODY)
+# every base64 character as "a", anything else as " ": rows of them are found with bytes.find
+_BASE64_MASK = bytes(0x61 if value in _BASE64_ALPHABET else 0x20 for value in range(256))
+_LINE_END_MASK = bytes(0x0A if value in (0x0A, 0x0D) else 0x78 for value in range(256))
+_REGION_SEED = 20
+_REGION_SEED_BYTES = b"a" * _REGION_SEED
 _BASE64_LINE_BREAK_RE = re.compile(_BASE64_LINE_BREAK)
 _DATA_URI = re.compile(
     rb"(?<![A-Za-z0-9+.-])data:[^,;:\s\"'<>]{0,100}+(?P<params>(?:;[^,;:\s\"'<>]{0,100}+){0,10}+),"
@@ -115,7 +120,7 @@ def embedded_files(text: bytes, *, max_output: int, min_size: int = 22) -> Itera
     limits = _Limits(max_output, min_size)
     base64_blocks: list[tuple[int, int]] = []  # begin-base64 bodies: decoded once, not twice
     yield from limits.sized(_structured_files(text, limits, base64_blocks))
-    uris = _data_uris(text, limits)
+    uris = _data_uris(text, limits) if b"data:" in text.lower() else []
     yield from limits.sized(_data_uri_file(text, *uri) for uri in uris)
     skipped = sorted([*base64_blocks, *((start, end) for start, end, _ in uris)])
     yield from _base64_files(text, limits, skipped)
@@ -337,10 +342,44 @@ def _both(mask: bytes, other: bytes) -> bytes:
     return (int.from_bytes(mask, "big") & int.from_bytes(other, "big")).to_bytes(len(mask), "big")
 
 
+def _base64_regions(text: bytes) -> Iterator[tuple[int, int]]:
+    """Stretches of text where a base64 run can be: around each row of _REGION_SEED base64
+    characters, from the line before it to the line after, merged. Found with translate and
+    find in C, so prose and markup cost next to nothing and only these go through the run
+    regex (which reads some thirty MB/s). A run whose lines are all shorter than the seed is
+    not looked for here: the caller's lenient decoding of the whole text covers it."""
+    mask = text.translate(_BASE64_MASK)
+    ends = text.translate(_LINE_END_MASK)  # one find reaches the nearest CR or LF, whichever
+    seed = mask.find(_REGION_SEED_BYTES)
+    region: tuple[int, int] | None = None
+    while seed >= 0:
+        run_end = mask.find(b" ", seed)
+        run_end = len(text) if run_end < 0 else run_end
+        line = ends.rfind(b"\n", 0, seed)
+        start = ends.rfind(b"\n", 0, line) + 1 if line > 0 else 0  # the line before, too
+        end = _end_of_line(ends, _end_of_line(ends, run_end) + 1)  # and the line after
+        if region is not None and start <= region[1]:
+            region = (region[0], max(region[1], end))
+        else:
+            if region is not None:
+                yield region
+            region = (start, end)
+        seed = mask.find(_REGION_SEED_BYTES, run_end)
+    if region is not None:
+        yield region
+
+
+def _end_of_line(ends: bytes, position: int) -> int:
+    found = ends.find(b"\n", position) if position < len(ends) else -1
+    return len(ends) if found < 0 else found
+
+
 def _base64_files(text: bytes, limits: _Limits, skipped: list[tuple[int, int]]) -> Iterator[EmbeddedFile]:
     """Each base64 run outside the spans in skipped (sorted)."""
     next_span, covered_until = 0, 0
-    for run in _BASE64_RUN.finditer(text):
+    runs = (run for start, end in _base64_regions(text)
+            for run in _BASE64_RUN.finditer(text, start, end))
+    for run in runs:
         start = run.start("run")
         while next_span < len(skipped) and skipped[next_span][0] <= start:
             covered_until = max(covered_until, skipped[next_span][1])

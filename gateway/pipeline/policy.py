@@ -88,10 +88,10 @@ def attachments_to_convert(policy: Policy, classification: Classification) -> tu
         return ()
     if policy.convert == "all-attachments":
         return classification.attachments
-    return tuple(a for a in classification.attachments if _needs_password(a))
+    return tuple(a for a in classification.attachments if needs_password(a))
 
 
-def _needs_password(attachment: Attachment) -> bool:
+def needs_password(attachment: Attachment) -> bool:
     """An encrypted (or unreadable) ZIP, an encrypted 7z, RAR, Office document, PDF or OpenPGP
     message anywhere in it, or a container that cannot be opened to find out."""
     if attachment.zip.verdict in _BLOCKED_VERDICTS:

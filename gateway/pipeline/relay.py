@@ -40,7 +40,7 @@ from gateway.pipeline.parse import (
     UnparseableMessage,
     parse_message,
 )
-from gateway.pipeline.policy import decide, needs_inspection
+from gateway.pipeline.policy import decide, needs_inspection, needs_password
 from gateway.pipeline.rewrite import RewriteError, rewrite_parsed
 from gateway.pipeline.scan_step import find_infection
 from gateway.pipeline.sign import DkimSigner
@@ -101,16 +101,22 @@ def _header_text(message, name: str, limit: int = 500) -> str:
     return " ".join(header_value(message, name).split())[:limit]
 
 
-def _verify_converted(messages: list[OutgoingMessage], inspector: ContentInspector) -> None:
-    """What we inspect is what we send: each rewritten copy is looked into again before it
-    leaves. Anything found means the rewrite could not separate a file from the message."""
+def _verify_converted(
+    messages: list[OutgoingMessage], limits: MimeLimits, inspector: ContentInspector
+) -> None:
+    """What we inspect is what we send: each rewritten copy is classified again before it
+    leaves, and must hold nothing that needs converting. Anything found means the rewrite
+    could not separate a file from the message. (The parts a copy keeps were looked into
+    already: the inspector remembers them.)"""
     for message in messages:
         if message.link_id is None:
             continue  # the original, as classified, for recipients inside
-        report = inspector.inspect(message.data)
-        if not report.clean:
-            log.error("a converted copy still holds: %s", report.reason)
-            raise RewriteError(f"a converted copy still holds {report.reason}")
+        _, again = parse_and_classify(message.data, limits, inspector)
+        left = [a.content.reason if a.content and not a.content.clean else a.filename
+                for a in again.attachments if needs_password(a)] + list(again.uninspectable)
+        if left:
+            log.error("a converted copy still holds: %s", left[0])
+            raise RewriteError(f"a converted copy still holds {left[0]}")
 
 
 def _reply_from_result(result: DeliveryResult) -> Reply:
@@ -233,7 +239,7 @@ class Relay:
         try:
             messages = await self._build_messages(envelope, raw, message, decision, transfer)
             if inspector is not None and transfer is not None:
-                await asyncio.to_thread(_verify_converted, messages, inspector)
+                await asyncio.to_thread(_verify_converted, messages, limits, inspector)
         except BaseException:
             if transfer is not None:  # nothing left the gateway: the links must not stay
                 await self._writer.discard(transfer)

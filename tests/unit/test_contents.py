@@ -188,3 +188,21 @@ def test_the_deadline_is_a_timeout_not_a_verdict():
                                  clock=lambda: next(ticks))
     with pytest.raises(InspectionTimedOut):
         inspector.inspect(zipped("a.zip", PLAIN_ZIP))
+
+
+def test_a_converted_copy_that_still_holds_an_archive_is_not_sent():
+    """The last look before delivery: a rewrite that failed to take a file out raises."""
+    from gateway.model import OutgoingMessage
+    from gateway.pipeline.relay import _verify_converted
+    from gateway.pipeline.rewrite import RewriteError
+
+    mail = (b"From: a@city.example.lg.jp\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
+            b"boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n--B\r\n"
+            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(AES_ZIP).replace(b"\n", b"\r\n") + b"--B--\r\n")
+    inspector = content_inspector(MimeLimits(), InspectionLimits())
+    inside = OutgoingMessage("a@city.example.lg.jp", ("b@city.example.lg.jp",), mail)
+    _verify_converted([inside], MimeLimits(), inspector)  # the original, for inside: not looked at
+    copy = OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1")
+    with pytest.raises(RewriteError, match="still holds encrypted ZIP entry"):
+        _verify_converted([copy], MimeLimits(), inspector)
