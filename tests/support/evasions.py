@@ -9,9 +9,9 @@ import binascii
 import io
 import struct
 import zipfile
-from datetime import UTC, datetime, timedelta
 
 from tests.support.running import CORPUS
+from tests.support.smime import self_signed
 
 AES_ZIP = (CORPUS / "files" / "01_aes256_7zip_ja.zip").read_bytes()
 PLAIN_ZIP = (CORPUS / "files" / "04_unencrypted_7zip.zip").read_bytes()
@@ -188,22 +188,6 @@ def fake_encrypted() -> bytes:
             + b"\r\n--E--\r\n")
 
 
-def _certificate():
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, SENDER)])
-    now = datetime.now(UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - timedelta(days=1))
-                   .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))
-    return certificate, key
-
-
 def smime(signed: bool) -> bytes:
     """A genuine S/MIME message (signed, or encrypted to a key) around a mail with the ZIP."""
     from cryptography.hazmat.primitives import hashes, serialization
@@ -211,7 +195,7 @@ def smime(signed: bool) -> bytes:
 
     content = (b"Content-Type: multipart/mixed; boundary=\"IN\"\r\n\r\n--IN\r\n" + TEXT
                + b"\r\n--IN\r\n" + zip_part() + b"\r\n--IN--\r\n")
-    certificate, key = _certificate()
+    certificate, key = self_signed(SENDER)
     if signed:
         built = (pkcs7.PKCS7SignatureBuilder().set_data(content)
                  .add_signer(certificate, key, hashes.SHA256())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import io
 import json
@@ -17,12 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
 from gateway.containers.contents import InspectionLimits
 from gateway.model import Classification, ContainerReport, Finding, ZipVerdict
 from gateway.pipeline.classify import classify, content_inspector
 from gateway.pipeline.parse import MAX_DEPTH, MimeLimitExceeded, MimeLimits, parse_message, part_at
+from tests.support.smime import self_signed
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 CORPUS_MAILS = sorted(path.stem for path in (CORPUS / "mail").glob("*.eml"))
@@ -170,20 +169,7 @@ def test_empty_attachment_has_empty_data() -> None:
 
 @pytest.fixture(scope="module")
 def signer() -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, "somu@city.example.lg.jp")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return self_signed()
 
 
 def with_headers(body: bytes) -> bytes:

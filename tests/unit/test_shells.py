@@ -4,7 +4,6 @@ is recognised; fakes, truncations and hostile lengths are not, and nothing raise
 from __future__ import annotations
 
 import base64
-import datetime
 import io
 import random
 import zipfile
@@ -17,7 +16,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
 from gateway.containers.base import InspectionLimit
 from gateway.containers.shells import (
@@ -27,6 +25,7 @@ from gateway.containers.shells import (
     read_cms,
     read_pgp,
 )
+from tests.support.smime import self_signed
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "shells"
 MAX_OUTPUT = 1 << 20
@@ -72,20 +71,7 @@ def dearmored(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def signer() -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shells.example.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate, key
+    return self_signed()
 
 
 def sign(signer, options, encoding=serialization.Encoding.DER) -> bytes:
