@@ -151,6 +151,8 @@ class ContentInspector:
                 yield piece if isinstance(piece, ContentReport) else self.inspect(piece, depth + 1)
         elif looks_like_text(data):
             for found in embedded_files(data, max_output=self.remaining):
+                if found.kind == "binhex":  # the one text encoding that expands (run lengths)
+                    self.charge(len(found.data))
                 if _worth_a_look(found.data):
                     yield _within(self.inspect(found.data, depth + 1), f"{found.kind} text")
             yield from self._base64_among_text(data, depth)

@@ -66,8 +66,6 @@ def classify(
     uninspectable: list[str] = []
     for leaf in _leaves(root, limits, inspector):
         signed = signed or leaf.inside_signed
-        if leaf.kind is LeafKind.SIGNATURE:
-            continue
         if leaf.kind is LeafKind.OPAQUE:
             opaque.append(f"{_where(leaf.path)}: encrypted to the recipient's key")
             continue

@@ -39,11 +39,10 @@ _OPAQUE_MESSAGE_TYPES = frozenset({"delivery-status", "partial", "external-body"
 
 class LeafKind(enum.Enum):
     CONTENT = "content"  # bytes to inspect for files
-    SIGNATURE = "signature"  # a genuine detached signature: nothing in it to inspect
     OPAQUE = "opaque"  # genuinely encrypted to a recipient's key: cannot be inspected
     SEALED = "sealed"  # genuinely encrypted with a password only: PPAP by other means
     FRAGMENT = "fragment"  # message/partial: a piece of a message, never whole here
-    OUTSIDE = "outside"  # preamble or epilogue text: not a part a rewrite could remove
+    OUTSIDE = "outside"  # a header, preamble, epilogue or genuine signature: no file to remove
 
 
 @dataclass(frozen=True)
@@ -57,17 +56,21 @@ class Leaf:
     also_raw: bytes = b""
     inside_signed: bool = False  # a genuine signature covers it: changing it breaks that
     inside_rfc822: bool = False  # part of an attached message
-    where: str = ""  # OUTSIDE: "header", "preamble" or "epilogue"
+    where: str = ""  # OUTSIDE: "header", "preamble", "epilogue" or "signature"
 
 
 def walk_leaves(root: Message, *, max_depth: int, max_parts: int,
                 max_output: int) -> Iterator[Leaf]:
     """Every leaf under root, depth-first in document order. A tree deeper or wider than the
     limits raises MimeLimitExceeded: what is not walked would not be inspected."""
-    stack: list[tuple[tuple[int, ...], Message, bool, bool]] = [((), root, False, False)]
+    stack: list[Leaf | tuple[tuple[int, ...], Message, bool, bool]] = [((), root, False, False)]
     seen = 0
     while stack:
-        path, part, signed, in_message = stack.pop()
+        item = stack.pop()
+        if isinstance(item, Leaf):
+            yield item
+            continue
+        path, part, signed, in_message = item
         seen += 1
         if seen > max_parts:
             raise MimeLimitExceeded(f"more than {max_parts} MIME parts")
@@ -82,8 +85,9 @@ def walk_leaves(root: Message, *, max_depth: int, max_parts: int,
 
 
 def _opened(path, part: Message, signed: bool, in_message: bool,
-            max_output: int) -> Leaf | list[tuple[tuple[int, ...], Message, bool, bool]]:
-    """The part as one leaf, or the sub-parts to walk next (with what covers them)."""
+            max_output: int) -> Leaf | list[Leaf | tuple[tuple[int, ...], Message, bool, bool]]:
+    """The part as one leaf, or what to walk next: sub-parts (with what covers them), and
+    leaves already known."""
     content_type = part.get_content_type()
     maintype, _, subtype = content_type.partition("/")
     kids = children(part)
@@ -99,13 +103,19 @@ def _opened(path, part: Message, signed: bool, in_message: bool,
             return _content(path, part, decoded_body(part), b"", signed, in_message)
         return [(path + (index,), kid, signed, True) for index, kid in enumerate(kids)]
     if content_type == "multipart/signed" and len(kids) == 2 and _genuine_signature(kids[1]):
-        return [(path + (0,), kids[0], True, in_message),
-                (path + (1,), kids[1], True, in_message)]  # the signature: see _leaf
+        # what the signature covers is walked as usual; the signature's own bytes are looked
+        # at too (its certificates and attributes can carry any octets), but they are no file
+        signature = Leaf(path + (1,), kids[1], LeafKind.OUTSIDE, decoded_body(kids[1]),
+                         inside_signed=True, inside_rfc822=in_message, where="signature")
+        return [signature, (path + (0,), kids[0], True, in_message)]
     if content_type == "multipart/encrypted" and len(kids) == 2:
         sealed = read_pgp(decoded_body(kids[1]))
         if sealed is not None and sealed.kind == "encrypted":
             kind = LeafKind.SEALED if sealed.password_only else LeafKind.OPAQUE
-            return Leaf(path, part, kind, inside_signed=signed, inside_rfc822=in_message)
+            # the control part beside it is walked like any part: it must hold no file either
+            return [(path + (0,), kids[0], signed, in_message),
+                    Leaf(path + (1,), kids[1], kind, inside_signed=signed,
+                         inside_rfc822=in_message)]
     return [(path + (index,), kid, signed, in_message) for index, kid in enumerate(kids)]
 
 
@@ -114,8 +124,6 @@ def _leaf(path, part: Message, signed: bool, in_message: bool, max_output: int) 
     if content_type == "message/partial":
         return Leaf(path, part, LeafKind.FRAGMENT, inside_signed=signed, inside_rfc822=in_message)
     data = decoded_body(part)
-    if content_type in _PKCS7_SIGNATURE and signed and _is_signature_of_parent(path):
-        return Leaf(path, part, LeafKind.SIGNATURE, inside_signed=True, inside_rfc822=in_message)
     if content_type in _PKCS7_MIME:
         cms = read_cms(data, max_output=max_output)
         if cms is not None and cms.kind in ("enveloped-data", "authenticated-enveloped-data"):
@@ -125,19 +133,12 @@ def _leaf(path, part: Message, signed: bool, in_message: bool, max_output: int) 
             # opaque signing or compression: the MIME entity inside is what a client shows
             covered = signed or cms.kind == "signed-data"
             return _content(path, part, cms.content, b"", covered, in_message)
-    if content_type == "application/pgp-signature" and signed and _is_signature_of_parent(path):
-        return Leaf(path, part, LeafKind.SIGNATURE, inside_signed=True, inside_rfc822=in_message)
     raw = body_bytes(part) if _padding_mid_way(part) else b""
     return _content(path, part, data, raw, signed, in_message)
 
 
 def _content(path, part, data: bytes, raw: bytes, signed: bool, in_message: bool) -> Leaf:
     return Leaf(path, part, LeafKind.CONTENT, data, raw, signed, in_message)
-
-
-def _is_signature_of_parent(path: tuple[int, ...]) -> bool:
-    # only the second part of a genuine multipart/signed is its signature
-    return bool(path) and path[-1] == 1
 
 
 def _genuine_signature(part: Message) -> bool:

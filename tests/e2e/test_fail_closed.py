@@ -6,6 +6,7 @@ libarchive opens (the fuzzer's independent oracle looks) and carries a download 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.fuzz.oracle import examine
 from tests.support import evasions as ev
 from tests.support.running import send, send_exact
 
+SHELL_FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "shells"
 _REASONED_5XX = re.compile(r"^5\.\d{1,3}\.\d{1,3} \S")
 
 
@@ -128,6 +130,23 @@ def test_an_archive_in_genuinely_signed_mail_is_refused_saying_why(sink, start_g
     reply = send(running.port, ev.SENDER, [ev.EXTERNAL], ev.smime(signed=True))
     assert_refused(reply, "signed", "signature")
     assert sink.messages == []
+
+
+def test_an_archive_typed_as_a_signature_inside_signed_content_is_still_found(sink, start_gateway):
+    """Only the genuine signature part itself is passed over, not a part inside the signed
+    content that merely carries its type."""
+    running = start_gateway()
+    disguised = ev.smime(signed=True, zip_headers=b"Content-Type: application/pkcs7-signature\r\n"
+                                                  b"Content-Transfer-Encoding: base64\r\n")
+    assert_refused(send(running.port, ev.SENDER, [ev.EXTERNAL], disguised), "signature")
+    assert sink.messages == []
+
+
+def test_the_part_beside_a_genuine_pgp_encryption_is_inspected(sink, start_gateway):
+    running = start_gateway({"policy": {"encrypted_mail": "pass"}})
+    armored = (SHELL_FIXTURES / "encrypted_pubkey.asc").read_bytes()
+    data = ev.pgp_encrypted_with_zip_beside(armored)
+    assert_converted(sink, send(running.port, ev.SENDER, [ev.EXTERNAL], data))
 
 
 def test_an_archive_in_signed_mail_converts_when_the_policy_says_so(sink, start_gateway):

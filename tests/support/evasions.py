@@ -188,13 +188,15 @@ def fake_encrypted() -> bytes:
             + b"\r\n--E--\r\n")
 
 
-def smime(signed: bool) -> bytes:
-    """A genuine S/MIME message (signed, or encrypted to a key) around a mail with the ZIP."""
+def smime(signed: bool, zip_headers: bytes | None = None) -> bytes:
+    """A genuine S/MIME message (signed, or encrypted to a key) around a mail with the ZIP
+    (its part typed as `zip_headers` say, if given)."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.serialization import pkcs7
 
+    attachment = zip_part() if zip_headers is None else zip_headers + b"\r\n" + b64(AES_ZIP)
     content = (b"Content-Type: multipart/mixed; boundary=\"IN\"\r\n\r\n--IN\r\n" + TEXT
-               + b"\r\n--IN\r\n" + zip_part() + b"\r\n--IN--\r\n")
+               + b"\r\n--IN\r\n" + attachment + b"\r\n--IN--\r\n")
     certificate, key = self_signed(SENDER)
     if signed:
         built = (pkcs7.PKCS7SignatureBuilder().set_data(content)
@@ -205,3 +207,13 @@ def smime(signed: bool) -> bytes:
                  .encrypt(serialization.Encoding.SMIME, []))
     built = built.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return HEAD.replace(b"MIME-Version: 1.0\r\n", b"") + built
+
+
+def pgp_encrypted_with_zip_beside(armored_message: bytes) -> bytes:
+    """A genuine PGP/MIME encrypted message whose control part carries the ZIP."""
+    control = (b"Content-Type: application/pgp-encrypted\r\nContent-Transfer-Encoding: base64"
+               b"\r\n\r\n" + b64(AES_ZIP))
+    return (HEAD + b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; "
+            b"boundary=\"E\"\r\n\r\n--E\r\n" + control + b"\r\n--E\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n"
+            + armored_message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n--E--\r\n")

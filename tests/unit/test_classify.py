@@ -238,13 +238,16 @@ def pgp_encrypted(armored: bytes) -> bytes:
 
 def test_genuine_pgp_mime_encryption_to_a_key_is_opaque() -> None:
     result = classify_bytes(pgp_encrypted((SHELL_FIXTURES / "encrypted_pubkey.asc").read_bytes()))
-    assert result.opaque and result.attachments == ()
+    assert result.opaque
+    # only the control part ("Version: 1") is left, an ordinary part holding nothing
+    assert [a.content_type for a in result.attachments] == ["application/pgp-encrypted"]
 
 
 def test_pgp_mime_encrypted_with_a_password_is_a_file_to_convert() -> None:
     armored = (SHELL_FIXTURES / "encrypted_symmetric.asc").read_bytes()
-    (attachment,) = classify_bytes(pgp_encrypted(armored)).attachments
+    (_control, attachment) = classify_bytes(pgp_encrypted(armored)).attachments
     assert attachment.content is not None and attachment.content.finding is Finding.ENCRYPTED
+    assert attachment.path == (1,)
 
 
 def test_a_fake_pgp_mime_encryption_is_not_taken_on_trust() -> None:
@@ -416,3 +419,23 @@ def test_corpus_mails_carry_no_double_zip() -> None:
         result = classify_bytes((CORPUS / "mail" / f"{stem}.eml").read_bytes())
         assert all(a.zip.nested_zip_names == () for a in result.attachments)
         assert not any(note.startswith("double-zip") for note in result.notes)
+
+
+def test_an_archive_inside_a_genuine_signature_part_is_not_passed_over(signer) -> None:
+    """A genuine signature is no file, but its unsigned attributes can carry any octets:
+    what they carry is looked at like everything else."""
+    from asn1crypto import cms, core
+
+    cert, key = signer
+    der = (pkcs7.PKCS7SignatureBuilder().set_data(TEXT_PART).add_signer(cert, key, hashes.SHA256())
+           .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature]))
+    info = cms.ContentInfo.load(der)
+    info["content"]["signer_infos"][0]["unsigned_attrs"] = cms.CMSAttributes([cms.CMSAttribute(
+        {"type": "1.2.3.4.5", "values": [core.OctetString(ENCRYPTED_ZIP)]})])
+    raw = with_headers(mime(
+        'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; boundary="s"', "",
+        "--s", TEXT_PART, "--s", "Content-Type: application/pkcs7-signature",
+        "Content-Transfer-Encoding: base64", "", base64_lines(info.dump(force=True)), "--s--"))
+    result = classify(parse_message(raw), MimeLimits(), content_inspector(MimeLimits(), InspectionLimits()))
+    assert result.signed
+    assert any("signature" in reason for reason in result.uninspectable)
