@@ -77,8 +77,11 @@ _PDF_STREAM = re.compile(rb"stream\r?\n")
 # archives we recognise and cannot unpack here: their contents stay unseen
 _UNOPENABLE = (
     (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed data"),
+    (re.compile(rb"\x04\x22\x4d\x18"), "LZ4-compressed data"),
+    (re.compile(rb"LZIP[\x00\x01]"), "lzip-compressed data"),
+    (re.compile(rb"\x1f[\x9d\xa0]"), "compress (.Z) data"),
     (re.compile(rb"MSCF\x00\x00\x00\x00"), "Microsoft cabinet archive"),
-    (re.compile(rb"\x60\xea[\x00-\x0a]"), "ARJ archive"),
+    (re.compile(rb"\x60\xea.[\x00-\x0a]", re.S), "ARJ archive"),  # then a header of <= 2600
     (re.compile(rb"..-l(?:h[1-7d]|zs|z5)-", re.S), "LZH archive"),
 )
 _HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")

@@ -31,8 +31,9 @@ from gateway.pipeline.parse import (
 _PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 _PKCS7_SIGNATURE = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 # message/* subtypes whose body the parser does not open as one message a client would show
-# shorter header sections cannot hold the smallest encrypted archive as base64
-_HEADER_WORTH_A_LOOK = 256
+# shorter header sections cannot hold the smallest encrypted archive a reader opens (some
+# hundred bytes, as base64)
+_HEADER_WORTH_A_LOOK = 128
 _OPAQUE_MESSAGE_TYPES = frozenset({"delivery-status", "partial", "external-body",
                                    "disposition-notification", "feedback-report"})
 

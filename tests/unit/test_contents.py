@@ -206,3 +206,10 @@ def test_a_converted_copy_that_still_holds_an_archive_is_not_sent():
     copy = OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1")
     with pytest.raises(RewriteError, match="still holds encrypted ZIP entry"):
         _verify_converted([copy], MimeLimits(), inspector)
+
+
+@pytest.mark.parametrize("head", [b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18", b"LZIP\x01", b"\x1f\x9d\x90",
+                                  b"MSCF\x00\x00\x00\x00", b"\x60\xea\x2a\x00", b"\x00\x00-lh5-"],
+                         ids=["zstd", "lz4", "lzip", "compress", "cab", "arj", "lzh"])
+def test_compressed_formats_that_cannot_be_opened_here_are_held_back(head):
+    assert finding(head + bytes(range(256)) * 4) is Finding.UNINSPECTABLE
