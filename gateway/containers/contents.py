@@ -17,7 +17,6 @@ InspectionTimedOut (the sender retries later).
 
 from __future__ import annotations
 
-import binascii
 import bz2
 import lzma
 import re
@@ -34,6 +33,7 @@ from gateway.containers.pdf import PDF_HEADER_WINDOW, inspect_pdf
 from gateway.containers.rar import inspect_rar
 from gateway.containers.sevenzip import inspect_7z, unpack_7z
 from gateway.containers.shells import read_cms, read_pgp
+from gateway.filenames import decode_base64_letters
 from gateway.model import ContentReport, Finding
 
 MiB = 1024 * 1024
@@ -93,6 +93,8 @@ _MEMO_MIN = 1024  # smaller files are looked at again rather than hashed
 _NOT_BASE64_LETTERS = bytes(sorted(set(range(256)) - set(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")))
 _MIN_BASE64_LETTERS = 32
+# what base64 text is made of: letters, padding, line ends, quote prefixes
+_BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n \t>"
 
 
 class ContentInspector:
@@ -164,12 +166,15 @@ class ContentInspector:
         """The text's base64 characters taken together, the rest ignored, as `base64 -di`
         and lenient decoders read it (from each of the four alignments: the text before a
         block shifts it). Decoding never expands, so it is not charged to the budget."""
+        if not data.translate(None, _BASE64_TEXT):
+            return  # base64 lines and nothing else: the run decoding above read them whole
         letters = data.translate(None, _NOT_BASE64_LETTERS)
         if len(letters) < _MIN_BASE64_LETTERS:
             return
+        view = memoryview(letters)
         for skip in range(4):
             self._check_time()
-            decoded = _decoded_letters(letters[skip:])
+            decoded = decode_base64_letters(view[skip:])
             if _worth_a_look(decoded):
                 yield _within(self.inspect(decoded, depth + 1), "base64 among text")
 
@@ -467,17 +472,6 @@ def _worth_a_look(decoded: bytes) -> bool:
         return True
     head = decoded[:64 * 1024]
     return len(head.translate(None, _PRINTABLE)) * 20 <= len(head)
-
-
-def _decoded_letters(letters: bytes) -> bytes:
-    """Base64 letters (nothing else in them) decoded; a lone last letter carries no byte."""
-    whole = len(letters) - len(letters) % 4
-    tail = letters[whole:]
-    if len(tail) >= 2:
-        tail += b"=" * (4 - len(tail))
-    else:
-        tail = b""
-    return binascii.a2b_base64(letters[:whole] + tail)
 
 
 def _looks_like_message(data: bytes) -> bool:

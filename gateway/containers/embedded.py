@@ -19,7 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gateway.containers.base import InspectionLimit
-from gateway.filenames import decode_base64_leniently, decode_unlabelled, display_safe
+from gateway.filenames import (
+    decode_base64_leniently,
+    decode_base64_letters,
+    decode_unlabelled,
+    display_safe,
+)
 
 MAX_BLOCKS = 10_000
 
@@ -49,6 +54,7 @@ _BASE64_PAYLOAD = re.compile(_BASE64_BODY)
 _BASE64_MASK = bytes(0x61 if value in _BASE64_ALPHABET else 0x20 for value in range(256))
 _LINE_END_MASK = bytes(0x0A if value in (0x0A, 0x0D) else 0x78 for value in range(256))
 _REGION_SEED = 20
+_DATA_SCHEME = re.compile(rb"[dD][aA][tT][aA]:")  # cheap first look, no lower-cased copy
 _REGION_SEED_BYTES = b"a" * _REGION_SEED
 _BASE64_LINE_BREAK_RE = re.compile(_BASE64_LINE_BREAK)
 _DATA_URI = re.compile(
@@ -120,7 +126,7 @@ def embedded_files(text: bytes, *, max_output: int, min_size: int = 22) -> Itera
     limits = _Limits(max_output, min_size)
     base64_blocks: list[tuple[int, int]] = []  # begin-base64 bodies: decoded once, not twice
     yield from limits.sized(_structured_files(text, limits, base64_blocks))
-    uris = _data_uris(text, limits) if b"data:" in text.lower() else []
+    uris = _data_uris(text, limits) if _DATA_SCHEME.search(text) else []
     yield from limits.sized(_data_uri_file(text, *uri) for uri in uris)
     skipped = sorted([*base64_blocks, *((start, end) for start, end, _ in uris)])
     yield from _base64_files(text, limits, skipped)
@@ -416,7 +422,7 @@ def _base64_decoded(run: bytes, limits: _Limits) -> Iterator[EmbeddedFile]:
     size = len(characters) // 4 * 3 + max(len(characters) % 4 - 1, 0)
     if size >= limits.min_size:
         limits.spend(size)  # before decoding: the size is exact
-        yield EmbeddedFile("base64", "", decode_base64_leniently(characters))
+        yield EmbeddedFile("base64", "", decode_base64_letters(characters))
 
 
 def _decode_base64(text: bytes) -> bytes:
