@@ -19,7 +19,6 @@ from typing import Callable
 from aiohttp import web
 
 from gateway.config import Config, ConfigError
-from gateway.dkimkeys import load_private_key
 from gateway.log import MessageLogger
 from gateway.notify.compose import NoticeComposer
 from gateway.notify.webhook import WebhookSender
@@ -27,11 +26,13 @@ from gateway.notify.worker import OutboxWorker
 from gateway.ops.admin import build_admin_app, next_hop_check, store_writable_check
 from gateway.ops.housekeeping import PurgeReport, format_report, purge, run_periodically
 from gateway.ops.metrics import GatewayMetrics
-from gateway.pipeline.deliver import NextHop, make_next_hop
+from gateway.outbound.dkim import DkimKey, DkimSigner
+from gateway.outbound.dkim_keys import load_private_key
+from gateway.outbound.hop import NextHop
+from gateway.outbound.next_hops import make_next_hop
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.relay import Relay
-from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.pipeline.store_step import TransferWriter
 from gateway.pipeline.unlock_step import PasswordMailUnlocker
 from gateway.scan.clamd import ClamdScanner
@@ -55,7 +56,8 @@ from gateway.store.keys import (
 )
 from gateway.store.outbox import OutboxStore
 from gateway.unlock.opening import TransferOpener
-from gateway.web.portal import REFUSAL_STATUS, build_portal_app
+from gateway.web.link_gate import REFUSAL_STATUS
+from gateway.web.portal import build_portal_app
 
 log = logging.getLogger("gateway")
 

@@ -135,7 +135,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_dkim_keygen(args) -> int:
-    from gateway.dkimkeys import generate_dkim_key
+    from gateway.outbound.dkim_keys import generate_dkim_key
 
     key = generate_dkim_key(
         args.domain, args.selector, Path(args.out), algorithm=args.algorithm, bits=args.bits

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo
 
 from gateway import config_values as check
+from gateway.presentation import LOCALES
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 # The templates that ship with the code, wherever it is started from.
@@ -27,7 +28,6 @@ PASSWORD_CHANNELS = ("none", "recipient-email", "sender-email", "webhook")
 NOTIFY_SENDER = ("never", "first-download", "every-download")
 PASSWORD_MAIL = ("suppress", "replace", "pass")
 ON_SCAN_ERROR = ("tempfail", "allow")
-LOCALES = ("ja", "en")
 STARTTLS_MODES = ("off", "opportunistic", "required")
 DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 MIME_LIMIT_ACTIONS = ("reject",)  # "pass" was removed: what is not inspected does not go out
@@ -523,6 +523,14 @@ def build_config(
         departments=departments,
         source=source,
     )
+
+
+def department_policy(config: Config, name: str) -> Policy:
+    """The policy of a department by name (as a transfer records it); the default if gone."""
+    for department in config.departments:
+        if department.name == name:
+            return department.policy
+    return config.policy
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.scan.clamd import parse_clamd_address
 from gateway.units import parse_duration, parse_size
 
 
@@ -112,8 +113,6 @@ def public_url(value: Any) -> str:
 
 
 def clamd_address(value: Any) -> str:
-    from gateway.scan.clamd import parse_clamd_address
-
     text = string(value)
     if text:
         parse_clamd_address(text)  # ValueError names what is wrong

@@ -39,13 +39,15 @@ def attachment_filename(part: Message) -> str:
     return ""
 
 
-def header_value(message: Message, name: str) -> str:
-    """A header decoded for display: RFC 2047 words leniently (unknown or empty charsets
-    guessed), raw 8-bit bytes as UTF-8 or CP932; never raises, never leaves surrogates."""
+def header_value(message: Message, name: str, limit: int = 500) -> str:
+    """A header decoded for display on one line (as it is stored, then shown on the portal and
+    in notices): RFC 2047 words leniently (unknown or empty charsets guessed), raw 8-bit bytes
+    as UTF-8 or CP932, no controls or bidi overrides, runs of blanks as one, at most `limit`
+    characters; never raises, never leaves surrogates."""
     text = _header_text(message, name)
     if "=?" in text:
         text = decode_encoded_words(text)
-    return clean_text(text)
+    return " ".join(clean_text(text).split())[:limit]
 
 
 def has_filename_parameter(part: Message) -> bool:

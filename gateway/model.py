@@ -184,6 +184,9 @@ class StoredTransfer:
     reused: bool = False  # a retry of a message whose files were stored by an earlier attempt
     # The sender's management token, in clear only between storing and queuing the receipt.
     manage_token: str | None = None
+    # The policy the transfer was made under (gateway.config.Policy, as stored with it): a
+    # retry that reuses the transfer keeps it, whatever the configuration says now.
+    policy: "object | None" = None
 
     def link_for(self, recipient: str) -> IssuedLink:
         for link in self.links:

@@ -12,6 +12,15 @@ import sqlite3
 from dataclasses import dataclass
 
 from gateway.containers.base import InspectionLimit, InspectionTimedOut
+from gateway.errors import (
+    HeaderLimitExceeded,
+    RewriteError,
+    StructureLimitExceeded,
+    UnparseableMessage,
+)
+from gateway.store.blobs import StorageError
+from gateway.store.db import MetadataError
+from gateway.store.keys import MasterKeyError
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,6 @@ def _is_disk_full(error: BaseException) -> bool:
 
 def _is_storage_trouble(error: BaseException) -> bool:
     """Our disk, database or key cannot be used right now (locked, unreadable, gone)."""
-    from gateway.store.blobs import StorageError
-    from gateway.store.db import MetadataError
-    from gateway.store.keys import MasterKeyError
-
     return isinstance(error, (StorageError, MetadataError, MasterKeyError, sqlite3.Error, PermissionError))
 
 
@@ -88,14 +93,6 @@ def reply_for_exception(error: BaseException) -> Reply:
 
     The whole cause chain counts: a disk-full OSError wrapped in a StorageError is still a full disk.
     """
-    # Imported here so that this table stays importable by every stage without cycles.
-    from gateway.pipeline.parse import (
-        HeaderLimitExceeded,
-        StructureLimitExceeded,
-        UnparseableMessage,
-    )
-    from gateway.pipeline.rewrite import RewriteError
-
     if isinstance(error, RewriteError):
         return CANNOT_CONVERT
     if isinstance(error, InspectionLimit):

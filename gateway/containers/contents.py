@@ -26,7 +26,12 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from gateway.containers.base import InspectionLimit, InspectionTimedOut, Unreadable, Unsupported
+from gateway.containers.base import (
+    InspectionLimit,
+    InspectionTimedOut,
+    Unreadable,
+    Unsupported,
+)
 from gateway.containers.embedded import embedded_files, looks_like_text
 from gateway.containers.office import compound_streams, inspect_cfb
 from gateway.containers.pdf import PDF_HEADER_WINDOW, inspect_pdf

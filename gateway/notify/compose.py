@@ -26,8 +26,8 @@ import jinja2
 from gateway.model import OutgoingMessage
 from gateway.notify import ComposeError
 from gateway.notify.webhook import WebhookCall
-from gateway.pipeline.notice import LOCALES, format_expiry, human_size
-from gateway.pipeline.sign import DkimSigner
+from gateway.outbound.dkim import DkimSigner
+from gateway.presentation import LOCALES, format_expiry, human_size
 from gateway.store.crypto import KEY_SIZE, IntegrityError, open_small
 from gateway.store.db import Database, FileRow, LinkRow, TransferRow
 from gateway.store.outbox import OutboxItem

@@ -25,7 +25,7 @@ from gateway.crashpoints import crash_point
 from gateway.model import DeliveryResult, OutgoingMessage
 from gateway.notify import ComposeError
 from gateway.notify.webhook import WebhookCall, WebhookSender
-from gateway.pipeline.deliver import NextHop
+from gateway.outbound.hop import NextHop
 from gateway.store.db import MetadataError
 from gateway.store.outbox import OutboxItem, OutboxStore
 

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 from aiohttp import web
 
 from gateway.ops.metrics import GatewayMetrics
-from gateway.pipeline.deliver import NextHop
+from gateway.outbound.hop import NextHop
 from gateway.store.db import Database
 
 Probe = Callable[[], Awaitable[str | None]]

@@ -10,30 +10,55 @@ convert whatever its type; a message the inspection cannot cover raises the limi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from email.message import Message
 
+from gateway.config import Config
 from gateway.containers import inspect_container, nested_zip_names
 from gateway.containers.base import InspectionLimit
 from gateway.containers.contents import ContentInspector, InspectionLimits
+from gateway.containers.zipinspect import inspect_zip
+from gateway.errors import StructureLimitExceeded, UnparseableMessage
 from gateway.filenames import attachment_filename, has_filename_parameter
+from gateway.mime import parse_message
 from gateway.model import Attachment, Classification, ContentReport, Finding, ZipVerdict
 from gateway.pipeline.leaves import Leaf, LeafKind, walk_leaves
-from gateway.pipeline.parse import (
-    MimeLimits,
-    StructureLimitExceeded,
-    UnparseableMessage,
-    check_limits,
-    parse_message,
-)
-from gateway.zipinspect import inspect_zip
+from gateway.pipeline.parse import MimeLimits, check_limits
+from gateway.pipeline.policy import needs_inspection
+from gateway.pipeline.transaction import Transaction
 
 BODY_TEXT_TYPES = frozenset({"text/plain", "text/html"})
 _MAX_NOTES = 20
 _SEALED = ContentReport(Finding.ENCRYPTED, "S/MIME or PGP message encrypted with a password")
 _FRAGMENT = "a message/partial fragment (its other pieces travel in other mails)"
 _UNINSPECTED_CMS_LIMIT = 64 * 1024 * 1024
+
+
+class Classify:
+    """The classify stage: parse within the limits, and look into every leaf where a copy
+    leaves the organisation under a policy that converts (elsewhere only the attachments'
+    own bytes are judged: mail that stays inside passes as it is)."""
+
+    name = "classify"
+
+    def __init__(self, config: Config):
+        self._config = config
+        self._limits = MimeLimits.from_settings(config.smtp)
+        self._inspection = InspectionLimits(
+            max_expanded=config.smtp.max_expanded_size,
+            max_nesting=config.smtp.max_file_nesting,
+            timeout=config.smtp.inspect_timeout.total_seconds(),
+        )
+
+    async def process(self, tx: Transaction) -> None:
+        tx.limits = self._limits
+        if needs_inspection(self._config, tx.envelope):
+            tx.inspector = content_inspector(self._limits, self._inspection)
+        tx.message, tx.classification = await asyncio.to_thread(
+            parse_and_classify, tx.raw, self._limits, tx.inspector
+        )
 
 
 def content_inspector(limits: MimeLimits, inspection: InspectionLimits) -> ContentInspector:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from email.message import Message
 
 from gateway.containers.shells import is_detached_pkcs7_signature, read_cms, read_pgp
-from gateway.pipeline.parse import (
+from gateway.errors import MimeLimitExceeded
+from gateway.mime import (
     IDENTITY_ENCODINGS,
-    MimeLimitExceeded,
     body_bytes,
     children,
     decoded_body,

@@ -39,7 +39,9 @@ class NoticeQueue:
     def link_delivered(
         self, transfer: StoredTransfer, link_id: str, policy: Policy, now: datetime
     ) -> bool:
-        """Queue this link's notices; True when something is due at once (wake the worker)."""
+        """Queue this link's notices; True when something is due at once (wake the worker).
+        The transfer's own policy (as stored with it) wins over `policy`, the message's."""
+        policy = transfer.policy or policy
         due_now = False
         channel = transfer.password_channel
         tid = transfer.transfer_id

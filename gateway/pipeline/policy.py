@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 
 from gateway.addresses import domain_of, is_plain_mailbox
 from gateway.config import Config, Policy
+from gateway.errors import PermFail
 from gateway.model import (
     Action,
     Attachment,
@@ -22,6 +23,8 @@ from gateway.model import (
     Refusal,
     ZipVerdict,
 )
+from gateway.pipeline.transaction import Transaction
+from gateway.replies import Reply
 
 DEFAULT_DEPARTMENT = "default"
 
@@ -53,14 +56,6 @@ def is_internal(config: Config, address: str) -> bool:
         elif domain == internal:
             return True
     return False
-
-
-def department_policy(config: Config, name: str) -> Policy:
-    """The policy of a department by name (as a transfer records it); the default if gone."""
-    for department in config.departments:
-        if department.name == name:
-            return department.policy
-    return config.policy
 
 
 def department_for(config: Config, sender: str) -> tuple[str, Policy]:
@@ -143,6 +138,31 @@ def decide(config: Config, envelope: Envelope, classification: Classification) -
         for r in envelope.rcpt_tos
     )
     return Decision(department, policy, recipients, to_convert, "convert")
+
+
+class Decide:
+    """The decide stage: the decision, the log line's counts, and a refusal raised."""
+
+    name = "decide"
+
+    def __init__(self, config: Config):
+        self._config = config
+
+    async def process(self, tx: Transaction) -> None:
+        classification = tx.classification
+        tx.decision = decision = decide(self._config, tx.envelope, classification)
+        outcome = tx.outcome
+        outcome.department, outcome.decision = decision.department, decision.reason
+        outcome.internal = sum(1 for r in decision.recipients if r.internal)
+        outcome.external = len(decision.recipients) - outcome.internal
+        outcome.notes.extend(classification.notes)
+        if decision.refusal is not None:
+            reply = Reply(554, decision.refusal.enhanced, decision.refusal.text)
+            raise PermFail(reply, "refused", *(classification.uninspectable or classification.opaque))
+        outcome.notes.extend(
+            f"corrupt-zip held back: {a.zip.reason}"
+            for a in decision.to_convert if a.zip.verdict is ZipVerdict.CORRUPT_ZIP
+        )
 
 
 def _ascii(text: str) -> str:

@@ -21,7 +21,8 @@ from email.generator import BytesGenerator
 from email.message import Message
 from typing import Iterator, Sequence
 
-from gateway.pipeline.parse import MAX_DEPTH, children, parse_message, part_at
+from gateway.errors import RewriteError
+from gateway.mime import MAX_DEPTH, children, parse_message, part_at
 from gateway.wire import crlf_line_endings
 
 GATEWAY_HEADER = "X-PPAP-Gateway"
@@ -45,8 +46,6 @@ _DECODE_CHAINS = {
 }
 
 
-class RewriteError(ValueError):
-    """The message cannot be rewritten (a path that names no part, or a tree too deep)."""
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,21 @@ is relayed, and the sender's MTA tells the sender why.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
+from gateway.config import Config
+from gateway.errors import PermFail, TempFail
+from gateway.filenames import header_value
 from gateway.model import Attachment, Decision, ZipVerdict
-from gateway.replies import Reply
-from gateway.scan.clamd import ClamdScanner
+from gateway.pipeline.transaction import Transaction
+from gateway.replies import SCAN_UNAVAILABLE, Reply
+from gateway.scan.clamd import ClamdScanner, ScanError, ScanUnavailable
+from gateway.store.db import Database
+from gateway.store.outbox import OutboxStore
 
 log = logging.getLogger("gateway.scan")
 
@@ -48,3 +57,52 @@ async def find_infection(scanner: ClamdScanner, decision: Decision) -> Infection
         if not verdict.clean:
             return Infection(position, attachment.filename, verdict.signature or "unknown")
     return None
+
+
+class ScanStored:
+    """The scan stage: what the message would store goes to clamd first. Infected: 554 naming
+    the signature, an audit event, one note to the admin however often the sending MTA
+    retries. Unreachable: 451, or stored unscanned where the policy allows it."""
+
+    name = "scan"
+
+    def __init__(self, scanner: ClamdScanner | None, db: Database, config: Config,
+                 clock: Callable[[], datetime], wake_notices: Callable[[], None]):
+        self._scanner = scanner
+        self._db = db
+        self._admin = config.scan.admin_address
+        self._clock = clock
+        self._wake_notices = wake_notices
+
+    async def process(self, tx: Transaction) -> None:
+        decision = tx.decision
+        if self._scanner is None or not decision.converting:
+            return
+        try:
+            infection = await find_infection(self._scanner, decision)
+        except (ScanUnavailable, ScanError) as error:
+            if decision.policy.on_scan_error == "tempfail":
+                raise TempFail(SCAN_UNAVAILABLE, "scan-unavailable",
+                               f"scan unavailable: {error}") from error
+            log.warning("scan unavailable, storing unscanned (on_scan_error=allow): %s", error)
+            tx.outcome.notes.append("stored unscanned")
+            return
+        if infection is not None:
+            await asyncio.to_thread(self._record_infection, tx, infection)
+            self._wake_notices()
+            raise PermFail(infection.reply(), "virus", f"virus {infection.signature}")
+
+    def _record_infection(self, tx: Transaction, infection: Infection) -> None:
+        envelope, now = tx.envelope, self._clock()
+        facts = {"sender": envelope.mail_from or "<>", "file": infection.filename,
+                 "signature": infection.signature, "recipients": len(envelope.rcpt_tos)}
+        with self._db.transaction():
+            self._db.append_event("scan.infected", now, detail=facts)
+            if self._admin:  # once per message, however often the sending MTA retries
+                OutboxStore(self._db).enqueue(
+                    kind="virus-refused", now=now, due_at=now,
+                    dedupe_key=f"virus-refused:{tx.fingerprint}",
+                    payload={**facts, "address": self._admin, "locale": tx.decision.policy.locale,
+                             "subject": header_value(tx.message, "Subject"),
+                             "message_id": header_value(tx.message, "Message-ID")},
+                )

@@ -36,6 +36,7 @@ from gateway.store.passwords import (
     hash_token,
     new_token,
 )
+from gateway.store.policies import policy_to_json, stored_policy
 
 
 @dataclass(frozen=True)
@@ -109,18 +110,24 @@ class TransferWriter:
             and existing.expires_at > now
         )
         new_files: list[tuple[Attachment, StoredFile, bytes]] = []
+        # The policy the transfer is made under is stored with it (transfers.policy). A reused
+        # transfer keeps its own: its channel, its links' limit, its notices (a transfer from
+        # before snapshots existed takes the policy of the day, as it always did).
+        policy = decision.policy
         if reuse:
             transfer_id, expires_at = existing.id, existing.expires_at
             files = tuple(
                 StoredFile(f.id, f.display_name, f.size, f.sha256, f.blob_id)
                 for f in self._db.files_of(transfer_id)
             )
+            policy = stored_policy(existing) or policy
+            channel = existing.password_channel  # its password was made (or not) for this one
         else:
-            transfer_id, expires_at = new_id(), now + decision.policy.link_lifetime
+            transfer_id, expires_at = new_id(), now + policy.link_lifetime
+            channel = password_channel(policy.password, envelope.mail_from)
         recipients = [r.address for r in decision.recipients if r.action.value == "convert"]
         links = tuple(IssuedLink(new_id(), r, new_token()) for r in recipients)
         manage_token = None if reuse else new_token()
-        channel = password_channel(decision.policy.password, envelope.mail_from)
         # The null sender gets no receipt (so nobody holds the management token) and no
         # download notices.
         to_sender = not is_null_sender(envelope.mail_from)
@@ -135,7 +142,6 @@ class TransferWriter:
                     self._insert_transfer(
                         transfer_id, envelope, decision, facts, now, expires_at, channel
                     )
-                    policy = decision.policy
                     self._controls.insert(
                         transfer_id=transfer_id, manage_token_hash=hash_token(manage_token),
                         verify_recipient=policy.verify_recipient,
@@ -154,7 +160,7 @@ class TransferWriter:
                     self._db.insert_link(
                         id=link.link_id, transfer_id=transfer_id, recipient=link.recipient,
                         token_hash=hash_token(link.token), state="pending",
-                        max_downloads=decision.policy.max_downloads, download_count=0,
+                        max_downloads=policy.max_downloads, download_count=0,
                         created_at=now,
                     )
         except BaseException:
@@ -165,7 +171,7 @@ class TransferWriter:
         crash_point("store.committed")
         return StoredTransfer(
             transfer_id, files, links, expires_at, channel, reused=reuse,
-            manage_token=manage_token if to_sender else None,
+            manage_token=manage_token if to_sender else None, policy=policy,
         )
 
     def _write_blob(self, attachment: Attachment) -> tuple[Attachment, StoredFile, bytes]:
@@ -189,7 +195,7 @@ class TransferWriter:
             sender=envelope.mail_from, department=decision.department, subject=facts.subject,
             created_at=now, expires_at=expires_at, state="pending", password_channel=channel,
             password_hash=password_hash, password_sealed=password_sealed,
-            locale=decision.policy.locale,
+            locale=decision.policy.locale, policy=policy_to_json(decision.policy),
         )
 
     async def discard(self, transfer: StoredTransfer) -> None:

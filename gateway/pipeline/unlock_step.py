@@ -4,6 +4,14 @@ passed) for each of its recipients.
 
 Only decides and records; opening, scanning and storing are gateway.unlock.opening's job, and
 the relay delivers what is left of the password mail.
+
+Two policies meet here. The password mail's own (its sender's department now, the `policy`
+passed to `handle`) says whether this mail is a password mail at all: how far back
+(`password_mail_window`) its sender's transfers are looked for. Each waiting transfer's own
+(the policy it was made under, stored with it: `TransferOpener.policy_of`) says how that
+transfer is unlocked: what to do when the scanner is away (`on_scan_error`), whether its ZIP
+stays served (`keep_original_zip`), and what becomes of the password mail for that transfer's
+recipients (`password_mail`: suppress, replace or pass).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ class UnlockVerdict:
 class _Waiting:
     locked: LockedTransfer
     recipients: tuple[str, ...]  # the password mail's recipients that hold a link to it
+    policy: Policy  # the policy the transfer was made under: how it is unlocked
 
 
 class PasswordMailUnlocker:
@@ -61,7 +70,11 @@ class PasswordMailUnlocker:
     ) -> UnlockVerdict | None:
         """None when this is not a password mail for anything waiting (the usual case: cheap).
         Never one from the null sender: a bounce or an auto-reply quoting a password mail is
-        no sender's password mail, and nothing may be sent back to it."""
+        no sender's password mail, and nothing may be sent back to it.
+
+        `policy` is the password mail's own (its sender's department as configured now): it
+        only bounds the search (`password_mail_window`). Each transfer found is unlocked under
+        the policy it was made under (see the module's docstring)."""
         if classification.attachments or classification.signed_or_encrypted:
             return None
         if is_null_sender(envelope.mail_from):
@@ -81,22 +94,26 @@ class PasswordMailUnlocker:
                 states[entry.locked.transfer.id] = result.state
             else:
                 opened.append((entry, result))
-        if opened and policy.on_scan_error == "tempfail" and not await self._opener.scanner_ready():
+        # One transfer that would wait for the scanner defers the whole mail (never half done).
+        waits = any(entry.policy.on_scan_error == "tempfail" for entry, _ in opened)
+        if waits and not await self._opener.scanner_ready():
             ids = tuple(entry.locked.transfer.id for entry, _ in opened)
             return UnlockVerdict(ids, ("tempfail",) * len(ids), (), tempfail=True)
         for entry, result in opened:
-            outcome = await self._opener.finish(entry.locked, result, policy, "password-mail", now)
+            outcome = await self._opener.finish(
+                entry.locked, result, entry.policy, "password-mail", now
+            )
             states[entry.locked.transfer.id] = outcome.state
             if outcome.state is OpenState.TEMPFAIL:  # clamd went away after answering PING
                 return UnlockVerdict(tuple(states), tuple(s.value for s in states.values()), (),
                                      tempfail=True)
             if outcome.state is OpenState.UNLOCKED:
-                await asyncio.to_thread(self._retire, entry, policy, now)
+                await asyncio.to_thread(self._retire, entry, now)
         if all(s in (OpenState.WRONG_PASSWORD, OpenState.ALREADY_DONE) for s in states.values()):
             return None
         return UnlockVerdict(
             tuple(states), tuple(s.value for s in states.values()),
-            _held(waiting, states, policy),
+            _held(waiting, states),
         )
 
     def _waiting(self, envelope: Envelope, policy: Policy, now: datetime) -> list[_Waiting]:
@@ -111,26 +128,27 @@ class PasswordMailUnlocker:
                 continue
             locked = self._opener.locked(transfer)
             if locked is not None:
-                found.append(_Waiting(locked, overlap))
+                found.append(_Waiting(locked, overlap, self._opener.policy_of(transfer)))
         return found
 
-    def _retire(self, entry: _Waiting, policy: Policy, now: datetime) -> None:
+    def _retire(self, entry: _Waiting, now: datetime) -> None:
         tid = entry.locked.transfer.id
-        if policy.password_mail == "suppress":
+        if entry.policy.password_mail == "suppress":
             self._outbox.enqueue(
                 kind="password-retired", now=now, due_at=now, transfer_id=tid,
                 payload={"recipients": list(entry.recipients)},
                 dedupe_key=f"password-retired:{tid}",
             )
-        elif policy.password_mail == "replace":
+        elif entry.policy.password_mail == "replace":
             self._opener.tell_recipients(
                 tid, {r.lower() for r in entry.recipients}, now, "password-mail"
             )
 
 
-def _held(waiting: list[_Waiting], states: dict[str, OpenState], policy: Policy) -> tuple[str, ...]:
+def _held(waiting: list[_Waiting], states: dict[str, OpenState]) -> tuple[str, ...]:
     """Recipients the password mail is not relayed to: those whose links were opened (unless the
-    policy passes it anyway) or blocked (its password never travels on). A recipient who also
+    transfer's policy passes it anyway) or blocked (its password never travels on). A recipient
+    held for one transfer is held, whatever another transfer's policy says. A recipient who also
     holds a link whose archive was refused still gets it: that archive may need this password,
     while a ZIP that every candidate failed on does not."""
     held: dict[str, str] = {}
@@ -139,7 +157,7 @@ def _held(waiting: list[_Waiting], states: dict[str, OpenState], policy: Policy)
         state = states[entry.locked.transfer.id]
         for rcpt in entry.recipients:
             if state is OpenState.BLOCKED or (
-                state is OpenState.UNLOCKED and policy.password_mail != "pass"
+                state is OpenState.UNLOCKED and entry.policy.password_mail != "pass"
             ):
                 held[rcpt.lower()] = rcpt
             elif state is OpenState.REFUSED:

@@ -49,7 +49,8 @@ class MetadataStore(Protocol):
                         department: str, subject: str, created_at: datetime,
                         expires_at: datetime, password_channel: str, locale: str,
                         state: str = "pending", password_hash: str | None = None,
-                        password_sealed: bytes | None = None) -> None: ...
+                        password_sealed: bytes | None = None,
+                        policy: str | None = None) -> None: ...
     def insert_file(self, *, id: str, transfer_id: str, display_name: str, content_type: str,
                     size: int, sha256: str, blob_id: str, wrapped_key: bytes,
                     position: int) -> None: ...
@@ -288,15 +289,16 @@ class Database:
         self, *, id: str, fingerprint: str, message_id: str, sender: str, department: str,
         subject: str, created_at: datetime, expires_at: datetime, password_channel: str,
         locale: str, state: str = "pending", password_hash: str | None = None,
-        password_sealed: bytes | None = None,
+        password_sealed: bytes | None = None, policy: str | None = None,
     ) -> None:
+        """`policy`: the snapshot of the policy it is made under (store/policies.py)."""
         self._write(
             "INSERT INTO transfers (id, fingerprint, message_id, sender, department, subject,"
             " created_at, expires_at, state, password_channel, password_hash, password_sealed,"
-            " locale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " locale, policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (id, fingerprint, message_id, sender, department, subject, to_text(created_at),
              to_text(expires_at), state, password_channel, password_hash, password_sealed,
-             locale),
+             locale, policy),
         )
 
     def insert_file(

@@ -28,6 +28,9 @@ class TransferRow:
     password_hash: str | None
     password_sealed: bytes | None
     locale: str
+    # The policy it was made under, as JSON (gateway/store/policies.py: stored_policy reads
+    # it); None when stored before migration 0005.
+    policy: str | None = None
 
 
 @dataclass(frozen=True)

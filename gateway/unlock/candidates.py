@@ -16,7 +16,7 @@ from email.message import Message
 from html.parser import HTMLParser
 
 from gateway.filenames import decode_bytes, decode_encoded_words, has_filename_parameter
-from gateway.pipeline.parse import walk_with_paths
+from gateway.mime import walk_with_paths
 
 MAX_CANDIDATE_CHARS = 64
 _MIN_TOKEN_CHARS = 4

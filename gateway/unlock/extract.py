@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from gateway.containers.zipinspect import inspect_zip
 from gateway.filenames import display_safe
 from gateway.model import ZipVerdict
 from gateway.unlock.zipdecrypt import (
@@ -39,7 +40,6 @@ from gateway.unlock.zipentries import (
     encrypted_files,
     read_directory,
 )
-from gateway.zipinspect import inspect_zip
 
 __all__ = [
     "ExtractLimits",

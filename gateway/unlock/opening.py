@@ -14,13 +14,14 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.config import Config, Policy
+from gateway.config import Config, Policy, department_policy
+from gateway.containers.zipinspect import inspect_zip
 from gateway.model import ZipVerdict
-from gateway.pipeline.policy import department_policy
 from gateway.scan.clamd import ClamdScanner, ScanError, ScanUnavailable
 from gateway.store.blobs import BlobStore
 from gateway.store.db import Database, FileRow, TransferRow
 from gateway.store.outbox import OutboxStore
+from gateway.store.policies import stored_policy
 from gateway.store.unlocks import ExtractedRow, UnlockStore
 from gateway.unlock.extract import (
     ExtractLimits,
@@ -28,7 +29,6 @@ from gateway.unlock.extract import (
     ExtractResult,
     extract_members,
 )
-from gateway.zipinspect import inspect_zip
 
 log = logging.getLogger("gateway.unlock")
 
@@ -76,6 +76,13 @@ class TransferOpener:
             max_members=settings.max_members, max_total_bytes=settings.max_total_size,
             max_ratio=settings.max_ratio, max_depth=settings.max_depth,
         )
+
+    def policy_of(self, transfer: TransferRow) -> Policy:
+        """The policy that governs how `transfer` is unlocked: the one it was made under, as
+        stored with it. A transfer stored before snapshots existed (migration 0005), or whose
+        snapshot cannot be read, falls back to the current configuration's policy for its
+        department (the default policy if that department is gone), as before."""
+        return stored_policy(transfer) or department_policy(self._config, transfer.department)
 
     async def scanner_ready(self) -> bool:
         """False only when a scanner is configured and does not answer PING."""
@@ -147,7 +154,7 @@ class TransferOpener:
         if locked is None:
             return OpenOutcome(OpenState.ALREADY_DONE)
         typed = list(dict.fromkeys((password, unicodedata.normalize("NFKC", password).strip())))
-        policy = department_policy(self._config, transfer.department)
+        policy = self.policy_of(transfer)
         outcome = await self.open(locked, typed, policy, "sender-form", now)
         if outcome.state is OpenState.UNLOCKED:
             await asyncio.to_thread(self.tell_recipients, transfer.id, None, now, "sender-form")

@@ -1,6 +1,6 @@
 """Read a ZIP's entries for extraction and check everything that needs no inflating.
 
-The structure comes from gateway.zipinspect (verdict, decoded member names) and pyzipper's
+The structure comes from gateway.containers.zipinspect (verdict, decoded member names) and pyzipper's
 central-directory reader (offsets, CRCs, AES fields); the two must agree or the archive is
 refused. Member count, declared sizes and ratios, entry layout (bounds, overlaps), methods and
 names are all checked here, before a byte is inflated. Nothing here touches the file system.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pyzipper
 from pyzipper.zipfile_aes import AESZipInfo
 
+from gateway.containers.zipinspect import LOCAL_SIGNATURE, inspect_zip
 from gateway.model import ZipVerdict
-from gateway.zipinspect import LOCAL_SIGNATURE, inspect_zip
 
 _MIB = 1024 * 1024
 _LOCAL = struct.Struct("<4s5H3L2H")

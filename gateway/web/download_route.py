@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 from gateway.store.blobs import BlobIntegrityError, BlobStore
-from gateway.store.db import FileRow, TransferRow
+from gateway.store.db import Database, FileRow, TransferRow
 from gateway.store.outbox import OutboxStore
 from gateway.web.download import (
     STORAGE_ERRORS,
@@ -26,20 +27,23 @@ from gateway.web.download import (
     next_piece,
     stream_body,
 )
-from gateway.web.pages import read_form
-
-if TYPE_CHECKING:
-    from gateway.web.portal import LinkState, Portal
+from gateway.web.link_gate import LinkGate, LinkState
 
 log = logging.getLogger("gateway.web")
 
 
 class DownloadRoute:
-    def __init__(self, portal: Portal, blobs: BlobStore, outbox: OutboxStore,
+    """POST /d/{token}/f/{file_id} and /d/{token}/all."""
+
+    def __init__(self, *, gate: LinkGate, db: Database, blobs: BlobStore, outbox: OutboxStore,
+                 timezone: ZoneInfo, clock: Callable[[], datetime],
                  wake_outbox: Callable[[], None]):
-        self._portal = portal
+        self._gate = gate
+        self._db = db
         self._blobs = blobs
         self._outbox = outbox
+        self._timezone = timezone
+        self._clock = clock
         self._wake_outbox = wake_outbox
 
     async def download_file(self, request: web.Request) -> web.StreamResponse:
@@ -52,18 +56,17 @@ class DownloadRoute:
 
     async def _download(self, request: web.Request, file_id: str | None) -> web.StreamResponse:
         target = {"file_id": file_id or "all"}
-        state = await self._portal.resolve(request)
-        if state.refusal:
-            return await self._portal.refuse(request, state, state.refusal, target)
+        checked = await self._gate.checked_post(request, target=target)
+        if isinstance(checked, web.StreamResponse):
+            return checked
+        state, _ = checked
         assert state.link is not None and state.transfer is not None
-        problem = self._portal.post_problem(request, state.link, await read_form(request))
-        if problem is None:
-            problem = self._portal.missing_proof(request, state)
+        problem = self._gate.missing_proof(request, state)
         chosen = [f for f in state.files if file_id is None or f.id == file_id]
         if problem is None and (not chosen or (file_id is None and len(chosen) < 2)):
             problem = "no_such_file"
         if problem:
-            return await self._portal.refuse(request, state, problem, target)
+            return await self._gate.refuse(request, state, problem, target)
         source, name, length = self._source_for(state.transfer, chosen, file_id is None)
         noticed = None if file_id is None else chosen[0].display_name
         try:
@@ -75,7 +78,7 @@ class DownloadRoute:
         self, transfer: TransferRow, chosen: list[FileRow], as_zip: bool
     ) -> tuple[PieceSource, str, int | None]:
         if as_zip:
-            created = transfer.created_at.astimezone(self._portal.pages.timezone)
+            created = transfer.created_at.astimezone(self._timezone)
             name = f"files-{created:%Y%m%d}.zip"
             return ZipSource(self._blobs, chosen, created), name, None
         (file,) = chosen
@@ -90,15 +93,15 @@ class DownloadRoute:
         except STORAGE_ERRORS as error:
             log.warning("portal: cannot serve %s: %s", target["file_id"], error)
             reason = "integrity" if isinstance(error, BlobIntegrityError) else "unreadable"
-            return await self._portal.refuse(request, state, "storage", {**target, "error": reason})
+            return await self._gate.refuse(request, state, "storage", {**target, "error": reason})
         claimed, notice_queued = await asyncio.to_thread(
             self._claim, request, state, target, noticed
         )
         if not claimed:
-            return await self._portal.refuse(request, state, "limit_reached", target)
+            return await self._gate.refuse(request, state, "limit_reached", target)
         if notice_queued:
             self._wake_outbox()
-        self._portal.emit("download", {})
+        self._gate.emit("download", {})
         response = web.StreamResponse(headers={
             "Content-Type": "application/octet-stream",
             "Content-Disposition": content_disposition(name),
@@ -111,12 +114,12 @@ class DownloadRoute:
         except ConnectionError:
             outcome = "client_gone"
         if outcome != "complete":
-            self._portal.emit("download_aborted", {"reason": outcome})
+            self._gate.emit("download_aborted", {"reason": outcome})
             if outcome == "integrity":  # counted as damage found before the first byte is
-                self._portal.emit("refusal", {"reason": "storage"})
+                self._gate.emit("refusal", {"reason": "storage"})
             # Shielded: the client is gone, and a server shutting down must not lose the record.
-            await asyncio.shield(self._portal.audit("download.aborted", request, state,
-                                            {**target, "reason": outcome}))
+            await asyncio.shield(self._gate.audit("download.aborted", request, state,
+                                                  {**target, "reason": outcome}))
         return response
 
     def _claim(self, request: web.Request, state: LinkState, target: dict[str, str],
@@ -124,14 +127,14 @@ class DownloadRoute:
         """Count the download, audit it and queue the sender's notice, in one commit (runs
         in a worker thread). Returns (counted, notice queued)."""
         assert state.link is not None
-        now = self._portal.clock()
-        with self._portal.db.transaction():
-            if not self._portal.db.claim_download(state.link.id):
+        now = self._clock()
+        with self._db.transaction():
+            if not self._db.claim_download(state.link.id):
                 return False, False
-            self._portal.db.append_event(
+            self._db.append_event(
                 "download", now, transfer_id=state.link.transfer_id,
                 link_id=state.link.id, recipient=state.link.recipient,
-                detail={**self._portal.client(request), **target, "outcome": "served"},
+                detail={**self._gate.client(request), **target, "outcome": "served"},
             )
             return True, self._queue_download_notice(state, noticed, now)
 
@@ -143,7 +146,7 @@ class DownloadRoute:
         if mode == "never":
             return False
         assert state.link is not None
-        counted = self._portal.db.link(state.link.id)  # read in the claim's commit: exact
+        counted = self._db.link(state.link.id)  # read in the claim's commit: exact
         first = counted is not None and counted.download_count == 1
         if mode == "first-download" and not first:
             return False

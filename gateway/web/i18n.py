@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-LOCALES = ("ja", "en")
-DEFAULT_LOCALE = "ja"
+from gateway.presentation import DEFAULT_LOCALE, LOCALES
+
 _MAX_LANGUAGE_RANGES = 32
 
 MESSAGES: dict[str, dict[str, str]] = {

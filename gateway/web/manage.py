@@ -2,10 +2,11 @@
 the sender may still change — revoke one link or all, extend the expiry within the policy's
 maximum, open a PPAP ZIP with its password instead of mailing the password.
 
-GET /m/{token} only shows. POST /m/{token}/revoke, /extend and /unlock pass the same-site
-check with a CSRF token bound to the transfer, then redirect (303) back to the page. The
-management token is looked up by its hash, like download tokens, and never written to an
-event: events name the transfer.
+GET /m/{token} only shows. POST /m/{token}/revoke, /extend and /unlock pass the link gate's
+same-site check with a CSRF token bound to the transfer, then redirect (303) back to the
+page. The management token is looked up by its hash through the gate, like download tokens
+(guesses of either kind are throttled together), and never written to an event: events name
+the transfer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any, Callable, Mapping
 
 from aiohttp import web
 
-from gateway.config import PortalSettings
-from gateway.pipeline.notice import display_name, human_size
+from gateway.presentation import display_name, human_size
 from gateway.store.controls import (
     ControlsStore,
     DownloadHistory,
@@ -32,9 +32,9 @@ from gateway.store.unlocks import UnlockRow, UnlockStore
 from gateway.unlock.opening import OpenState, TransferOpener
 from gateway.web.download import download_name
 from gateway.web.i18n import Translator
-from gateway.web.pages import Pages, client_details, post_problem, read_form, token_base
-from gateway.web.ratelimit import GuessThrottle, SlidingWindow
-from gateway.web.security import make_csrf_token
+from gateway.web.link_gate import LinkGate, management_csrf_subject
+from gateway.web.pages import Pages, token_base
+from gateway.web.ratelimit import SlidingWindow
 
 # The extensions offered; None: as far as the policy allows. Each is capped at that maximum.
 EXTEND_CHOICES: dict[str, timedelta | None] = {
@@ -63,57 +63,50 @@ class Managed:
     lockable: bool = False  # holds an encrypted ZIP that no password has opened yet
 
 
-def csrf_subject(transfer_id: str) -> str:
-    """What a management form's CSRF token is bound to (never a link id: links have ':'-free
-    ids, so no download token can pass for a management one)."""
-    return f"manage:{transfer_id}"
-
-
 def extended_expiry(current: datetime, maximum: datetime, choice: str) -> datetime:
     step = EXTEND_CHOICES[choice]
     return min(maximum if step is None else current + step, maximum)
 
 
 class ManagePages:
-    def __init__(self, settings: PortalSettings, db: Database, pages: Pages,
-                 controls: ControlsStore, outbox: OutboxStore, secret: bytes,
-                 clock: Callable[[], datetime], opener: TransferOpener | None = None,
-                 guesses: GuessThrottle | None = None):
+    """GET /m/{token} and POST /m/{token}/revoke, /extend, /unlock."""
+
+    def __init__(self, *, gate: LinkGate, db: Database, pages: Pages, controls: ControlsStore,
+                 unlocks: UnlockStore, outbox: OutboxStore, clock: Callable[[], datetime],
+                 opener: TransferOpener | None = None):
+        self._gate = gate
         self._opener = opener
-        self._guesses = guesses
-        self._unlocks = UnlockStore(db)
+        self._unlocks = unlocks
         self._attempts = SlidingWindow(UNLOCK_ATTEMPTS, UNLOCK_WINDOW)
-        self._settings = settings
         self._db = db
         self._pages = pages
         self._controls = controls
         self._outbox = outbox
-        self._secret = secret
         self._clock = clock
 
     # -- routes ---------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        managed = await self._lookup(request, True)
+        managed = await self._gate.find_management(request, self._find_everything)
         if isinstance(managed, web.Response):
             return managed
         done = request.query.get("done")
         return self._page(request, managed, 200, done=done if done in _DONE else None)
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._checked_post(request)
+        checked = await self._gate.checked_management_post(request, self._find_transfer)
         if isinstance(checked, web.Response):
             return checked
         managed, form = checked
         choice = form.get("link", "")
         changed = await asyncio.to_thread(
             self._revoke, managed.transfer.id, None if choice == "all" else choice,
-            client_details(request, self._settings),
+            self._gate.client(request),
         )
         return self._back(request, "revoked" if changed else "unchanged")
 
     async def extend(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._checked_post(request)
+        checked = await self._gate.checked_management_post(request, self._find_transfer)
         if isinstance(checked, web.Response):
             return checked
         managed, form = checked
@@ -125,7 +118,7 @@ class ManagePages:
         try:
             await asyncio.to_thread(
                 self._controls.extend, transfer.id, new_expiry, self._clock(), "sender",
-                client_details(request, self._settings),
+                self._gate.client(request),
             )
         except ExtensionRefused:
             return await self._page_again(request, 409)
@@ -134,7 +127,7 @@ class ManagePages:
     async def unlock(self, request: web.Request) -> web.StreamResponse:
         if self._opener is None:
             return self._pages.error_page(request, 404)
-        checked = await self._checked_post(request)
+        checked = await self._gate.checked_management_post(request, self._find_transfer)
         if isinstance(checked, web.Response):
             return checked
         managed, form = checked
@@ -162,36 +155,28 @@ class ManagePages:
     async def _page_again(self, request: web.Request, status: int,
                           alert: str = "extend_refused", **values: Any) -> web.Response:
         """The page as it is now, saying why the last form was refused."""
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], True)
+        managed = await asyncio.to_thread(self._find_everything, request.match_info["token"])
         if managed is None:
             return self._pages.error_page(request, 404)
         return self._page(request, managed, status, alert=(alert, values))
 
     # -- the store ------------------------------------------------------------------------
 
-    async def _lookup(self, request: web.Request, everything: bool) -> Managed | web.Response:
-        """The transfer behind the page's token, or the refusal: the common 404, or 429 for a
-        client that has guessed too many tokens (counted with the download links' guesses)."""
-        address = client_details(request, self._settings)["client_ip"]
-        if self._guesses is not None:
-            wait = self._guesses.wait(address, self._clock())
-            if wait is not None:
-                return self._pages.guessing_page(request, wait)
-        managed = await asyncio.to_thread(self._resolve, request.match_info["token"], everything)
-        if managed is None:
-            if self._guesses is not None:
-                self._guesses.missed(address, self._clock())
-            return self._pages.error_page(request, 404)
-        return managed
-
-    def _resolve(self, token: str, everything: bool) -> Managed | None:
+    def _find_transfer(self, token: str) -> Managed | None:
+        """The transfer behind a management token, if it may be managed (what a POST needs)."""
         # Always hashed and queried, however the token looks: no shortcut to time.
         controls = self._controls.by_manage_token_hash(hash_token(token))
         transfer = self._db.transfer(controls.transfer_id) if controls else None
         if controls is None or transfer is None or transfer.state in ("pending", "failed"):
             return None
-        if not everything:
-            return Managed(controls, transfer)
+        return Managed(controls, transfer)
+
+    def _find_everything(self, token: str) -> Managed | None:
+        """The transfer behind a management token and all the page shows of it."""
+        found = self._find_transfer(token)
+        if found is None:
+            return None
+        controls, transfer = found.controls, found.transfer
         served, _ = self._unlocks.served(transfer.id)
         unlock = self._unlocks.of(transfer.id)
         # By name only: reading every blob on each page view would cost too much; the form's
@@ -219,37 +204,6 @@ class ManagePages:
             else:
                 self._outbox.cancel(link_id=link_id, kinds=RECIPIENT_NOTICES)
             return changed
-
-    # -- checks ---------------------------------------------------------------------------
-
-    async def _checked_post(self, request: web.Request
-                            ) -> tuple[Managed, dict[str, str]] | web.Response:
-        """The transfer and the form of a POST that passed the same-site and CSRF checks, or
-        the page that refuses it."""
-        managed = await self._lookup(request, False)
-        if isinstance(managed, web.Response):
-            return managed
-        form = await read_form(request)
-        problem = self._post_problem(request, managed, form)
-        if problem:
-            return await self._refuse(request, managed, problem)
-        return managed, form
-
-    def _post_problem(self, request: web.Request, managed: Managed,
-                      form: Mapping[str, str]) -> str | None:
-        return post_problem(request, settings=self._settings, secret=self._secret,
-                            subject=csrf_subject(managed.transfer.id), form=form,
-                            now=self._clock())
-
-    async def _refuse(self, request: web.Request, managed: Managed, reason: str
-                      ) -> web.Response:
-        await asyncio.to_thread(
-            self._db.append_event, "manage.refused", self._clock(),
-            transfer_id=managed.transfer.id,
-            detail={**client_details(request, self._settings), "reason": reason,
-                    "method": request.method},
-        )
-        return self._pages.error_page(request, 403, message="forbidden_manage")
 
     # -- the page -------------------------------------------------------------------------
 
@@ -279,7 +233,7 @@ class ManagePages:
             done=done, alert=t(alert[0], **alert[1]) if alert else None,
             unlock_state=self._unlock_state(managed, t, locale),
             unlockable=managed.lockable and not ended,
-            csrf=make_csrf_token(self._secret, csrf_subject(transfer.id), now),
+            csrf=self._gate.csrf_token(management_csrf_subject(transfer.id), now),
             action_base=token_base(request),
         )
 

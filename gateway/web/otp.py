@@ -18,22 +18,23 @@ import secrets
 import unicodedata
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from aiohttp import web
 
+from gateway.config import PortalSettings
 from gateway.store.controls import ControlsStore, ResendTooSoon
+from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore, new_outbox_id
 from gateway.web.i18n import Translator
+from gateway.web.landing import LandingPage
+from gateway.web.link_gate import LinkGate, LinkState
+from gateway.web.pages import Pages
 from gateway.web.ratelimit import SlidingWindow, client_key
-from gateway.web.security import make_verified, otp_mac
-
-if TYPE_CHECKING:
-    from gateway.web.portal import LinkState, Portal
+from gateway.web.security import otp_mac
 
 log = logging.getLogger("gateway.web")
 
-VERIFIED_COOKIE = "ppap_verified"
 CODE_DIGITS = 6
 _CODE_SHAPE = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 # What people type between groups of digits, or paste along with them.
@@ -53,38 +54,41 @@ def normalize_code(typed: str) -> str | None:
     return text if _CODE_SHAPE.fullmatch(text) else None
 
 
-def mask_address(address: str) -> str:
-    """`t****@partner.example.com`: enough for the recipient to recognise, not to learn."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return f"{address[:1]}****"
-    return f"{local[:1]}****@{domain}"
+class OtpRoutes:
+    """POST /d/{token}/otp (mail a code) and /d/{token}/otp/verify (check a typed one)."""
 
-
-class OtpGate:
-    def __init__(self, portal: Portal, controls: ControlsStore, outbox: OutboxStore,
-                 seal: Callable[[str, bytes], bytes] | None, wake_outbox: Callable[[], None]):
-        self._portal = portal
+    def __init__(
+        self, *, gate: LinkGate, landing: LandingPage, pages: Pages, db: Database,
+        controls: ControlsStore, outbox: OutboxStore, settings: PortalSettings, secret: bytes,
+        clock: Callable[[], datetime], seal: Callable[[str, bytes], bytes] | None,
+        wake_outbox: Callable[[], None],
+    ):
+        self._gate = gate
+        self._landing = landing
+        self._pages = pages
+        self._db = db
         self._controls = controls
         self._outbox = outbox
+        self._settings = settings
+        self._secret = secret
+        self._clock = clock
         self._seal = seal
         self._wake_outbox = wake_outbox
-        settings = portal.settings
         self._per_client = SlidingWindow(settings.otp_per_client_per_hour, timedelta(hours=1))
 
     # -- routes ---------------------------------------------------------------------------
 
     async def send(self, request: web.Request) -> web.StreamResponse:
-        portal = self._portal
-        checked = await portal.checked_post(request, _asks_for_a_code)
+        gate = self._gate
+        checked = await gate.checked_post(request, _asks_for_a_code)
         if isinstance(checked, web.StreamResponse):
             return checked
         state, _ = checked
         if self._seal is None:
             log.error("portal: no sealer was given, so no one-time code can be sent")
-            return portal.pages.error_page(request, 503, message="otp_unavailable")
-        now = portal.clock()
-        client = portal.client(request)
+            return self._pages.error_page(request, 503, message="otp_unavailable")
+        now = self._clock()
+        client = gate.client(request)
         key = client_key(client["client_ip"])
         wait = self._per_client.reserve(key, now)
         if wait is not None:
@@ -98,30 +102,28 @@ class OtpGate:
             self._per_client.release(key)
             raise
         self._wake_outbox()
-        return portal.see_landing(request)
+        return gate.see_landing(request)
 
     async def verify(self, request: web.Request) -> web.StreamResponse:
-        portal = self._portal
-        checked = await portal.checked_post(request, _asks_for_a_code)
+        gate = self._gate
+        checked = await gate.checked_post(request, _asks_for_a_code)
         if isinstance(checked, web.StreamResponse):
             return checked
         state, form = checked
         assert state.link is not None
-        now = portal.clock()
+        now = self._clock()
         link_id = state.link.id
         typed = normalize_code(form.get("code", ""))
         # Anything that is not six digits cannot match, and costs a try all the same.
-        typed_hash = otp_mac(portal.secret, link_id, typed) if typed else ""
-        max_attempts = portal.settings.otp_max_attempts
+        typed_hash = otp_mac(self._secret, link_id, typed) if typed else ""
+        max_attempts = self._settings.otp_max_attempts
         outcome = await asyncio.to_thread(
             self._controls.settle_otp, link_id, typed_hash, now, max_attempts
         )
         if outcome == "verified":
-            await portal.audit("otp.verified", request, state, {})
-            response = portal.see_landing(request)
-            expires = now + portal.settings.session_lifetime
-            portal.set_link_cookie(response, request, VERIFIED_COOKIE,
-                                   make_verified(portal.secret, link_id, expires))
+            await gate.audit("otp.verified", request, state, {})
+            response = gate.see_landing(request)
+            gate.grant_verified(response, request, link_id, now)
             return response
         return await self._not_verified(request, state, outcome)
 
@@ -130,15 +132,14 @@ class OtpGate:
     def _issue(self, state: LinkState, client: dict[str, str], now: datetime) -> None:
         """Store the new code's MAC, queue the mail with the sealed code, audit: one commit."""
         assert state.link is not None and self._seal is not None
-        portal, link = self._portal, state.link
-        settings = portal.settings
+        link, settings = state.link, self._settings
         code = new_code()
         expires_at = now + settings.otp_lifetime
         item_id = new_outbox_id()
         sealed = self._seal(item_id, json.dumps({"code": code}).encode())
-        with portal.db.transaction():
+        with self._db.transaction():
             sends = self._controls.issue_otp(
-                link.id, otp_mac(portal.secret, link.id, code), now, expires_at,
+                link.id, otp_mac(self._secret, link.id, code), now, expires_at,
                 settings.otp_resend_interval,
             )
             # A code not yet mailed is stale now: only the newest may go out.
@@ -148,7 +149,7 @@ class OtpGate:
                 payload={"minutes": _minutes(settings.otp_lifetime)},
                 transfer_id=link.transfer_id, link_id=link.id,
             )
-            portal.db.append_event(
+            self._db.append_event(
                 "otp.sent", now, transfer_id=link.transfer_id, link_id=link.id,
                 recipient=link.recipient,
                 detail={**client, "expires_at": expires_at.isoformat(), "sends": sends},
@@ -156,19 +157,19 @@ class OtpGate:
 
     async def _throttled(self, request: web.Request, state: LinkState, scope: str,
                          wait: timedelta) -> web.Response:
-        portal = self._portal
+        gate = self._gate
         seconds = max(math.ceil(wait.total_seconds()), 1)
-        portal.emit("refusal", {"reason": "otp_throttled"})
-        await portal.audit("otp.throttled", request, state,
-                           {"scope": scope, "retry_after": seconds})
-        locale = portal.pages.locale(request)
+        gate.emit("refusal", {"reason": "otp_throttled"})
+        await gate.audit("otp.throttled", request, state,
+                         {"scope": scope, "retry_after": seconds})
+        locale = self._pages.locale(request)
         t = Translator(locale)
         if scope == "link":
             alert = t("otp_wait", seconds=seconds)
         else:
-            until = portal.pages.local(portal.clock() + timedelta(seconds=seconds), locale)
+            until = self._pages.local(self._clock() + timedelta(seconds=seconds), locale)
             alert = t("otp_client_limit", until=until)
-        response = portal.landing_page(request, state, 429, alert=alert)
+        response = self._landing.render(request, state, 429, alert=alert)
         response.headers["Retry-After"] = str(seconds)
         return response
 
@@ -176,27 +177,27 @@ class OtpGate:
 
     async def _not_verified(self, request: web.Request, state: LinkState,
                             outcome: str) -> web.Response:
-        portal = self._portal
+        gate = self._gate
         assert state.link is not None
         otp = await asyncio.to_thread(self._controls.otp_state, state.link.id)
         state = replace(state, otp=otp)
-        max_attempts = portal.settings.otp_max_attempts
-        t = Translator(portal.pages.locale(request))
+        max_attempts = self._settings.otp_max_attempts
+        t = Translator(self._pages.locale(request))
         if outcome in ("wrong", "locked"):
-            await portal.audit("otp.failed", request, state, {})
+            await gate.audit("otp.failed", request, state, {})
         if outcome == "wrong":
             left = max(max_attempts - (otp.failures if otp else 0), 0)
             alert = t("otp_wrong", left=left)
         elif outcome == "locked":
-            portal.emit("otp_locked", {})
-            await portal.audit("otp.locked", request, state, {"attempts": max_attempts})
+            gate.emit("otp_locked", {})
+            await gate.audit("otp.locked", request, state, {"attempts": max_attempts})
             alert = t("otp_locked")
         else:
-            await portal.audit("otp.refused", request, state, {"reason": outcome})
+            await gate.audit("otp.refused", request, state, {"reason": outcome})
             locked = otp is not None and otp.code_hash and otp.failures >= max_attempts
             alert = t("otp_expired" if outcome == "expired"
                       else "otp_locked" if locked else "otp_none")
-        return portal.landing_page(request, state, 403, alert=alert)
+        return self._landing.render(request, state, 403, alert=alert)
 
 
 def _minutes(lifetime: timedelta) -> int:

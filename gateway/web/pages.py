@@ -1,5 +1,5 @@
-"""What every portal page handler shares: templates in ja/en, error pages, cookies, reading a
-form, and the same-site check every POST passes before it may change anything."""
+"""Render the portal's pages: templates in ja/en, error pages, and cookies scoped to the page's
+token. What a request may see or do is decided before (link_gate.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ from zoneinfo import ZoneInfo
 import jinja2
 from aiohttp import web
 
-from gateway.config import PortalSettings
-from gateway.pipeline.notice import format_expiry
+from gateway.presentation import format_expiry
 from gateway.web.i18n import LOCALES, Translator, choose_locale
-from gateway.web.security import client_ip, cross_site, csrf_problem, origin_of
 
 LANG_COOKIE_AGE = 365 * 24 * 3600
-_MAX_USER_AGENT_CHARS = 256
 # Where a token's pages live; the first path segment names the kind of token.
 _TOKEN_PREFIXES = {"d": "/d/", "m": "/m/"}
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -33,35 +30,6 @@ def token_base(request: web.Request) -> str:
         return ""
     segment = request.path.lstrip("/").split("/", 1)[0]
     return f"{_TOKEN_PREFIXES.get(segment, '/d/')}{quote(token, safe='')}"
-
-
-async def read_form(request: web.Request) -> dict[str, str]:
-    """The POST's text fields; an unreadable body is an empty form (the checks then refuse)."""
-    try:
-        form = await request.post()
-    except ValueError:
-        return {}
-    return {key: value for key, value in form.items() if isinstance(value, str)}
-
-
-def post_problem(request: web.Request, *, settings: PortalSettings, secret: bytes,
-                 subject: str, form: Mapping[str, str], now: datetime) -> str | None:
-    """None when a POST comes from our own page about `subject`; else the refusal reason."""
-    allowed = {origin_of(settings.public_url), f"{request.scheme}://{request.host}".lower()}
-    headers = request.headers
-    if cross_site(headers.get("Origin"), headers.get("Referer"), allowed - {None},
-                  fetch_site=headers.get("Sec-Fetch-Site")):
-        return "cross_site"
-    return csrf_problem(secret, subject, form.get("csrf", ""), now)
-
-
-def client_details(request: web.Request, settings: PortalSettings) -> dict[str, str]:
-    """Who asked, for the audit trail."""
-    forwarded = request.headers.getall("X-Forwarded-For", [])
-    return {
-        "client_ip": client_ip(request.remote, forwarded, settings.trusted_proxies),
-        "user_agent": request.headers.get("User-Agent", "")[:_MAX_USER_AGENT_CHARS],
-    }
 
 
 class Pages:

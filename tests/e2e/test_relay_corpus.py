@@ -13,7 +13,7 @@ from email import message_from_bytes, policy
 import dkim
 import pytest
 
-from gateway.dkimkeys import generate_dkim_key
+from gateway.outbound.dkim_keys import generate_dkim_key
 from gateway.store.passwords import hash_token
 from tests.support.running import CORPUS, corpus_mail, send_corpus
 

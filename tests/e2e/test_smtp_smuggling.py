@@ -13,7 +13,7 @@ import time
 import dkim
 import pytest
 
-from gateway.dkimkeys import generate_dkim_key
+from gateway.outbound.dkim_keys import generate_dkim_key
 from gateway.wire import crlf_line_endings
 from tests.support.raw_sink import RawClient, RawMessage, RawSink
 from tests.support.running import corpus_mail

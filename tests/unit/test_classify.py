@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from gateway.containers.contents import InspectionLimits
+from gateway.errors import MimeLimitExceeded
+from gateway.mime import MAX_DEPTH, parse_message, part_at
 from gateway.model import Classification, ContainerReport, Finding, ZipVerdict
 from gateway.pipeline.classify import classify, content_inspector
-from gateway.pipeline.parse import MAX_DEPTH, MimeLimitExceeded, MimeLimits, parse_message, part_at
+from gateway.pipeline.parse import MimeLimits
 from tests.support.smime import self_signed
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"

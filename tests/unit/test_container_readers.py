@@ -21,7 +21,7 @@ from gateway.containers.office import compound_streams
 from gateway.containers.rar import RarReport, inspect_rar
 from gateway.containers.sevenzip import unpack_7z
 from gateway.model import ZipVerdict
-from gateway.zipinspect import inspect_zip
+from gateway.containers.zipinspect import inspect_zip
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ARCHIVES = FIXTURES / "archives"

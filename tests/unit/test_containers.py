@@ -15,7 +15,7 @@ import pyzipper
 
 from gateway.containers import inspect_container, nested_zip_names
 from gateway.model import ContainerReport, ZipVerdict
-from gateway.zipinspect import inspect_zip
+from gateway.containers.zipinspect import inspect_zip
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "containers"
 CORPUS_FILES = Path(__file__).resolve().parents[1] / "corpus" / "files"

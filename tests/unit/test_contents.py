@@ -192,24 +192,19 @@ def test_the_deadline_is_a_timeout_not_a_verdict():
 
 def test_a_converted_copy_that_still_holds_an_archive_is_not_sent():
     """The last look before delivery: a rewrite that failed to take a file out raises."""
-    from gateway.model import OutgoingMessage
-    from gateway.pipeline.relay import _verify_converted
-    from gateway.pipeline.rewrite import RewriteError
+    from gateway.errors import RewriteError
+    from gateway.model import Envelope, OutgoingMessage
+    from gateway.pipeline.conversion import verify_converted
+    from gateway.pipeline.transaction import Transaction
 
     mail = (b"From: a@city.example.lg.jp\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
             b"boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n--B\r\n"
             b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
             + base64.encodebytes(AES_ZIP).replace(b"\n", b"\r\n") + b"--B--\r\n")
-    inspector = content_inspector(MimeLimits(), InspectionLimits())
-    inside = OutgoingMessage("a@city.example.lg.jp", ("b@city.example.lg.jp",), mail)
-    _verify_converted([inside], MimeLimits(), inspector)  # the original, for inside: not looked at
-    copy = OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1")
+    tx = Transaction(Envelope("a@city.example.lg.jp", ("t@partner.example.com",)), mail)
+    tx.inspector = content_inspector(MimeLimits(), InspectionLimits())
+    tx.outgoing = [OutgoingMessage("a@city.example.lg.jp", ("b@city.example.lg.jp",), mail)]
+    verify_converted(tx)  # the original, for recipients inside: not looked at again
+    tx.outgoing.append(OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1"))
     with pytest.raises(RewriteError, match="still holds encrypted ZIP entry"):
-        _verify_converted([copy], MimeLimits(), inspector)
-
-
-@pytest.mark.parametrize("head", [b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18", b"LZIP\x01", b"\x1f\x9d\x90",
-                                  b"MSCF\x00\x00\x00\x00", b"\x60\xea\x2a\x00", b"\x00\x00-lh5-"],
-                         ids=["zstd", "lz4", "lzip", "compress", "cab", "arj", "lzh"])
-def test_compressed_formats_that_cannot_be_opened_here_are_held_back(head):
-    assert finding(head + bytes(range(256)) * 4) is Finding.UNINSPECTABLE
+        verify_converted(tx)

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.model import DeliveryResult, OutgoingMessage
-from gateway.pipeline.deliver import SmtpNextHop, make_next_hop, parse_next_hop_url
-from gateway.pipeline.outbox import OutboxNextHop
+from gateway.outbound.folder import FolderNextHop
+from gateway.outbound.next_hops import make_next_hop, parse_next_hop_url
+from gateway.outbound.smtp import SmtpNextHop
 from gateway.wire import crlf_line_endings
 from tests.support.raw_sink import RawSink
 from tests.support.sink import RecordingSink
@@ -395,7 +396,7 @@ def test_starttls_off_stays_plaintext_even_when_offered(
 QUEUED_AT = dt.datetime(2026, 4, 1, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
 
 
-def outbox_deliver(outbox: OutboxNextHop, message: OutgoingMessage) -> DeliveryResult:
+def outbox_deliver(outbox: FolderNextHop, message: OutgoingMessage) -> DeliveryResult:
     return asyncio.run(outbox.deliver(message))
 
 
@@ -415,7 +416,7 @@ class CountingFsync:
 
 def test_outbox_writes_eml_and_json_sidecar_durably(tmp_path: Path) -> None:
     fsync = CountingFsync()
-    outbox = OutboxNextHop(tmp_path, fsync=fsync, clock=lambda: QUEUED_AT)
+    outbox = FolderNextHop(tmp_path, fsync=fsync, clock=lambda: QUEUED_AT)
     message = corpus_message("12_mixed_recipients")
     result = outbox_deliver(outbox, message)
     assert result.accepted and result.code == 250
@@ -432,7 +433,7 @@ def test_outbox_writes_eml_and_json_sidecar_durably(tmp_path: Path) -> None:
 
 
 def test_outbox_names_are_unique_for_the_same_instant(tmp_path: Path) -> None:
-    outbox = OutboxNextHop(tmp_path, clock=lambda: QUEUED_AT)
+    outbox = FolderNextHop(tmp_path, clock=lambda: QUEUED_AT)
     for _ in range(3):
         assert outbox_deliver(outbox, simple_message()).accepted
     assert len(list(tmp_path.glob("*.eml"))) == 3
@@ -441,14 +442,14 @@ def test_outbox_names_are_unique_for_the_same_instant(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fail_on", [1, 2, 3, 4])
 def test_outbox_fsync_failure_is_temporary_and_leaves_nothing(tmp_path: Path, fail_on: int) -> None:
     fsync = CountingFsync(fail_on)
-    result = outbox_deliver(OutboxNextHop(tmp_path, fsync=fsync), simple_message())
+    result = outbox_deliver(FolderNextHop(tmp_path, fsync=fsync), simple_message())
     assert fsync.calls == fail_on
     assert result == DeliveryResult(False, 451, "4.3.0 outbox write failed")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_outbox_creates_its_directory_on_first_use(tmp_path: Path) -> None:
-    outbox = OutboxNextHop(tmp_path / "spool" / "outbox")
+    outbox = FolderNextHop(tmp_path / "spool" / "outbox")
     assert outbox_deliver(outbox, simple_message()).accepted
     [eml] = (tmp_path / "spool" / "outbox").glob("*.eml")
     assert eml.stat().st_mode & 0o777 == 0o600
@@ -457,10 +458,10 @@ def test_outbox_creates_its_directory_on_first_use(tmp_path: Path) -> None:
 
 def test_outbox_that_cannot_be_written_is_temporary_and_fails_check(tmp_path: Path) -> None:
     (tmp_path / "not-a-directory").write_bytes(b"")
-    outbox = OutboxNextHop(tmp_path / "not-a-directory" / "outbox")
+    outbox = FolderNextHop(tmp_path / "not-a-directory" / "outbox")
     assert outbox_deliver(outbox, simple_message()) == DeliveryResult(False, 451, "4.3.0 outbox write failed")
     assert asyncio.run(outbox.check()) is False
-    assert asyncio.run(OutboxNextHop(tmp_path).check()) is True
+    assert asyncio.run(FolderNextHop(tmp_path).check()) is True
     assert [path.name for path in tmp_path.iterdir()] == ["not-a-directory"]  # probe cleaned up
 
 
@@ -525,7 +526,7 @@ def test_make_next_hop_builds_the_hop_the_url_names(tmp_path: Path) -> None:
     assert isinstance(smtp, SmtpNextHop) and (smtp.host, smtp.port) == ("::1", 2525)
     assert smtp.describe() == "smtp://[::1]:2525 (starttls required)"
     outbox = make_next_hop(f"outbox:{tmp_path}", **settings)
-    assert isinstance(outbox, OutboxNextHop) and outbox.path == tmp_path
+    assert isinstance(outbox, FolderNextHop) and outbox.path == tmp_path
     with pytest.raises(ValueError):
         make_next_hop("smtp://relay", **{**settings, "starttls": "sometimes"})
     with pytest.raises(ValueError):

@@ -18,7 +18,7 @@ from gateway.filenames import (
     display_safe,
     has_filename_parameter,
 )
-from gateway.pipeline.parse import parse_message
+from gateway.mime import parse_message
 
 CORPUS_MAIL = Path(__file__).resolve().parents[1] / "corpus" / "mail"
 

@@ -17,19 +17,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from gateway.containers.zipinspect import inspect_zip
 from gateway.filenames import attachment_filename, display_safe
 from gateway.log import EscapingFormatter, MessageLogger, escape_line, format_fields
+from gateway.mime import parse_message
 from gateway.model import Envelope
-from gateway.pipeline.notice import (
-    Notice,
-    NoticeFile,
-    display_name,
-    make_template_env,
-    render_notice,
-)
-from gateway.pipeline.parse import parse_message
+from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
+from gateway.presentation import display_name
 from gateway.unlock.extract import ExtractLimits, extract_members
-from gateway.zipinspect import inspect_zip
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

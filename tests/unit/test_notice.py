@@ -11,15 +11,8 @@ from zoneinfo import ZoneInfo
 import jinja2
 import pytest
 
-from gateway.pipeline.notice import (
-    Notice,
-    NoticeFile,
-    display_name,
-    format_expiry,
-    human_size,
-    make_template_env,
-    render_notice,
-)
+from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
+from gateway.presentation import display_name, format_expiry, human_size
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 TOKYO = ZoneInfo("Asia/Tokyo")

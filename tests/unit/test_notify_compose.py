@@ -18,13 +18,13 @@ import dkim
 import jinja2
 import pytest
 
-from gateway.dkimkeys import GeneratedKey, generate_dkim_key
 from gateway.model import OutgoingMessage
 from gateway.notify import ComposeError
 from gateway.notify.compose import NoticeComposer
 from gateway.notify.webhook import WebhookCall
+from gateway.outbound.dkim import DkimKey, DkimSigner
+from gateway.outbound.dkim_keys import GeneratedKey, generate_dkim_key
 from gateway.pipeline.notice import make_template_env
-from gateway.pipeline.sign import DkimKey, DkimSigner
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
 from gateway.store.db import Database

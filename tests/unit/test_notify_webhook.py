@@ -29,7 +29,7 @@ from gateway.notify.webhook import (
     verify_signature,
 )
 from gateway.notify.worker import GIVE_UP_NOTE, OutboxWorker
-from gateway.pipeline.deliver import SmtpNextHop
+from gateway.outbound.smtp import SmtpNextHop
 from gateway.store.crypto import open_small, seal_small
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxItem, OutboxStore, new_outbox_id

@@ -11,10 +11,15 @@ from typing import Any, Awaitable, Callable, Iterator, Sequence
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.ops.admin import HealthCheck, build_admin_app, next_hop_check, store_writable_check
+from gateway.ops.admin import (
+    HealthCheck,
+    build_admin_app,
+    next_hop_check,
+    store_writable_check,
+)
 from gateway.ops.metrics import GatewayMetrics
-from gateway.pipeline.deliver import SmtpNextHop
-from gateway.pipeline.outbox import OutboxNextHop
+from gateway.outbound.folder import FolderNextHop
+from gateway.outbound.smtp import SmtpNextHop
 from gateway.store.db import Database
 from tests.support.sink import RecordingSink
 
@@ -56,7 +61,7 @@ def closed_port() -> Iterator[int]:
 
 
 def test_healthz_ok_with_writable_store_and_outbox_next_hop(tmp_path: Path, db: Database) -> None:
-    checks = [store_writable_check(tmp_path, db), next_hop_check(OutboxNextHop(tmp_path / "out"))]
+    checks = [store_writable_check(tmp_path, db), next_hop_check(FolderNextHop(tmp_path / "out"))]
     status, body, cache = run_app(checks, get_json)
     assert (status, body) == (200, {"status": "ok", "checks": {"store": "ok", "next_hop": "ok"}})
     assert cache == "no-store"
@@ -82,7 +87,7 @@ def test_healthz_ok_with_reachable_smtp_next_hop(tmp_path: Path, db: Database) -
 def test_healthz_503_when_data_dir_is_a_file(tmp_path: Path, db: Database) -> None:
     not_a_dir = tmp_path / "data"
     not_a_dir.write_bytes(b"")
-    checks = [store_writable_check(not_a_dir, db), next_hop_check(OutboxNextHop(tmp_path / "out"))]
+    checks = [store_writable_check(not_a_dir, db), next_hop_check(FolderNextHop(tmp_path / "out"))]
     status, body, cache = run_app(checks, get_json)
     assert status == 503 and cache == "no-store"
     assert body["status"] == "failing"

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError
+from gateway.errors import HeaderLimitExceeded, MimeLimitExceeded
+from gateway.mime import parse_message, walk_with_paths
 from gateway.pipeline.classify import parse_and_classify
-from gateway.pipeline.parse import (
-    HeaderLimitExceeded,
-    MimeLimitExceeded,
-    MimeLimits,
-    check_limits,
-    parse_message,
-    walk_with_paths,
-)
+from gateway.pipeline.parse import MimeLimits, check_limits
 from gateway.replies import reply_for_exception
 from tests.support.running import CORPUS, make_config
 

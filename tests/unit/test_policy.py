@@ -7,11 +7,17 @@ from pathlib import Path
 import pytest
 
 from gateway.config import build_config
+from gateway.mime import parse_message
 from gateway.model import (
-    Action, Attachment, Classification, ContainerReport, Envelope, ZipReport, ZipVerdict,
+    Action,
+    Attachment,
+    Classification,
+    ContainerReport,
+    Envelope,
+    ZipReport,
+    ZipVerdict,
 )
 from gateway.pipeline.classify import classify
-from gateway.pipeline.parse import parse_message
 from gateway.pipeline.policy import decide, department_for, is_internal, sender_matches
 
 CONFIG = build_config(

@@ -13,7 +13,8 @@ import pytest
 
 from gateway.config import PortalSettings
 from gateway.store.crypto import open_small
-from gateway.web.otp import mask_address, normalize_code
+from gateway.web.landing import mask_address
+from gateway.web.otp import normalize_code
 from gateway.web.ratelimit import SlidingWindow, client_key
 from gateway.web.security import otp_mac
 from tests.support.running import PUBLIC_URL

@@ -14,9 +14,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import SmtpSettings
+from gateway.errors import RewriteError, UnparseableMessage
 from gateway.log import MessageLogger
-from gateway.pipeline.parse import UnparseableMessage
-from gateway.pipeline.rewrite import RewriteError
 from gateway.replies import (
     INTERNAL_ERROR,
     STORAGE_UNAVAILABLE,

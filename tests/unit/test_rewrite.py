@@ -12,9 +12,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.errors import RewriteError
+from gateway.mime import children, parse_message, part_at, walk_with_paths
 from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
-from gateway.pipeline.parse import children, parse_message, part_at, walk_with_paths
-from gateway.pipeline.rewrite import RewriteError, rewrite_message
+from gateway.pipeline.rewrite import rewrite_message
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"

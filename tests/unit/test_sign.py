@@ -15,13 +15,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway.dkimkeys import GeneratedKey, generate_dkim_key, load_private_key
+from gateway.mime import parse_message
 from gateway.model import DeliveryResult, OutgoingMessage
-from gateway.pipeline.deliver import SmtpNextHop
+from gateway.outbound.dkim import DkimKey, DkimSigner, dkimpy_private_key
+from gateway.outbound.dkim_keys import GeneratedKey, generate_dkim_key, load_private_key
+from gateway.outbound.smtp import SmtpNextHop
 from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
-from gateway.pipeline.parse import parse_message
 from gateway.pipeline.rewrite import rewrite_message
-from gateway.pipeline.sign import DkimKey, DkimSigner, dkimpy_private_key
 from tests.support.raw_sink import RawSink
 
 ROOT = Path(__file__).resolve().parents[2]

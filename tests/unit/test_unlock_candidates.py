@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipeline.parse import parse_message
+from gateway.mime import parse_message
 from gateway.unlock.candidates import looks_like_password_mail, password_candidates
 
 CORPUS_MAIL = Path(__file__).resolve().parents[1] / "corpus" / "mail"

@@ -25,7 +25,7 @@ from gateway.unlock.extract import (
     prove_password,
 )
 from gateway.unlock.zipentries import Budget, read_directory
-from gateway.zipinspect import inspect_zip
+from gateway.containers.zipinspect import inspect_zip
 
 PASSWORD = "h0stile-Test"
 LIMITS = ExtractLimits()
@@ -581,7 +581,7 @@ _FILE_SYSTEM_CALLS = {"open", "extract", "extractall", "write", "write_bytes", "
 _FILE_SYSTEM_MODULES = {"os", "shutil", "pathlib", "tempfile"}
 
 
-@pytest.mark.parametrize("module", ["zipinspect.py", "unlock"])
+@pytest.mark.parametrize("module", ["containers/zipinspect.py", "unlock"])
 def test_zip_reading_code_has_no_file_system_calls(module: str) -> None:
     """Static proof: the code that reads archives cannot open, write or create a path."""
     target = GATEWAY / module

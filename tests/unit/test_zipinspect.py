@@ -16,7 +16,7 @@ import pytest
 import pyzipper
 
 from gateway.model import ZipVerdict
-from gateway.zipinspect import inspect_zip
+from gateway.containers.zipinspect import inspect_zip
 
 CORPUS_FILES = Path(__file__).resolve().parents[1] / "corpus" / "files"
 

@@ -1,4 +1,5 @@
-"""The `outbox:PATH` next hop: each outgoing message becomes an .eml file with a .json envelope.
+"""The folder next hop (`outbox:PATH` in the configuration): each outgoing message becomes an
+.eml file with a .json envelope.
 
 The embedded default, so a newcomer sees results with no other mail server.
 """
@@ -16,10 +17,10 @@ from typing import Callable
 
 from gateway.durable import fsync_directory, make_directories
 from gateway.model import DeliveryResult, OutgoingMessage
-from gateway.pipeline.deliver import failure
+from gateway.outbound.hop import failure
 
 
-class OutboxNextHop:
+class FolderNextHop:
     """Write each message as NAME.eml plus a NAME.json envelope, for another process to pick up.
 
     The .json is written first and the .eml's rename is the commit point, so a reader that only

@@ -1,4 +1,4 @@
-"""Hand a finished message to the next hop (an SMTP relay, or an outbox directory) and report its verdict.
+"""The SMTP next hop: hand a finished message to the relay after us and report its verdict.
 
 The DeliveryResult is what the answer stage mirrors to our client: the next hop's hard errors stay
 permanent, everything else, our own network and disk trouble included, is temporary (451) so the
@@ -8,17 +8,16 @@ sending client keeps the message and retries. Nothing here raises for network or
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import ssl
-from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
 from gateway.crashpoints import crash_point
 from gateway.model import DeliveryResult, OutgoingMessage
+from gateway.outbound.hop import failure
 from gateway.wire import crlf_line_endings
 
 StartTls = Literal["off", "opportunistic", "required"]
@@ -27,24 +26,6 @@ _STARTTLS_MODES = ("off", "opportunistic", "required")
 # Everything aiosmtplib, the socket layer or TLS can throw at us while talking to the next hop
 # (OSError includes ssl.SSLError and TimeoutError).
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError)
-
-
-class NextHop(Protocol):
-    async def deliver(self, message: OutgoingMessage) -> DeliveryResult: ...
-
-    async def check(self) -> bool:
-        """True when the next hop can take mail right now (for a health endpoint)."""
-        ...
-
-    async def close(self) -> None: ...
-
-    def describe(self) -> str:
-        """A short name for logs, e.g. "smtp://relay:25 (starttls required)"."""
-        ...
-
-
-def failure(code: int, text: str, rejected: dict[str, tuple[int, str]] | None = None) -> DeliveryResult:
-    return DeliveryResult(accepted=False, code=code, message=text, rejected_recipients=rejected or {})
 
 
 class _Abandon(Exception):
@@ -322,80 +303,3 @@ class SmtpNextHop:
 
 
 # -- configuration ---------------------------------------------------------------------------
-
-_SMTP_URL = re.compile(
-    r"smtp://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+))(?::(?P<port>[0-9]{1,5}))?/?",
-    re.IGNORECASE,
-)
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-
-
-def _bad_url(url: str) -> ValueError:
-    return ValueError(f"invalid next hop URL {url!r}: expected smtp://HOST[:PORT] or outbox:PATH")
-
-
-def _valid_host_name(name: str) -> bool:
-    labels = name.removesuffix(".").split(".")
-    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return False
-    if all(label.isdigit() for label in labels):  # looks like IPv4, so must be IPv4
-        try:
-            ipaddress.IPv4Address(name)
-        except ValueError:
-            return False
-    return True
-
-
-def parse_next_hop_url(url: str) -> tuple[str, ...]:
-    """("smtp", HOST, PORT) or ("outbox", PATH); ValueError with a one-line message otherwise."""
-    if not url.isprintable() or url != url.strip():  # no line breaks, tabs or stray blanks
-        raise _bad_url(url)
-    if url.startswith("outbox:"):
-        path = url.removeprefix("outbox:")
-        if not path:
-            raise _bad_url(url)
-        return ("outbox", path)
-    match = _SMTP_URL.fullmatch(url)
-    if match is None:
-        raise _bad_url(url)
-    port = int(match["port"] or 25)
-    if not 0 < port < 65536:
-        raise _bad_url(url)
-    if match["ipv6"] is not None:
-        try:
-            host = str(ipaddress.IPv6Address(match["ipv6"]))
-        except ValueError:
-            raise _bad_url(url) from None
-    elif _valid_host_name(match["name"]):
-        host = match["name"]
-    else:
-        raise _bad_url(url)
-    return ("smtp", host, str(port))
-
-
-def make_next_hop(
-    url: str,
-    *,
-    starttls: StartTls,
-    timeout: float,
-    helo_name: str,
-    pool_size: int = 4,
-    tls_context: ssl.SSLContext | None = None,
-) -> NextHop:
-    parsed = parse_next_hop_url(url)
-    if parsed[0] == "outbox":
-        from gateway.pipeline.outbox import (
-            OutboxNextHop,  # outbox.py imports this module
-        )
-
-        return OutboxNextHop(Path(parsed[1]))
-    _, host, port = parsed
-    return SmtpNextHop(
-        host,
-        int(port),
-        starttls=starttls,
-        timeout=timeout,
-        helo_name=helo_name,
-        pool_size=pool_size,
-        tls_context=tls_context,
-    )

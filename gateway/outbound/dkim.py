@@ -20,7 +20,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gateway.dkimkeys import ALGORITHMS, dns_name, private_key_algorithm
+from gateway.outbound.dkim_keys import ALGORITHMS, dns_name, private_key_algorithm
 from gateway.wire import crlf_line_endings
 
 log = logging.getLogger(__name__)

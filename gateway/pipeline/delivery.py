@@ -1,0 +1,160 @@
+"""The delivery stages: each copy to the next hop, its answer recorded before the next copy
+goes, then the one answer for the client.
+
+Record commits what the next hop said in one transaction: the recipients served (so that a
+retry of the same message reaches only the rest), the link made active with its notices
+queued, or the link failed. Answer mirrors the next hop: any temporary refusal is our 4xx,
+permanent refusals our 5xx naming the recipients, else 250; a transfer none of whose links
+was delivered loses its files at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from datetime import datetime
+
+from gateway.crashpoints import crash_point
+from gateway.model import DeliveryResult, OutgoingMessage
+from gateway.outbound.hop import NextHop
+from gateway.pipeline.notify_step import NoticeQueue
+from gateway.pipeline.store_step import TransferWriter
+from gateway.pipeline.transaction import Delivery, Transaction
+from gateway.replies import OK, Reply
+from gateway.store.db import Database
+
+log = logging.getLogger("gateway.relay")
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+(.*)$", re.S)
+
+
+class Deliver:
+    name = "deliver"
+
+    def __init__(self, next_hop: NextHop):
+        self._next_hop = next_hop
+
+    async def process(self, tx: Transaction) -> None:
+        tx.rollbacks.clear()  # from here on a copy may have left: Answer decides what stays
+        result = await self._next_hop.deliver(tx.copy)
+        tx.deliveries.append(Delivery(tx.copy, result))
+
+
+class Record:
+    name = "record"
+
+    def __init__(self, db: Database, notices: NoticeQueue | None,
+                 clock: Callable[[], datetime], wake_notices: Callable[[], None]):
+        self._db = db
+        self._notices = notices
+        self._clock = clock
+        self._wake_notices = wake_notices
+
+    async def process(self, tx: Transaction) -> None:
+        delivery = tx.deliveries[-1]
+        message, result = delivery.message, delivery.result
+        try:
+            due_now = await asyncio.to_thread(self._record, tx, message, result)
+        except Exception as error:
+            if not result.accepted or message.link_id is not None:
+                raise  # a link left pending must not look delivered: 4xx, the retry mends
+            # The next hop has this unchanged copy: a 4xx now would make the retry send it
+            # again, so it counts as delivered though the store could not say so.
+            log.error("delivered but not recorded (%s): %s", type(error).__name__, error)
+            tx.outcome.notes.append("delivery not recorded")
+            due_now = False
+        if due_now:
+            self._wake_notices()
+        if result.accepted and message.link_id:
+            tx.outcome.links_created += 1
+
+    def _record(self, tx: Transaction, message: OutgoingMessage, result: DeliveryResult) -> bool:
+        """Commit what the next hop's answer means; True when a notice is due at once."""
+        now = self._clock()
+        transfer = tx.transfer
+        transfer_id = transfer.transfer_id if transfer else None
+        due_now = False
+        with self._db.transaction():
+            if result.accepted:
+                for rcpt in message.rcpt_tos:
+                    if rcpt not in result.rejected_recipients:
+                        self._db.record_delivery(
+                            tx.fingerprint, rcpt, now, transfer_id=transfer_id,
+                            link_id=message.link_id,
+                        )
+                if message.link_id:
+                    self._db.activate_link(message.link_id, now)
+                    self._db.set_transfer_state(transfer_id, "active")
+                    self._db.append_event(
+                        "link.delivered", now, transfer_id=transfer_id,
+                        link_id=message.link_id, recipient=message.rcpt_tos[0],
+                    )
+                    if self._notices is not None:
+                        due_now = self._notices.link_delivered(
+                            transfer, message.link_id, tx.decision.policy, now
+                        )
+            elif message.link_id:
+                self._db.fail_links([message.link_id])
+                self._db.append_event(
+                    "link.delivery_failed", now, transfer_id=transfer_id, link_id=message.link_id,
+                    recipient=message.rcpt_tos[0], detail={"code": result.code},
+                )
+        return due_now
+
+
+class Answer:
+    name = "answer"
+
+    def __init__(self, writer: TransferWriter, db: Database):
+        self._writer = writer
+        self._db = db
+
+    async def process(self, tx: Transaction) -> None:
+        if tx.transfer is not None:
+            links = await asyncio.to_thread(self._db.links_of, tx.transfer.transfer_id)
+            if not any(link.state == "active" for link in links):
+                await self._writer.discard(tx.transfer)
+        tx.outcome.reply = answer_for(tx)
+        crash_point("relay.recorded")
+
+
+def answer_for(tx: Transaction) -> Reply:
+    temporary: Reply | None = None
+    permanent: Reply | None = None
+    refused: list[str] = []
+    for delivery in tx.deliveries:
+        message, result = delivery.message, delivery.result
+        if not result.accepted:
+            reply = reply_from_result(result)
+            if result.temporary:
+                temporary = temporary or reply
+            else:
+                permanent = permanent or reply
+                refused.extend(message.rcpt_tos)
+            continue
+        for rcpt, (code, text) in result.rejected_recipients.items():
+            reply = reply_from_result(DeliveryResult(False, code, text))
+            if 400 <= code < 500:
+                temporary = temporary or reply
+            else:
+                permanent = permanent or reply
+                refused.append(rcpt)
+    if temporary:
+        return temporary
+    if permanent:
+        names = ", ".join(refused[:5])
+        return Reply(permanent.code, permanent.enhanced, f"{permanent.text} ({names})")
+    return OK
+
+
+def reply_from_result(result: DeliveryResult) -> Reply:
+    """The next hop's answer as ours: its enhanced code and text, its code class."""
+    match = _ENHANCED.match(result.message or "")
+    if match:
+        enhanced, text = match.group(1), match.group(2)
+    else:
+        enhanced = "4.4.0" if result.code < 500 else "5.0.0"
+        text = result.message or "next hop refused the message"
+    code = result.code if 400 <= result.code < 600 else 451
+    return Reply(code, enhanced, f"next hop: {text}")

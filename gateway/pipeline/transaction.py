@@ -1,0 +1,68 @@
+"""The one object a message is while the stages work on it, and what the log line says of it.
+
+Each stage reads what earlier stages put here and adds its own part: the envelope and bytes as
+received (made CRLF by the first stage), the fingerprint, the parsed tree and its
+classification, the decision, the stored transfer, the copies to send and, per copy, the next
+hop's answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import Message
+
+from gateway.containers.contents import ContentInspector
+from gateway.model import (
+    Classification,
+    Decision,
+    DeliveryResult,
+    Envelope,
+    OutgoingMessage,
+    StoredTransfer,
+)
+from gateway.pipeline.parse import MimeLimits
+from gateway.replies import OK, Reply
+
+
+@dataclass
+class Outcome:
+    """The answer for the client, and what the one log line says about the message."""
+
+    reply: Reply = OK
+    decision: str = "error"
+    department: str = ""
+    transfer_id: str = ""
+    internal: int = 0
+    external: int = 0
+    converted_files: int = 0
+    bytes_stored: int = 0  # plaintext bytes newly stored (not counting a retry's reused files)
+    links_created: int = 0  # links whose mail the next hop accepted
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Delivery:
+    """One copy sent: what went, and what the next hop said."""
+
+    message: OutgoingMessage
+    result: DeliveryResult
+
+
+@dataclass
+class Transaction:
+    envelope: Envelope
+    raw: bytes
+    outcome: Outcome = field(default_factory=Outcome)
+    fingerprint: str = ""
+    limits: MimeLimits = field(default_factory=MimeLimits)
+    inspector: ContentInspector | None = None  # set when the files must be looked into
+    message: Message | None = None
+    classification: Classification | None = None
+    decision: Decision | None = None
+    transfer: StoredTransfer | None = None
+    outgoing: list[OutgoingMessage] = field(default_factory=list)
+    copy: OutgoingMessage | None = None  # the copy the per-copy stages are working on
+    deliveries: list[Delivery] = field(default_factory=list)
+    # What to undo if the transaction fails before any copy was handed to the next hop.
+    rollbacks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
