@@ -1,0 +1,174 @@
+"""The conductor in-process: the declared stages over one Transaction, a recording next hop and a
+fake clock, a real store in a temporary directory; no socket, no process."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.app import open_store
+from gateway.config import build_config
+from gateway.model import DeliveryResult, Envelope, OutgoingMessage
+from gateway.outbound.dkim import DkimSigner
+from gateway.pipeline.notice import make_template_env
+from gateway.pipeline.admission import message_fingerprint
+from gateway.pipeline.notify_step import NoticeQueue
+from gateway.pipeline.relay import Relay
+from gateway.pipeline.store_step import TransferWriter
+from gateway.pipeline.transaction import Transaction
+from gateway.replies import SCAN_UNAVAILABLE
+from gateway.scan.clamd import ScanUnavailable
+from tests.support import evasions as ev
+from tests.support.running import FakeClock
+
+INTERNAL = "kacho@city.example.lg.jp"
+
+
+@dataclass
+class RecordingNextHop:
+    """Accepts (or answers as scripted) and remembers what it was given, in order; `seen`
+    lets a test look at the store at the moment each copy arrives."""
+
+    answers: list[DeliveryResult] = field(default_factory=list)
+    delivered: list[OutgoingMessage] = field(default_factory=list)
+    seen: list[object] = field(default_factory=list)
+    look: object = None
+
+    async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
+        self.delivered.append(message)
+        if self.look is not None:
+            self.seen.append(self.look())
+        return self.answers.pop(0) if self.answers else DeliveryResult(True, 250, "2.0.0 Ok")
+
+    async def check(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "recording"
+
+
+class DownScanner:
+    async def scan(self, data: bytes):
+        raise ScanUnavailable("clamd is away")
+
+
+@dataclass
+class Harness:
+    relay: Relay
+    hop: RecordingNextHop
+    db: object
+    blob_dir: Path
+
+    def send(self, data: bytes, rcpts=(ev.EXTERNAL,)):
+        return asyncio.run(self.relay.handle(Envelope(ev.SENDER, tuple(rcpts)), data))
+
+    def blobs(self) -> list[Path]:
+        return [p for p in self.blob_dir.rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def harness(tmp_path) -> Harness:
+    return make_harness(tmp_path)
+
+
+def make_harness(tmp_path: Path, scanner=None) -> Harness:
+    config = build_config({
+        "gateway": {"internal_domains": ["city.example.lg.jp"]},
+        "storage": {"data_dir": str(tmp_path / "data")},
+        "portal": {"public_url": "https://files.city.example.lg.jp"},
+    }, environ={})
+    master_key = secrets.token_bytes(32)
+    db, blobs = open_store(config, master_key)
+    hop = RecordingNextHop()
+    relay = Relay(
+        config, db, TransferWriter(db, blobs, master_key, config.storage.chunk_size), hop,
+        DkimSigner([]), make_template_env(config.gateway.templates_dir), FakeClock(),
+        NoticeQueue(db, master_key), scanner=scanner,
+    )
+    return Harness(relay, hop, db, tmp_path / "data" / "blobs")
+
+
+def test_the_stages_run_in_the_declared_order(harness):
+    assert harness.relay.pipeline.names == (
+        "frame", "served", "classify", "decide", "password-mail", "scan", "store", "rewrite",
+        "sign", "verify", "deliver", "record", "answer",
+    )
+
+
+def test_a_converted_mail_goes_out_as_one_copy_per_link_and_the_original_inside(harness):
+    outcome = harness.send(ev.ordinary(), rcpts=(ev.EXTERNAL, INTERNAL))
+    assert (outcome.reply.code, outcome.decision, outcome.links_created) == (250, "convert", 1)
+    original, converted = harness.hop.delivered
+    assert (original.rcpt_tos, original.link_id, original.data) == ((INTERNAL,), None, ev.ordinary())
+    assert converted.rcpt_tos == (ev.EXTERNAL,) and converted.link_id is not None
+    assert b"X-PPAP-Gateway: converted" in converted.data
+    assert [link.state for link in harness.db.links_of(outcome.transfer_id)] == ["active"]
+
+
+def test_each_copy_is_recorded_before_the_next_goes(harness):
+    data, rcpts = ev.ordinary(), (INTERNAL, ev.EXTERNAL)
+    fingerprint = message_fingerprint(Envelope(ev.SENDER, rcpts), data)
+    harness.hop.look = lambda: sorted(harness.db.delivered_recipients(fingerprint))
+    assert harness.send(data, rcpts=rcpts).reply.code == 250
+    assert harness.hop.seen == [[], [INTERNAL]]  # the second copy left after the first's record
+
+
+def test_a_retry_reaches_only_the_recipients_not_yet_served(harness):
+    harness.hop.answers = [DeliveryResult(True, 250, "ok"),
+                           DeliveryResult(False, 451, "4.3.0 busy")]
+    first = harness.send(ev.ordinary(), rcpts=(INTERNAL, ev.EXTERNAL))
+    assert (first.reply.code, first.reply.enhanced) == (451, "4.3.0")
+    again = harness.send(ev.ordinary(), rcpts=(INTERNAL, ev.EXTERNAL))
+    assert again.reply.code == 250
+    assert [m.rcpt_tos for m in harness.hop.delivered] == [(INTERNAL,), (ev.EXTERNAL,), (ev.EXTERNAL,)]
+    duplicate = harness.send(ev.ordinary(), rcpts=(INTERNAL, ev.EXTERNAL))
+    assert (duplicate.reply.code, duplicate.decision) == (250, "duplicate")
+    assert len(harness.hop.delivered) == 3
+
+
+def test_a_transfer_none_of_whose_copies_went_out_loses_its_files(harness):
+    harness.hop.answers = [DeliveryResult(False, 451, "4.4.1 no answer")]
+    outcome = harness.send(ev.ordinary())
+    assert outcome.reply.code == 451
+    assert harness.blobs() == []
+    assert [link.state for link in harness.db.links_of(outcome.transfer_id)] == ["failed"]
+
+
+def test_a_permanent_refusal_is_mirrored_naming_the_recipient(harness):
+    harness.hop.answers = [DeliveryResult(False, 550, "5.1.1 no such user")]
+    outcome = harness.send(ev.ordinary())
+    assert (outcome.reply.code, outcome.reply.enhanced) == (550, "5.1.1")
+    assert ev.EXTERNAL in outcome.reply.text
+
+
+def test_a_stop_ends_the_transaction_before_the_next_hop(harness):
+    outcome = harness.send(ev.ordinary().replace(b"attached.", b"attached.\x00"))
+    assert (outcome.reply.code, outcome.decision) == (554, "refused")
+    assert "NUL" in outcome.reply.text and harness.hop.delivered == []
+
+
+def test_a_temporary_stop_is_a_4xx_and_stores_nothing(tmp_path):
+    harness = make_harness(tmp_path, scanner=DownScanner())
+    outcome = harness.send(ev.zip_in_plain_zip())  # the outer ZIP is plain: clamd would read it
+    assert (outcome.reply, outcome.decision) == (SCAN_UNAVAILABLE, "scan-unavailable")
+    assert harness.hop.delivered == [] and harness.blobs() == []
+
+
+def test_a_failure_after_storing_rolls_the_transfer_back(harness, monkeypatch):
+    from gateway.errors import RewriteError
+    from gateway.pipeline import conversion
+
+    def broken(self, tx: Transaction, link, tree) -> bytes:
+        raise RewriteError("cannot")
+
+    monkeypatch.setattr(conversion.Rewrite, "_copy_for", broken)
+    outcome = harness.send(ev.ordinary())
+    assert (outcome.reply.code, outcome.reply.enhanced) == (554, "5.6.0")
+    assert harness.hop.delivered == [] and harness.blobs() == []
