@@ -1,11 +1,12 @@
 # Two commands: `make run` and `make test`. Both set everything up on a fresh machine.
+# `make test-fast`: the unit floor only (no socket, no process, no system packages), well under 30 s.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test install system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect clean
+.PHONY: run test test-fast install system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything but the end-to-end tests (tests/e2e/, marked `e2e` by directory in tests/conftest.py):
+# nothing here opens a socket or starts a process, so no system packages are needed.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e" tests/unit
 
 # A fuzz campaign against one real gateway (tests/fuzz): FUZZ_SECONDS (default 1200) of mutated
 # PPAP mail; summary and reproducers in test-artifacts/fuzz, the figures in docs/security.md;

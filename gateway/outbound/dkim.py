@@ -3,6 +3,7 @@
 A rewritten message no longer matches the sender's own signature, so the gateway signs it
 again (relaxed/relaxed) for the From domain when it holds a key for that domain.
 Signing is done by dkimpy; this module picks the keys and feeds them in dkimpy's formats.
+The signature time (t=) comes from an injectable clock, so that a signature is reproducible.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import dkim
 from cryptography.hazmat.primitives import serialization
@@ -57,8 +60,26 @@ class _SigningKey:
     algorithm: bytes
 
 
+class _DKIMAt(dkim.DKIM):
+    """dkimpy's signer with the signature time given instead of read from time.time(): dkimpy
+    takes a timestamp for ARC seals only, so t= is set in the tag list that gen_header() then
+    folds, hashes and signs. Everything else is dkimpy's own signing, byte for byte."""
+
+    def __init__(self, message: bytes, *, timestamp: int, **options) -> None:
+        super().__init__(message, **options)
+        self._timestamp = str(timestamp).encode("ascii")
+
+    def gen_header(self, fields, *args, **kwargs):
+        fields[:] = [(tag, self._timestamp if tag == b"t" else value) for tag, value in fields]
+        return super().gen_header(fields, *args, **kwargs)
+
+
 class DkimSigner:
-    def __init__(self, keys: Sequence[DkimKey]) -> None:
+    def __init__(
+        self, keys: Sequence[DkimKey], *, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        """`clock` gives the signature time (default: now); tests pass a fixed one."""
+        self._clock = clock
         self._by_domain: dict[str, list[_SigningKey]] = {}
         for key in keys:
             domain = dns_name(key.domain, "domain")
@@ -82,17 +103,18 @@ class DkimSigner:
         # dkimpy splits lines on LF only; a receiver reads bare CR and LF as CRLF.
         message = crlf_line_endings(data)
         include = _headers_to_sign(message)
+        timestamp = int(self._clock().timestamp() if self._clock else time.time())
         signatures = []
         for key in keys:
             try:
+                # As dkim.sign() does it, with our signature time.
+                signer = _DKIMAt(message, timestamp=timestamp, signature_algorithm=key.algorithm)
                 signatures.append(
-                    dkim.sign(
-                        message,
+                    signer.sign(
                         key.selector,
                         key.domain,
                         key.secret,
                         canonicalize=(b"relaxed", b"relaxed"),
-                        signature_algorithm=key.algorithm,
                         include_headers=include,
                     )
                 )

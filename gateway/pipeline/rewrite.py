@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from email.generator import BytesGenerator
 from email.message import Message
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from gateway.errors import RewriteError
 from gateway.mime import MAX_DEPTH, children, parse_message, part_at
@@ -46,28 +46,40 @@ _DECODE_CHAINS = {
 }
 
 
+def new_boundary() -> str:
+    """A MIME boundary for a part the rewriter makes: "=_ppap_" and 32 random hex digits."""
+    # "=_" cannot occur in base64 or quoted-printable lines, the only content we generate.
+    return f"=_ppap_{secrets.token_hex(16)}"
 
 
 @dataclass(frozen=True)
 class _NoticeTexts:
     text: str  # LF line ends, ends with one "\n"
     html: str
+    boundary: Callable[[], str] = new_boundary  # a fresh boundary for each multipart we make
 
 
 def rewrite_message(
-    raw: bytes, remove_paths: Sequence[tuple[int, ...]], notice_text: str, notice_html: str
+    raw: bytes, remove_paths: Sequence[tuple[int, ...]], notice_text: str, notice_html: str,
+    *, boundary: Callable[[], str] = new_boundary,
 ) -> bytes:
-    """The message without the parts at remove_paths, with the notice in its body; CRLF only."""
-    return rewrite_parsed(parse_message(raw), remove_paths, notice_text, notice_html)
+    """The message without the parts at remove_paths, with the notice in its body; CRLF only.
+    `boundary` makes the boundary of each multipart the rewriter creates (tests pass a
+    deterministic one to compare with golden files)."""
+    return rewrite_parsed(parse_message(raw), remove_paths, notice_text, notice_html,
+                          boundary=boundary)
 
 
 def rewrite_parsed(
-    root: Message, remove_paths: Sequence[tuple[int, ...]], notice_text: str, notice_html: str
+    root: Message, remove_paths: Sequence[tuple[int, ...]], notice_text: str, notice_html: str,
+    *, boundary: Callable[[], str] = new_boundary,
 ) -> bytes:
     """As rewrite_message, for a tree fresh from parse_message; it is changed in place, so a
     caller that already parsed the message can spare a second parse of its last copy."""
     _check_depth(root)
-    notice = _NoticeTexts(_lf(notice_text).strip("\n") + "\n", _lf(notice_html).strip("\n") + "\n")
+    notice = _NoticeTexts(
+        _lf(notice_text).strip("\n") + "\n", _lf(notice_html).strip("\n") + "\n", boundary
+    )
     paths = {tuple(p) for p in remove_paths}
     # Deepest and last first, so the indices of the paths still to come stay valid.
     for path in sorted(paths, reverse=True):
@@ -297,7 +309,7 @@ def _wrap_in_mixed(root: Message, notice: _NoticeTexts) -> None:
         del root[name]
     if "mime-version" not in root:
         root["MIME-Version"] = "1.0"
-    root["Content-Type"] = f'multipart/mixed; boundary="{_new_boundary()}"'
+    root["Content-Type"] = f'multipart/mixed; boundary="{notice.boundary()}"'
     root.set_payload([_notice_part(notice), content])
 
 
@@ -310,7 +322,7 @@ def _notice_part(notice: _NoticeTexts) -> Message:
         f"{notice.html}</body></html>\n"
     )
     alternative = Message()
-    alternative["Content-Type"] = f'multipart/alternative; boundary="{_new_boundary()}"'
+    alternative["Content-Type"] = f'multipart/alternative; boundary="{notice.boundary()}"'
     alternative.set_payload([text, _utf8_part("html", document)])
     return alternative
 
@@ -321,11 +333,6 @@ def _utf8_part(subtype: str, text: str) -> Message:
     part["Content-Transfer-Encoding"] = "base64"
     part.set_payload(_base64_lines(_crlf_utf8(text)))
     return part
-
-
-def _new_boundary() -> str:
-    # "=_" cannot occur in base64 or quoted-printable lines, the only content we generate.
-    return f"=_ppap_{secrets.token_hex(16)}"
 
 
 def _base64_lines(data: bytes) -> str:

@@ -1,3 +1,6 @@
+import socket
+from collections.abc import Iterator
+
 import pytest
 
 from tests.support.clamav import ClamdProcess
@@ -9,6 +12,15 @@ from tests.support.sink import RecordingSink
 def sink():
     with RecordingSink() as running:
         yield running
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound but not listening, and held for the whole
+    test so nobody else can take it meanwhile."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 @pytest.fixture

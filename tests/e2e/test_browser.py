@@ -14,7 +14,7 @@ import pytest
 from gateway.store.crypto import open_small
 from gateway.store.keys import load_or_create_master_key
 from gateway.store.passwords import hash_token
-from tests.e2e.test_relay_corpus import LINK, texts_of
+from tests.support.received import LINK, texts_of
 from tests.support.running import corpus_mail, send_corpus
 
 CHROMIUM = "/usr/bin/chromium"

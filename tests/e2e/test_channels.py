@@ -13,25 +13,16 @@ import pytest
 
 from gateway.notify.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from gateway.store.passwords import verify_password
-from tests.e2e.test_relay_corpus import LINK, links_in, texts_of
+from tests.support.portal_http import download_once
+from tests.support.received import LINK, body_text, links_in, password_in
 from tests.support.running import PUBLIC_URL, RunningGateway, corpus_mail, send_corpus
 
 PPAP = "01_outlook_jis_aes256"
 SENDER = "somu@city.example.lg.jp"
 
 
-def body_text(data: bytes) -> str:
-    return "\n".join(texts_of(data))
-
-
 def subject(data: bytes) -> str:
     return str(message_from_bytes(data, policy=policy.default)["Subject"])
-
-
-def password_in(text: str) -> str:
-    match = re.search(r"(?:■パスワード|Password:?)\s*\n?\s*(\S{8,})", text)
-    assert match, text
-    return match.group(1)
 
 
 def stored_password_hash(running) -> str:
@@ -171,22 +162,6 @@ def test_pending_notices_survive_a_restart(tmp_path, sink, start_gateway):
         assert len(sink.wait_for(4)) == 4
     finally:
         again.stop()
-
-
-def download_once(running, token: str) -> bytes:
-    """GET the landing page, then POST its download form, as a browser without JavaScript does."""
-    import html
-    import urllib.parse
-    import urllib.request
-
-    base = f"http://127.0.0.1:{running.gateway.portal_port}"
-    with urllib.request.urlopen(f"{base}/d/{token}", timeout=10) as page:
-        text = page.read().decode()
-    action = html.unescape(re.search(r'<form method="post" action="([^"]*/f/[^"]+)"', text).group(1))
-    csrf = html.unescape(re.search(r'name="csrf" value="([^"]+)"', text).group(1))
-    form = urllib.parse.urlencode({"csrf": csrf}).encode()
-    with urllib.request.urlopen(urllib.request.Request(base + action, data=form), timeout=10) as got:
-        return got.read()
 
 
 @pytest.mark.parametrize("mode, notices", [("first-download", 1), ("every-download", 2),

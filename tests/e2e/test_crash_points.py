@@ -26,8 +26,8 @@ import pytest
 from gateway.store.blobs import TEMP_PREFIX, BlobStore
 from gateway.store.keys import load_or_create_master_key
 from gateway.store.passwords import hash_token
-from tests.e2e.test_relay_corpus import links_in
-from tests.e2e.test_serve_cli import ROOT, free_port, wait_listening
+from tests.support.processes import ROOT, free_port, wait_listening
+from tests.support.received import links_in
 from tests.support.running import corpus_mail
 from tests.support.sink import ReceivedMessage
 

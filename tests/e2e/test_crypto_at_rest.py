@@ -22,16 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from gateway.sample import build_encrypted_zip
 from gateway.store.crypto import DEFAULT_CHUNK_SIZE, HEADER_SIZE, TAG_SIZE
 from gateway.web.download import FILE_BATCH_SIZE
-from tests.e2e.test_channels import body_text, password_in
-from tests.e2e.test_relay_corpus import links_in
+from tests.support.received import body_text, links_in, password_in
 from tests.support.running import CORPUS, PUBLIC_URL, Corpus, corpus_mail, send_corpus
-
-pytestmark = pytest.mark.e2e
 
 CHUNK = DEFAULT_CHUNK_SIZE
 SEALED = CHUNK + TAG_SIZE

@@ -9,13 +9,12 @@ from dataclasses import replace
 from email import message_from_bytes
 
 from gateway.store.outbox import OutboxStore
-from tests.e2e.test_bad_input import AES_ZIP, TEXT, ZIP_HEADERS, b64, mixed
-from tests.e2e.test_channels import body_text, password_in
-from tests.e2e.test_portal_attack import Portal
-from tests.e2e.test_relay_corpus import links_in
-from tests.e2e.test_relay_policy import transfer_rows
+from tests.support.handmade import AES_ZIP, TEXT, ZIP_HEADERS, b64, mixed
+from tests.support.portal_http import Portal
 from tests.support.raw_sink import RawClient, RawSink
+from tests.support.received import body_text, links_in, password_in
 from tests.support.running import Corpus, corpus_mail, send, send_corpus
+from tests.support.store_rows import transfer_rows
 
 SENDER = "somu@city.example.lg.jp"
 EXTERNAL = "tanaka@partner.example.com"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_relay_corpus import links_in
 from tests.fuzz.oracle import examine
 from tests.support import evasions as ev
+from tests.support.received import links_in
 from tests.support.running import send, send_exact
 
 SHELL_FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "shells"

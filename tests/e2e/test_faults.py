@@ -20,10 +20,10 @@ from gateway.app import Gateway, open_store
 from gateway.config import Config
 from gateway.store.blobs import TEMP_PREFIX, BlobStore
 from gateway.store.db import Database
-from tests.e2e.test_relay_contract import link_states
-from tests.e2e.test_serve_cli import ROOT, free_port
+from tests.support.processes import ROOT, free_port
 from tests.support.running import RunningGateway, corpus_mail, make_config, send_corpus
 from tests.support.sqlite_lock import locked_by_another_process
+from tests.support.store_rows import link_states
 
 PPAP = corpus_mail("01_outlook_jis_aes256")  # two external recipients, one encrypted ZIP
 

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_relay_corpus import links_in
 from tests.support.postfix import missing_programs, program
+from tests.support.received import links_in
 from tests.support.running import CORPUS, RunningGateway, make_config
-
-pytestmark = pytest.mark.e2e
 
 SENDER = "somu@city.example.lg.jp"
 PER_KIND = 100

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.e2e.test_serve_cli import free_port, wait_listening
+from tests.support.processes import free_port, wait_listening
 from tests.support.sink import RecordingSink
 
 CLIENTS = 50

@@ -14,9 +14,9 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 from gateway.store.passwords import hash_token
-from tests.e2e.test_relay_corpus import links_in
-from tests.e2e.test_unlock_flows import portal
+from tests.support.portal_http import portal
 from tests.support.ppap import SENDER, zipcrypto_zip
+from tests.support.received import links_in
 from tests.support.running import PUBLIC_URL, send
 
 PARTNER = "tanaka@partner.example.com"

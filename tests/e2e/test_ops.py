@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
-from tests.e2e.test_relay_contract import closed_port
+from tests.support.processes import free_port
 from tests.support.running import corpus_mail, send_corpus
 
 
@@ -20,7 +20,7 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def test_healthz_reports_a_down_next_hop(start_gateway):
-    running = start_gateway(next_hop_url=f"smtp://127.0.0.1:{closed_port()}")
+    running = start_gateway(next_hop_url=f"smtp://127.0.0.1:{free_port()}")
     status, body = get(running.gateway.admin_port, "/healthz")
     assert status == 503
     checks = json.loads(body)["checks"]

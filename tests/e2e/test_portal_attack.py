@@ -8,26 +8,18 @@ import asyncio
 import hashlib
 import re
 import secrets
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
 
 from gateway.config import PortalSettings
 from gateway.store.passwords import hash_token
-from tests.e2e.test_channels import body_text, password_in
-from tests.e2e.test_relay_corpus import links_in, texts_of
+from tests.support.portal_harness import PortalHarness
+from tests.support.portal_http import CSRF, FILE_ID, Portal
+from tests.support.received import body_text, links_in, password_in, texts_of
 from tests.support.running import PUBLIC_URL, corpus_mail, send_corpus
-from tests.unit.test_portal_pages import PortalHarness
-
-pytestmark = pytest.mark.e2e
 
 MAIL = "01_outlook_jis_aes256"
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-FILE_ID = re.compile(r'action="/d/[^"/]+/f/([0-9a-f]+)"')
 PROXIES = {"portal": {"trusted_proxies": ["127.0.0.0/8"]}}
 SCANNERS = {
     "Defender SafeLinks": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, "
@@ -39,52 +31,6 @@ SCANNERS = {
     "Slackbot": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
     "curl": "curl/8.5.0",
 }
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-class Portal:
-    """Plain HTTP to the running gateway's portal; redirects are not followed."""
-
-    def __init__(self, running):
-        self.base = f"http://127.0.0.1:{running.gateway.portal_port}"
-
-    def request(self, path: str, form: dict | None = None, method: str | None = None,
-                **headers: str) -> Reply:
-        class NoRedirect(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, *args, **kwargs):
-                return None
-
-        data = urllib.parse.urlencode(form).encode() if form is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={k.replace("_", "-"): v
-                                                  for k, v in headers.items()})
-        try:
-            with urllib.request.build_opener(NoRedirect).open(request, timeout=30) as response:
-                return Reply(response.status, response.read(), dict(response.headers))
-        except urllib.error.HTTPError as error:
-            with error:
-                return Reply(error.code, error.read(), dict(error.headers))
-
-    def csrf(self, token: str, **headers: str) -> str:
-        return CSRF.search(self.request(f"/d/{token}", **headers).text).group(1)
-
-    def post(self, token: str, action: str, form: dict, **headers: str) -> Reply:
-        return self.request(f"/d/{token}{action}", form, Origin=self.base, **headers)
-
-    def download(self, token: str, **headers: str) -> Reply:
-        page = self.request(f"/d/{token}", **headers).text
-        action = f"/f/{FILE_ID.search(page).group(1)}"
-        return self.post(token, action, {"csrf": CSRF.search(page).group(1)}, **headers)
 
 
 def converted(sink, running) -> tuple[list[str], str]:

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from gateway.store.passwords import hash_token
-from tests.e2e.test_relay_corpus import assert_no_zip_bytes, links_in, texts_of
 from tests.support.postfix import PostfixInstance, free_port, missing_programs, program
+from tests.support.received import assert_no_zip_bytes, links_in, texts_of
 from tests.support.running import CORPUS, RunningGateway, corpus_mail, make_config
-
-pytestmark = pytest.mark.e2e
 
 MAIL = "01_outlook_jis_aes256"
 # Only the relayed copies reach the sink: no receipts or download notices to the sender.

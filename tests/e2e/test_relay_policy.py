@@ -4,21 +4,14 @@ per-department locale, and the log line for a ZIP too broken to read."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 from email import message_from_bytes, policy
 
 from gateway.store.crypto import open_small
 from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, derive_key, load_or_create_master_key
 from gateway.store.passwords import verify_password
-from tests.e2e.test_relay_corpus import links_in, texts_of
+from tests.support.received import links_in, texts_of
 from tests.support.running import corpus_mail, send, send_corpus
-
-
-def transfer_rows(running) -> list[sqlite3.Row]:
-    path = running.gateway.config.storage.database
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-        connection.row_factory = sqlite3.Row
-        return connection.execute("SELECT * FROM transfers").fetchall()
+from tests.support.store_rows import transfer_rows
 
 
 def test_password_policy_makes_a_password_kept_hashed_and_sealed(sink, start_gateway):

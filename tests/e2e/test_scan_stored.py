@@ -7,9 +7,8 @@ from __future__ import annotations
 from email.message import EmailMessage
 from email.policy import SMTP
 
-from tests.e2e.test_channels import body_text
-from tests.e2e.test_relay_corpus import links_in
 from tests.support.clamav import EICAR, EICAR_SIGNATURE
+from tests.support.received import body_text, links_in
 from tests.support.running import corpus_mail, send, send_corpus
 
 SENDER, RCPT = "somu@city.example.lg.jp", "tanaka@partner.example.com"

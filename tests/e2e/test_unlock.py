@@ -11,8 +11,8 @@ import urllib.error
 import pytest
 import pyzipper
 
-from tests.e2e.test_channels import body_text, download_once
-from tests.e2e.test_relay_corpus import links_in
+from tests.support.portal_http import download_once
+from tests.support.received import body_text, links_in
 from tests.support.running import CORPUS, corpus_mail, send_corpus
 
 

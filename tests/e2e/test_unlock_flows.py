@@ -7,50 +7,16 @@ from __future__ import annotations
 import hashlib
 import html
 import io
-import re
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import pyzipper
 
 from gateway.sample import build_encrypted_zip as encrypted_zip
-from tests.e2e.test_channels import body_text, download_once
-from tests.e2e.test_relay_corpus import links_in
+from tests.support.portal_http import download_once, manage_token, portal, unlock_form
 from tests.support.ppap import SENDER, password_mail, zip_mail, zipcrypto_zip
-from tests.support.running import PUBLIC_URL, corpus_mail, send, send_corpus
+from tests.support.received import body_text, links_in
+from tests.support.running import corpus_mail, send, send_corpus
 
 TANAKA, EIGYO = "tanaka@partner.example.com", "eigyo@partner.example.com"
-
-
-def portal(running, path: str, form: dict | None = None):
-    """(status, body) of a GET or a form POST; redirects are not followed."""
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None
-
-    url = f"http://127.0.0.1:{running.gateway.portal_port}{path}"
-    data = urllib.parse.urlencode(form).encode() if form is not None else None
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(urllib.request.Request(url, data=data), timeout=30) as response:
-            return response.status, response.read().decode(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.read().decode(), dict(error.headers)
-
-
-def manage_token(running, sink, already: int) -> str:
-    running.advance(minutes=2)
-    (receipt,) = [m for m in sink.wait_for(already + 1)[already:] if m.rcpt_tos == [SENDER]]
-    return re.findall(re.escape(PUBLIC_URL) + r"/m/([A-Za-z0-9_-]+)", body_text(receipt.data))[0]
-
-
-def unlock_form(running, token: str, password: str):
-    status, page, _ = portal(running, f"/m/{token}")
-    assert status == 200
-    csrf = html.unescape(re.search(r'name="csrf" value="([^"]+)"', page).group(1))
-    return portal(running, f"/m/{token}/unlock", {"csrf": csrf, "password": password})
 
 
 def test_sender_opens_the_zip_on_the_management_page(clamd, sink, start_gateway):

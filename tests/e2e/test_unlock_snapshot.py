@@ -12,12 +12,14 @@ from datetime import timedelta
 
 from gateway.sample import build_encrypted_zip as encrypted_zip
 from gateway.store.policies import stored_policy
-from tests.e2e.test_channels import body_text
-from tests.e2e.test_relay_contract import PPAP, link_states
-from tests.e2e.test_relay_corpus import links_in
-from tests.e2e.test_unlock_flows import TANAKA, manage_token, portal, unlock_form
+from tests.support.portal_http import manage_token, portal, unlock_form
 from tests.support.ppap import SENDER, password_mail, zip_mail
+from tests.support.received import body_text, links_in
 from tests.support.running import RunningGateway, corpus_mail, make_config, send, send_corpus
+from tests.support.store_rows import link_states
+
+PPAP = "01_outlook_jis_aes256"
+TANAKA = "tanaka@partner.example.com"
 
 SOMU = {"name": "somu", "senders": [SENDER],
         "policy": {"password_mail": "replace", "sender_receipt": False}}

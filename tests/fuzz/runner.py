@@ -16,11 +16,12 @@ import socket
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fuzz import oracle
 from tests.fuzz.mutators import mutate
+from tests.fuzz.replies import ENHANCED, Exchange, dot_stuffed, reply_problems
 from tests.fuzz.seeds import all_seeds
 from tests.support.running import RunningGateway, make_config
 from tests.support.sink import RecordingSink
@@ -28,8 +29,6 @@ from tests.support.sink import RecordingSink
 PROPERTIES = ("encrypted-archive-leaked", "traceback", "tempfail-without-cause", "5xx-without-reason", "hang")
 MESSAGE_TIMEOUT = 60.0
 TOOLS = ("zipfile", "7zz", "bsdtar")
-_ENHANCED = re.compile(r"^(\d)\.\d{1,3}\.\d{1,3}(?:\s+(.*))?$", re.S)
-_TXID = re.compile(r"\s*\[[0-9A-Za-z]+\]\s*$")
 
 
 @dataclass
@@ -50,22 +49,6 @@ def build_case(seed: int, index: int) -> Case:
 
 
 # -- SMTP, with the DATA payload written by hand so that line ends arrive exactly as built ------
-
-@dataclass
-class Exchange:
-    replies: list[tuple[str, int, str]] = field(default_factory=list)  # (command, code, text)
-    final: tuple[int, str] | None = None  # the reply that decided the message
-    problem: str | None = None  # no reply: timeout or connection closed
-
-
-def dot_stuffed(data: bytes) -> bytes:
-    """Only CRLF.CRLF ends DATA, so only a dot after CRLF (or at the start) is doubled."""
-    stuffed = data.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
 
 
 def send_exactly(port: int, envelope: dict, data: bytes, timeout: float = MESSAGE_TIMEOUT) -> Exchange:
@@ -123,22 +106,6 @@ def send_exactly(port: int, envelope: dict, data: bytes, timeout: float = MESSAG
             client.quit()
         except (smtplib.SMTPException, OSError):
             client.close()
-
-
-def reply_problems(exchange: Exchange) -> list[tuple[str, str]]:
-    problems = []
-    for command, code, text in exchange.replies:
-        line = f"{command} → {code} {text}"
-        if 400 <= code < 500:
-            problems.append(("tempfail-without-cause", line))
-        elif code >= 500:
-            match = _ENHANCED.match(text.strip())
-            words = _TXID.sub("", match.group(2) or "") if match else ""
-            if not match or match.group(1) != "5" or not re.search(r"[A-Za-z]{2,}", words):
-                problems.append(("5xx-without-reason", line))
-    if exchange.problem:
-        problems.append(("hang", exchange.problem))
-    return problems
 
 
 # -- tracebacks from the gateway -------------------------------------------------------------
@@ -254,7 +221,7 @@ class Campaign:
         code = exchange.final[0] if exchange.final and not exchange.problem else None
         self.replies_by_class[f"{code // 100}xx" if code else "none"] += 1
         if exchange.final:
-            enhanced = _ENHANCED.match(exchange.final[1].strip())
+            enhanced = ENHANCED.match(exchange.final[1].strip())
             self.replies_by_code[f"{exchange.final[0]} {enhanced.group(0).split()[0] if enhanced else '-'}"] += 1
         violations = defaultdict(list)
         for prop, line in reply_problems(exchange):

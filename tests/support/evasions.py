@@ -10,7 +10,7 @@ import io
 import struct
 import zipfile
 
-from tests.support.running import CORPUS
+from tests.support.corpus import CORPUS
 from tests.support.smime import self_signed
 
 AES_ZIP = (CORPUS / "files" / "01_aes256_7zip_ja.zip").read_bytes()

@@ -1,52 +1,27 @@
 """Run a real Gateway on a loopback ephemeral port in its own event-loop thread (as aiosmtpd's
-Controller does), so synchronous tests can talk to it with smtplib."""
+Controller does), so synchronous tests can talk to it with smtplib.
+
+The corpus, the fake clock and the test configuration live in socket-free modules
+(tests.support.corpus, .clock, .config) that unit tests use; they are re-exported here for the
+end-to-end tests, which need them together with a running gateway."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import smtplib
 import socket
 import threading
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-from gateway.app import Gateway, with_ephemeral_port
-from gateway.config import Config, build_config
+from gateway.app import Gateway
+from gateway.config import Config
+from tests.support.clock import FakeClock
+from tests.support.config import INTERNAL, PUBLIC_URL, make_config
+from tests.support.corpus import CORPUS, Corpus, corpus_mail
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-INTERNAL = "city.example.lg.jp"
-PUBLIC_URL = "https://files.city.example.lg.jp"
-
-
-class FakeClock:
-    """Injectable clock: tests move time instead of sleeping."""
-
-    def __init__(self, start: datetime | None = None):
-        self.now = start or datetime(2026, 11, 26, 0, 12, 40, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs) -> None:
-        self.now += timedelta(**kwargs)
-
-
-def make_config(tmp_path: Path, next_hop_url: str, document: dict | None = None,
-                overrides: tuple[str, ...] = ()) -> Config:
-    base = {
-        "gateway": {"internal_domains": [INTERNAL], "hostname": "gw.test"},
-        "storage": {"data_dir": str(tmp_path / "data")},
-        "portal": {"public_url": PUBLIC_URL},
-        "next_hop": {"url": next_hop_url, "timeout": "5s", "starttls": "off"},
-    }
-    for section, values in (document or {}).items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    return with_ephemeral_port(build_config(base, overrides, environ={}))
+__all__ = [
+    "CORPUS", "INTERNAL", "PUBLIC_URL", "Corpus", "FakeClock", "RunningGateway", "corpus_mail",
+    "make_config", "send", "send_corpus", "send_exact",
+]
 
 
 class RunningGateway:
@@ -91,25 +66,6 @@ class RunningGateway:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@dataclass
-class Corpus:
-    raw: bytes
-    side: dict
-
-    @property
-    def mail_from(self) -> str:
-        return self.side["envelope"]["mail_from"]
-
-    @property
-    def rcpt_tos(self) -> list[str]:
-        return self.side["envelope"]["rcpt_to"]
-
-
-def corpus_mail(name: str) -> Corpus:
-    side = json.loads((CORPUS / "mail" / f"{name}.json").read_text(encoding="utf-8"))
-    return Corpus((CORPUS / "mail" / f"{name}.eml").read_bytes(), side)
 
 
 def send(port: int, mail_from: str, rcpt_tos: list[str], data: bytes,

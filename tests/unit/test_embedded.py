@@ -14,6 +14,7 @@ import struct
 import time
 import urllib.parse
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -541,27 +542,27 @@ def test_looks_like_text(data: bytes, expected: bool) -> None:
 MB = 1024 * 1024
 
 
-def adversarial_inputs() -> dict[str, bytes]:
-    return {
-        "20 MB of A": b"A" * (20 * MB),
-        "20 MB of begin lines": b"begin 644 x\n" * (20 * MB // 12),
-        "20 MB of =ybegin lines": b"=ybegin line=128 size=10 name=x\n" * (20 * MB // 32),
-        "20 MB of bare =ybegin lines": b"=ybegin\n" * (20 * MB // 8),
-        "5 MB of quote prefixes": b"> \n" * (5 * MB // 3),
-        "20 MB of BinHex banners, no colon": (BINHEX_BANNER + b"\n") * (20 * MB // 46),
-        "20 MB of one-word lines": b"word\n" * (20 * MB // 5),
-        "20 MB of uuencode": b"begin 644 x\n" + (b"M" + b"A" * 60 + b"\n") * (20 * MB // 62) + b"end\n",
-        "20 MB of yEnc escapes": b"=ybegin line=128 size=1 name=x\n" + b"=A" * (10 * MB) + b"\n=yend\n",
-        "10 MB of BinHex run markers": hqx_text(b"A\x90\x02" * (5 * MB // 2)),
-        "20 MB of data: URIs": b"data:;base64,AAAA " * (20 * MB // 18),
-        "20 MB of percent escapes": b"data:application/zip," + b"%4" * (10 * MB),
-        "20 MB of quoted-printable": b"=41" * (20 * MB // 3),
-    }
+# Built on demand, one per test: all of them at once are some 235 MB.
+ADVERSARIAL_INPUTS: dict[str, Callable[[], bytes]] = {
+    "20 MB of A": lambda: b"A" * (20 * MB),
+    "20 MB of begin lines": lambda: b"begin 644 x\n" * (20 * MB // 12),
+    "20 MB of =ybegin lines": lambda: b"=ybegin line=128 size=10 name=x\n" * (20 * MB // 32),
+    "20 MB of bare =ybegin lines": lambda: b"=ybegin\n" * (20 * MB // 8),
+    "5 MB of quote prefixes": lambda: b"> \n" * (5 * MB // 3),
+    "20 MB of BinHex banners, no colon": lambda: (BINHEX_BANNER + b"\n") * (20 * MB // 46),
+    "20 MB of one-word lines": lambda: b"word\n" * (20 * MB // 5),
+    "20 MB of uuencode": lambda: b"begin 644 x\n" + (b"M" + b"A" * 60 + b"\n") * (20 * MB // 62) + b"end\n",
+    "20 MB of yEnc escapes": lambda: b"=ybegin line=128 size=1 name=x\n" + b"=A" * (10 * MB) + b"\n=yend\n",
+    "10 MB of BinHex run markers": lambda: hqx_text(b"A\x90\x02" * (5 * MB // 2)),
+    "20 MB of data: URIs": lambda: b"data:;base64,AAAA " * (20 * MB // 18),
+    "20 MB of percent escapes": lambda: b"data:application/zip," + b"%4" * (10 * MB),
+    "20 MB of quoted-printable": lambda: b"=41" * (20 * MB // 3),
+}
 
 
-@pytest.mark.parametrize("name", list(adversarial_inputs()))
+@pytest.mark.parametrize("name", list(ADVERSARIAL_INPUTS))
 def test_adversarial_text_is_scanned_in_linear_time(name: str) -> None:
-    text = adversarial_inputs()[name]
+    text = ADVERSARIAL_INPUTS[name]()
     started = time.monotonic()
     try:
         for found in embedded_files(text, max_output=LIMIT):

@@ -164,11 +164,24 @@ def test_japanese_notice_fits_iso_2022_jp_so_jis_mail_stays_jis(env) -> None:
         html.encode("iso2022_jp")
 
 
-def test_rendered_notice_uses_lf_and_has_no_trailing_spaces(env) -> None:
-    text, html = render_notice(env, make_notice("en", "webhook"))
-    for rendered in (text, html):
-        assert "\r" not in rendered and rendered.endswith("\n") and not rendered.endswith("\n\n")
-        assert all(line == line.rstrip() for line in rendered.splitlines())
+def test_rendered_notice_uses_lf_and_has_no_trailing_spaces(env, tmp_path: Path) -> None:
+    # The bundled templates have neither CRs nor trailing blanks, so rendering them proves
+    # nothing about the cleaning: an operator's templates (templates_dir), saved by a Windows
+    # editor with CRLF and trailing blanks, do.
+    (tmp_path / "mail").mkdir()
+    for template in (TEMPLATES / "mail").glob("notice.*"):
+        lines = template.read_text(encoding="utf-8").split("\n")
+        # (not after a block tag: jinja's trim_blocks only takes a newline right after "%}")
+        untidy = [line if line.endswith("%}") else line + " \t " for line in lines]
+        (tmp_path / "mail" / template.name).write_bytes(
+            ("\r\n".join(untidy) + "\r\n\r\n").encode("utf-8"))
+    for locale in ("ja", "en"):
+        notice = make_notice(locale, "webhook")
+        untidy = render_notice(make_template_env(tmp_path), notice)
+        for rendered, bundled in zip(untidy, render_notice(env, notice)):
+            assert "\r" not in rendered and rendered.endswith("\n") and not rendered.endswith("\n\n")
+            assert all(line == line.rstrip() for line in rendered.splitlines())
+            assert rendered == bundled  # only the blanks and line ends went
 
 
 def test_environment_refuses_undefined_values_and_escapes_only_html(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
+from functools import cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -45,6 +46,12 @@ PASSWORD = "Xk7#pQ2mWz9v"
 NOW = datetime(2026, 11, 26, 1, 30, tzinfo=UTC)  # 10:30 JST
 EXPIRES = NOW + timedelta(days=7)
 FILES = (("見積書一式_2026年11月.zip", 6878), ("report.pdf", 1234567))
+
+
+@cache
+def password_hash() -> str:
+    """PASSWORD hashed as the store hashes it; scrypt is slow by design, so once per run."""
+    return hash_password(PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +108,7 @@ class Transfer:
                 id=self.id, fingerprint=secrets.token_hex(16), message_id=ORIGINAL_ID,
                 sender=sender, department="somu", subject=subject, created_at=NOW,
                 expires_at=EXPIRES, password_channel="recipient-email", locale=locale,
-                password_hash=hash_password(PASSWORD),
+                password_hash=password_hash(),
                 password_sealed=seal_small(master_key, self.id.encode(), PASSWORD.encode()),
             )
             ControlsStore(db).insert(

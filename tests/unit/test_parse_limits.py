@@ -14,7 +14,8 @@ from gateway.mime import parse_message, walk_with_paths
 from gateway.pipeline.classify import parse_and_classify
 from gateway.pipeline.parse import MimeLimits, check_limits
 from gateway.replies import reply_for_exception
-from tests.support.running import CORPUS, make_config
+from tests.support.config import make_config
+from tests.support.corpus import CORPUS
 
 HEAD = b"From: <somu@city.example.lg.jp>\r\nTo: <tanaka@partner.example.com>\r\nSubject: t\r\n"
 TEXT = b"Content-Type: text/plain\r\n\r\nhello\r\n"

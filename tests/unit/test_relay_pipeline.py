@@ -23,7 +23,7 @@ from gateway.pipeline.transaction import Transaction
 from gateway.replies import SCAN_UNAVAILABLE
 from gateway.scan.clamd import ScanUnavailable
 from tests.support import evasions as ev
-from tests.support.running import FakeClock
+from tests.support.clock import FakeClock
 
 INTERNAL = "kacho@city.example.lg.jp"
 

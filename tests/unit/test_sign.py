@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import stat
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import dkim
 import pytest
@@ -16,53 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.mime import parse_message
-from gateway.model import DeliveryResult, OutgoingMessage
 from gateway.outbound.dkim import DkimKey, DkimSigner, dkimpy_private_key
 from gateway.outbound.dkim_keys import GeneratedKey, generate_dkim_key, load_private_key
-from gateway.outbound.smtp import SmtpNextHop
-from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
-from gateway.pipeline.rewrite import rewrite_message
-from tests.support.raw_sink import RawSink
-
-ROOT = Path(__file__).resolve().parents[2]
-DOMAIN = "city.example.lg.jp"
-
-
-def txt_from_zone_line(line: str) -> str:
-    """What a resolver hands back: the quoted strings of the record, joined."""
-    return "".join(re.findall(r'"([^"]*)"', line))
-
-
-def dns_for(*keys: GeneratedKey):
-    records = {key.txt_name.encode(): txt_from_zone_line(key.zone_line).encode() for key in keys}
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
-        return records.get(name)
-
-    return dnsfunc
-
-
-def verify_all(message: bytes, *keys: GeneratedKey) -> list[bool]:
-    """dkim.verify's answer for each signature, top first (dkim.verify reads only the top one)."""
-    count = len(re.findall(rb"^DKIM-Signature:", message, re.MULTILINE | re.IGNORECASE))
-    return [_verify(message, index, dns_for(*keys)) for index in range(count)]
-
-
-def _verify(message: bytes, index: int, dnsfunc) -> bool:
-    try:
-        return dkim.DKIM(message).verify(idx=index, dnsfunc=dnsfunc)
-    except dkim.DKIMException:  # what dkim.verify turns into False
-        return False
-
-
-def signer_for(*keys: GeneratedKey, domain: str = DOMAIN) -> DkimSigner:
-    return DkimSigner([dkim_key(key, domain) for key in keys])
-
-
-def dkim_key(key: GeneratedKey, domain: str = DOMAIN) -> DkimKey:
-    selector = key.txt_name.split(".")[0]
-    algorithm = "ed25519-sha256" if key.key_path.name.endswith(".ed25519.pem") else "rsa-sha256"
-    return DkimKey(domain, selector, load_private_key(key.key_path), algorithm)
+from tests.support.dkim_check import DOMAIN, dkim_key, rewritten_corpus_mail, signer_for, verify_all
 
 
 def signature_tags(signed: bytes) -> dict[bytes, bytes]:
@@ -86,12 +41,7 @@ def ed25519_key(tmp_path_factory) -> GeneratedKey:
 
 @pytest.fixture(scope="module")
 def rewritten() -> bytes:
-    raw = (ROOT / "tests/corpus/mail/01_outlook_jis_aes256.eml").read_bytes()
-    expires = datetime(2026, 12, 3, 17, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
-    files = (NoticeFile("見積書一式_2026年11月.zip", 6878),)
-    notice = Notice("ja", files, "https://f.example/d/t0k", expires, "none")
-    text, html = render_notice(make_template_env(ROOT / "templates"), notice)
-    return rewrite_message(raw, [(1,)], text, html)
+    return rewritten_corpus_mail()
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -220,31 +170,6 @@ def test_bare_line_feeds_are_made_crlf_so_the_signature_still_verifies(rsa_key, 
     assert verify_all(signed, rsa_key) == [True]
 
 
-def test_signature_verifies_on_the_bytes_the_next_hop_receives_despite_smuggling_line_ends(
-    ed25519_key, rewritten
-) -> None:
-    """Bare CR/LF and fake ends of data in the body: signed, sent over a socket, checked there."""
-    body_start = rewritten.index(b"\r\n\r\n") + 4
-    fake_ends = b"a\n.\nb\r.\rc\r\n.\nd\r\n"
-    sloppy = rewritten[:body_start] + fake_ends + rewritten[body_start:].replace(b"\r\n", b"\r")
-    signed = signer_for(ed25519_key).sign(sloppy)
-    message = OutgoingMessage("somu@city.example.lg.jp", ("tanaka@partner.example.com",), signed)
-    with RawSink() as raw:
-        hop = SmtpNextHop("127.0.0.1", raw.port, starttls="off", timeout=5.0, helo_name="gw.test")
-        assert asyncio.run(_deliver_and_close(hop, message)).accepted
-        (received,) = raw.wait_for(1)
-    assert received.bare_line_ends() == []
-    assert received.content() == signed  # what we signed is exactly what arrived
-    assert verify_all(received.content(), ed25519_key) == [True]
-
-
-async def _deliver_and_close(hop: SmtpNextHop, message: OutgoingMessage) -> DeliveryResult:
-    try:
-        return await hop.deliver(message)
-    finally:
-        await hop.close()
-
-
 def test_mail_from_a_domain_without_a_key_is_returned_unchanged(rsa_key, rewritten) -> None:
     other = rewritten.replace(b"<somu@city.example.lg.jp>", b"<somu@other.example.jp>", 1)
     assert signer_for(rsa_key).sign(other) == other
@@ -300,3 +225,35 @@ def test_rsa_and_ed25519_keys_of_one_domain_both_sign(rsa_key, ed25519_key, rewr
     assert verify_all(signed, rsa_key, ed25519_key) == [True, True]
     tampered = signed.replace(b"https://f.example/d/t0k", b"https://f.example/d/t0K", 1)
     assert verify_all(tampered, rsa_key, ed25519_key) == [False, False]
+
+
+# --- the signature time -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_name", ["rsa_key", "ed25519_key"])
+def test_the_clock_sets_t_and_the_rest_is_what_dkimpy_signs_at_that_time(
+    key_name: str, rewritten: bytes, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = request.getfixturevalue(key_name)
+    at = datetime(2026, 11, 26, 1, 30, tzinfo=UTC)
+    signed = DkimSigner([dkim_key(key)], clock=lambda: at).sign(rewritten)
+    assert signature_tags(signed)[b"t"] == str(int(at.timestamp())).encode()
+    assert verify_all(signed, key) == [True]
+    # dkimpy's own dkim.sign(), its clock stopped at the same second, signs the same bytes.
+    monkeypatch.setattr(dkim.time, "time", lambda: at.timestamp())
+    own = dkim.sign(rewritten, dkim_key(key).selector.encode(), DOMAIN.encode(),
+                    dkimpy_private_key(dkim_key(key).private_key),
+                    canonicalize=(b"relaxed", b"relaxed"),
+                    signature_algorithm=dkim_key(key).algorithm.encode(),
+                    include_headers=[h.encode() for h in signed_header_names(signed)])
+    assert signed == own + rewritten
+
+
+def test_without_a_clock_the_signature_time_is_now(rsa_key, rewritten) -> None:
+    before = int(time.time())
+    tags = signature_tags(signer_for(rsa_key).sign(rewritten))
+    assert before <= int(tags[b"t"]) <= int(time.time())
+
+
+def signed_header_names(signed: bytes) -> list[str]:
+    return [name.strip().decode() for name in signature_tags(signed)[b"h"].split(b":")]

@@ -20,7 +20,7 @@ from gateway.smtp.access import (
     peer_ip,
 )
 from gateway.store.passwords import hash_password
-from tests.support.running import FakeClock
+from tests.support.clock import FakeClock
 
 WINDOW = timedelta(minutes=10)
 

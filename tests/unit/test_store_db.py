@@ -20,7 +20,6 @@ from gateway.store.passwords import (
     new_token,
     verify_password,
 )
-from tests.support.sqlite_lock import locked_by_another_process
 
 T0 = datetime(2024, 4, 1, 9, 0, tzinfo=timezone.utc)
 JST = timezone(timedelta(hours=9))
@@ -157,24 +156,6 @@ def test_wal_and_full_sync_hold_again_when_an_existing_database_is_reopened(
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with Database(tmp_path / "meta.db") as reopened:  # synchronous is per connection
         assert reopened._query("PRAGMA synchronous")[0][0] == 2
-
-
-def test_database_locked_by_another_process_fails_within_busy_timeout_then_recovers(
-    tmp_path: Path,
-) -> None:
-    import time
-
-    db = Database(tmp_path / "meta.db", busy_timeout_ms=300)
-    add_transfer(db, "before")
-    with locked_by_another_process(tmp_path / "meta.db"):
-        started = time.monotonic()
-        with pytest.raises(MetadataError, match="locked"):
-            add_transfer(db, "during")
-        assert 0.25 <= time.monotonic() - started < 3
-        assert db.transfer("before") is not None  # WAL readers are not blocked
-    add_transfer(db, "after")
-    assert db.transfer("during") is None and db.transfer("after") is not None
-    db.close()
 
 
 def test_full_database_is_reported_as_disk_full_and_recovers_when_space_returns(

@@ -20,7 +20,6 @@ from gateway.scan import (
     ScanError,
     ScanResult,
     ScanUnavailable,
-    parse_clamd_address,
 )
 from tests.support.clamav import EICAR, EICAR_REPORTED, ClamdNotInstalled, ClamdProcess
 
@@ -259,29 +258,7 @@ def test_ping_of_a_server_that_answers_nonsense_is_false() -> None:
     assert asyncio.run(run()) is False
 
 
-# --- addresses -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("unix:/run/clamav/clamd.ctl", "unix:/run/clamav/clamd.ctl"),
-        ("/run/clamav/clamd.ctl", "unix:/run/clamav/clamd.ctl"),
-        ("clamav.internal:3310", "clamav.internal:3310"),
-        ("[::1]:3310", "[::1]:3310"),
-    ],
-)
-def test_clamd_addresses_that_parse(text: str, expected: str) -> None:
-    assert str(parse_clamd_address(text)) == expected
-
-
-@pytest.mark.parametrize(
-    "text", ["", "clamd", "unix:relative.sock", "host:0", "host:99999", ":3310", "host:port",
-             "unix:/" + "x" * 120],
-)
-def test_clamd_addresses_that_are_refused(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_clamd_address(text)
+# --- the test support ----------------------------------------------------------------------
 
 
 def test_eicar_constant_is_the_68_byte_test_string() -> None:

@@ -1,5 +1,6 @@
 """Per-client throttling of link guessing (portal.max_unknown_tokens) and the Fetch Metadata
-check: the counting parts alone, then through the real portal app over a real store."""
+check, through the real portal app over a real store (the counting parts alone:
+tests/unit/test_portal_limits.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,14 @@ import asyncio
 import ipaddress
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, PortalSettings, build_config
-from gateway.web.ratelimit import GuessThrottle, SlidingWindow
-from gateway.web.security import cross_site, fetched_cross_site
+from gateway.config import PortalSettings
+from tests.support.portal_harness import PortalHarness, csrf_of
 from tests.support.running import PUBLIC_URL
-from tests.unit.test_portal_pages import PortalHarness, csrf_of
 
-T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 PROXY = {"trusted_proxies": (ipaddress.ip_network("127.0.0.0/8"),)}
 
 
@@ -39,50 +36,6 @@ def guess() -> str:
 
 def from_ip(address: str) -> dict[str, str]:
     return {"X-Forwarded-For": address}
-
-
-# -- the counters -----------------------------------------------------------------------------
-
-
-def test_retry_after_reports_the_wait_without_counting():
-    window = SlidingWindow(2, timedelta(minutes=10))
-    assert window.retry_after("a", T0) is None
-    window.reserve("a", T0)
-    assert window.retry_after("a", T0) is None  # peeking twice costs nothing
-    assert window.retry_after("a", T0) is None
-    window.reserve("a", T0 + timedelta(minutes=1))
-    assert window.retry_after("a", T0 + timedelta(minutes=2)) == timedelta(minutes=8)
-    assert window.retry_after("a", T0 + timedelta(minutes=10)) is None
-
-
-def test_guess_throttle_counts_misses_per_client_network():
-    throttle = GuessThrottle(2, timedelta(minutes=10))
-    assert throttle.wait("2001:db8:1:2::1", T0) is None
-    assert not throttle.missed("2001:db8:1:2::1", T0)
-    assert throttle.missed("2001:db8:1:2::ffff", T0)  # the same /64: its limit is reached
-    assert throttle.wait("2001:db8:1:2::42", T0) == timedelta(minutes=10)
-    assert throttle.wait("2001:db8:1:3::1", T0) is None  # another /64
-    assert throttle.wait("198.51.100.7", T0) is None
-    assert throttle.wait("2001:db8:1:2::1", T0 + timedelta(minutes=10)) is None
-
-
-def test_max_unknown_tokens_is_configurable_and_checked():
-    base = {"storage": {"data_dir": "/tmp/unused"}}
-    assert build_config(base, (), environ={}).portal.max_unknown_tokens == 50
-    changed = build_config({**base, "portal": {"max_unknown_tokens": 7}}, (), environ={})
-    assert changed.portal.max_unknown_tokens == 7
-    with pytest.raises(ConfigError, match="max_unknown_tokens"):
-        build_config({**base, "portal": {"max_unknown_tokens": 0}}, (), environ={})
-
-
-def test_sec_fetch_site_cross_site_is_cross_site_whatever_origin_says():
-    allowed = {PUBLIC_URL}
-    assert fetched_cross_site("cross-site") and fetched_cross_site(" Cross-Site ")
-    assert not fetched_cross_site("same-origin") and not fetched_cross_site(None)
-    assert not fetched_cross_site("same-site")  # left to the Origin check
-    assert cross_site("null", None, allowed, fetch_site="cross-site")
-    assert cross_site(PUBLIC_URL, None, allowed, fetch_site="cross-site")
-    assert not cross_site(PUBLIC_URL, None, allowed, fetch_site="same-origin")
 
 
 # -- through the portal -----------------------------------------------------------------------

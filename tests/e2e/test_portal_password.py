@@ -10,8 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.running import PUBLIC_URL
-from tests.unit.test_portal_pages import (
+from tests.support.portal_harness import (
     CSRF_FIELD,
     RECIPIENT,
     PortalHarness,
@@ -19,6 +18,7 @@ from tests.unit.test_portal_pages import (
     open_harness,
     set_cookies,
 )
+from tests.support.running import PUBLIC_URL
 
 
 @pytest.fixture

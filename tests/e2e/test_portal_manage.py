@@ -1,110 +1,42 @@
 """The sender's management page (recipients, downloads, revoke, extend) and the download
 notices the portal queues for the sender.
 
-Also home of ChannelHarness: PortalHarness with the transfer controls, the outbox, a real
-sealer and a counted wake-up, which test_portal_otp.py uses too.
+Through ChannelHarness (tests.support.portal_harness): PortalHarness with the transfer controls,
+the outbox, a real sealer and a counted wake-up.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
-import aiohttp
 import pytest
 
-from gateway.config import BUNDLED_TEMPLATES
-from gateway.store.controls import ControlsStore, ExtensionRefused
-from gateway.store.crypto import seal_small
-from gateway.store.outbox import OutboxStore
-from gateway.store.passwords import hash_token, new_token
-from gateway.web import build_portal_app
+from gateway.store.controls import ExtensionRefused
+from gateway.store.passwords import new_token
 from gateway.web.security import make_csrf_token
-from tests.support.running import PUBLIC_URL
-from tests.unit.test_portal_pages import (
+from tests.support.portal_harness import (
     CSRF_FIELD,
     JA_ZIP,
-    MASTER_KEY,
+    OTHER,
     RECIPIENT,
+    SAME_ORIGIN,
     SECRET,
     SENDER,
-    TOKYO,
-    Issued,
-    PortalHarness,
+    ChannelHarness,
     corpus_file,
     csrf_of,
+    download,
+    open_channel_harness,
 )
-
-SAME_ORIGIN = {"Origin": PUBLIC_URL}
-OTHER = "suzuki@other.example.net"
-
-
-@dataclass
-class ChannelHarness(PortalHarness):
-    """The portal with everything the separate channel gives it."""
-
-    wakes: list[int] = field(default_factory=list)
-    seal: Callable[[str, bytes], bytes] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.controls = ControlsStore(self.db)
-        self.outbox = OutboxStore(self.db)
-        if self.seal is None:
-            self.seal = lambda item_id, data: seal_small(MASTER_KEY, item_id.encode(), data)
-
-    def app(self) -> aiohttp.web.Application:
-        return build_portal_app(
-            settings=self.settings, db=self.db, blobs=self.blobs,
-            templates_dir=BUNDLED_TEMPLATES, timezone=TOKYO, secret=SECRET, clock=self.clock,
-            events_hook=lambda kind, labels: self.hook_calls.append((kind, labels)),
-            outbox=self.outbox, controls=self.controls, seal=self.seal,
-            wake_outbox=lambda: self.wakes.append(1),
-        )
-
-    def controlled(self, files: list[tuple[str, bytes]] | None = None, *,
-                   verify_recipient: bool = False, notify_sender: str = "never",
-                   max_lifetime: timedelta = timedelta(days=30), **options: Any
-                   ) -> tuple[str, list[Issued]]:
-        """A transfer with controls, as store_step.py makes it: (management token, links)."""
-        if files is None:
-            files = [(JA_ZIP, corpus_file("01_aes256_7zip_ja.zip")[0])]
-        issued = self.add_transfer(files, **options)
-        token = new_token()
-        self.controls.insert(
-            transfer_id=issued[0].transfer_id, manage_token_hash=hash_token(token),
-            verify_recipient=verify_recipient, notify_sender=notify_sender,
-            max_expires_at=self.clock() + max_lifetime,
-        )
-        return token, issued
-
-    def items(self, kind: str | None = None) -> list:
-        return [i for i in self.outbox.items() if kind is None or i.kind == kind]
-
-
-def open_channel_harness(tmp_path: Path, **options: Any) -> Iterator[ChannelHarness]:
-    harness = ChannelHarness(tmp_path, **options)
-    yield harness
-    harness.close()
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[ChannelHarness]:
     yield from open_channel_harness(tmp_path)
-
-
-async def download(client, issued: Issued, file_id: str | None = None, cookie: str = "") -> int:
-    csrf = await csrf_of(client, issued, cookie)
-    path = f"{issued.path}/f/{file_id or issued.files[0].id}" if file_id != "all" \
-        else f"{issued.path}/all"
-    response = await client.post(path, data={"csrf": csrf},
-                                 headers={**SAME_ORIGIN, **({"Cookie": cookie} if cookie else {})})
-    await response.read()
-    return response.status
 
 
 async def manage_page(client, token: str, query: str = "", **headers: str) -> tuple[int, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -13,27 +13,21 @@ import pytest
 
 from gateway.config import PortalSettings
 from gateway.store.crypto import open_small
-from gateway.web.landing import mask_address
-from gateway.web.otp import normalize_code
-from gateway.web.ratelimit import SlidingWindow, client_key
-from gateway.web.security import otp_mac
-from tests.support.running import PUBLIC_URL
-from tests.unit.test_portal_manage import (
-    OTHER,
-    SAME_ORIGIN,
-    ChannelHarness,
-    download,
-    open_channel_harness,
-)
-from tests.unit.test_portal_pages import (
+from tests.support.portal_harness import (
     CSRF_FIELD,
     JA_ZIP,
     MASTER_KEY,
+    OTHER,
     RECIPIENT,
+    SAME_ORIGIN,
+    ChannelHarness,
     Issued,
     csrf_of,
+    download,
+    open_channel_harness,
     set_cookies,
 )
+from tests.support.running import PUBLIC_URL
 
 PASSWORD = "Qm7kV2p9Lx4A"
 
@@ -354,32 +348,3 @@ def test_password_and_code_are_both_needed_when_both_apply(harness):
     assert reasons == ["password_required", "verification_required"]
 
 
-def test_a_code_is_bound_to_its_link():
-    secret = bytes(32)
-    assert otp_mac(secret, "link-a", "123456") != otp_mac(secret, "link-b", "123456")
-    assert otp_mac(secret, "link-a", "123456") == otp_mac(secret, "link-a", "123456")
-
-
-def test_sliding_window_counts_per_key_forgets_after_the_window_and_stays_bounded():
-    start = datetime(2026, 11, 26, tzinfo=UTC)
-    window = SlidingWindow(2, timedelta(hours=1), max_keys=2)
-    assert window.reserve("a", start) is None
-    assert window.reserve("a", start + timedelta(minutes=10)) is None
-    assert window.reserve("a", start + timedelta(minutes=20)) == timedelta(minutes=40)
-    window.release("a")  # the 10-minute use did not happen after all
-    assert window.reserve("a", start + timedelta(minutes=21)) is None
-    assert window.reserve("a", start + timedelta(minutes=60)) is None  # the first has aged out
-    for key in ("b", "c"):  # a third key pushes out the least recently used
-        window.reserve(key, start)
-    assert window.reserve("a", start + timedelta(minutes=61)) is None
-    assert client_key("2001:db8:1:2::10") == client_key("2001:db8:1:2:ffff::1") \
-        == "2001:db8:1:2::/64"
-    assert client_key("::ffff:198.51.100.7") == "198.51.100.7"
-
-
-def test_mask_address_and_code_normalisation():
-    assert mask_address("tanaka@partner.example.com") == "t****@partner.example.com"
-    assert mask_address("x") == "x****"
-    assert normalize_code("１２３ ４５６") == "123456" and normalize_code("123-456") == "123456"
-    assert normalize_code("12345") is None and normalize_code("1" * 100) is None
-    assert normalize_code("12345a") is None

@@ -25,14 +25,7 @@ from gateway.config import BUNDLED_TEMPLATES, PortalSettings
 from gateway.store.passwords import hash_token
 from gateway.web import build_portal_app
 from gateway.web.download import FILE_BATCH_SIZE
-from tests.support.running import (
-    PUBLIC_URL,
-    RunningGateway,
-    corpus_mail,
-    make_config,
-    send_corpus,
-)
-from tests.unit.test_portal_pages import (
+from tests.support.portal_harness import (
     CSRF_FIELD,
     JA_ZIP,
     RECIPIENT,
@@ -42,6 +35,13 @@ from tests.unit.test_portal_pages import (
     corpus_file,
     csrf_of,
     open_harness,
+)
+from tests.support.running import (
+    PUBLIC_URL,
+    RunningGateway,
+    corpus_mail,
+    make_config,
+    send_corpus,
 )
 
 
