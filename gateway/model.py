@@ -205,6 +205,9 @@ class OutgoingMessage:
     link_id: str | None = None  # set for a rewritten per-recipient copy
     smtputf8: bool = False
     body_8bit: bool = False
+    # The relay made every line end CRLF already (its first stage, the rewriter, the signer):
+    # the next hop need not read the whole message again to make sure.
+    crlf_only: bool = False
 
 
 @dataclass(frozen=True)

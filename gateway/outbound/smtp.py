@@ -263,7 +263,9 @@ class SmtpNextHop:
         rejected = await self._send_recipients(client, message.rcpt_tos)
         if len(rejected) == len(message.rcpt_tos):
             return self._all_refused(rejected)
-        return await self._send_data(client, message.data, rejected)
+        # every line end CRLF on the wire (unless the relay made it so already)
+        data = message.data if message.crlf_only else crlf_line_endings(message.data)
+        return await self._send_data(client, data, rejected)
 
     async def _send_recipients(
         self, client: aiosmtplib.SMTP, recipients: tuple[str, ...]
@@ -293,7 +295,7 @@ class SmtpNextHop:
     ) -> DeliveryResult:
         try:
             # aiosmtplib does the dot-stuffing (and would fix line ends too; ours is the promise).
-            reply = await client.data(crlf_line_endings(data))
+            reply = await client.data(data)
         except aiosmtplib.SMTPDataError as refused:
             return _refusal(SMTPResponse(refused.code, refused.message), rejected)
         crash_point("deliver.accepted")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from collections.abc import Callable
 from datetime import datetime
 
@@ -72,9 +73,9 @@ class Rewrite:
         envelope, decision, transfer = tx.envelope, tx.decision, tx.transfer
 
         def outgoing(rcpts: tuple[str, ...], data: bytes, link_id: str | None = None):
-            return OutgoingMessage(
-                envelope.mail_from, rcpts, data, link_id, envelope.smtputf8, envelope.body_8bit
-            )
+            # the original was made CRLF by the first stage, each copy by the rewriter
+            return OutgoingMessage(envelope.mail_from, rcpts, data, link_id, envelope.smtputf8,
+                                   envelope.body_8bit, crlf_only=True)
 
         passing = tuple(r.address for r in decision.recipients if r.action is Action.PASS)
         tx.outgoing = [outgoing(passing, tx.raw)] if passing else []
@@ -114,10 +115,7 @@ class Sign:
         for index, message in enumerate(tx.outgoing):
             if message.link_id is not None:
                 signed = await asyncio.to_thread(self._signer.sign, message.data)
-                tx.outgoing[index] = OutgoingMessage(
-                    message.mail_from, message.rcpt_tos, signed, message.link_id,
-                    message.smtputf8, message.body_8bit,
-                )
+                tx.outgoing[index] = replace(message, data=signed)  # the signer writes CRLF
 
 
 class Verify:

@@ -172,3 +172,13 @@ def test_a_failure_after_storing_rolls_the_transfer_back(harness, monkeypatch):
     outcome = harness.send(ev.ordinary())
     assert (outcome.reply.code, outcome.reply.enhanced) == (554, "5.6.0")
     assert harness.hop.delivered == [] and harness.blobs() == []
+
+
+def test_what_the_relay_marks_crlf_only_has_no_other_line_end(harness):
+    """The next hop trusts the mark and does not read the message again: it must be true."""
+    bare = ev.ordinary().replace(b"\r\n", b"\n")
+    harness.send(bare, rcpts=(ev.EXTERNAL, INTERNAL))
+    assert len(harness.hop.delivered) == 2
+    for message in harness.hop.delivered:
+        assert message.crlf_only
+        assert message.data.count(b"\r\n") == message.data.count(b"\n") == message.data.count(b"\r")
