@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test test-fast install system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect clean
+.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,21 @@ run: $(STAMP)
 check-config: $(STAMP)
 	$(BIN)/ppap-gateway --config $(CONFIG) check-config
 
+# What a mail server installs (README.md, "As a service"): the wheel, templates included, in dist/.
+# `make` itself installs editable; tests/e2e/test_packaging.py builds and runs the wheel. build/
+# goes first: setuptools reuses build/lib, where a removed module would linger into the wheel.
+wheel: $(BIN)/python
+	rm -rf build
+	$(BIN)/python -m pip wheel --no-deps -q -w dist .
+
 # Programs the tests drive for real (Debian packages), installed only when missing: Chromium and
 # CJK fonts for the browser test; clamd for scanning (the tests start their own with a local
 # EICAR-only database; freshclam, which needs the network, is never run); Postfix (with its
 # smtp-source/smtp-sink in /usr/sbin) and swaks for the Postfix and load tests, which run private
 # instances on loopback ports. Postfix is preseeded to "No configuration": the system instance gets
 # no main.cf and is never started or used. 7-Zip (7zz) and libarchive (bsdtar) are the fuzzer's
-# archive readers (tests/fuzz/oracle.py).
+# archive readers (tests/fuzz/oracle.py). systemd's own tools check the shipped unit
+# (systemd-analyze verify/security, systemd-sysusers; tests/e2e/test_packaging.py).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
@@ -40,6 +48,7 @@ system-deps:
 	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
 	command -v 7zz >/dev/null 2>&1 || missing="$$missing 7zip"; \
 	command -v bsdtar >/dev/null 2>&1 || missing="$$missing libarchive-tools"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	[ -z "$$missing" ] || { \
 	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -80,4 +89,4 @@ bench-unlock: $(STAMP) system-deps
 	$(BIN)/python bench/unlock_time.py --write-docs docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build dist *.egg-info

@@ -13,12 +13,14 @@ import logging
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.units import format_duration
 
 EXIT_CONFIG = 2
+DISTRIBUTION = "ppap-gateway"
 # Tests only: names a gateway.crashpoints point at which `serve` kills itself (SIGKILL).
 CRASH_AT_VARIABLE = "PPAP_GATEWAY_CRASH_AT"
 
@@ -35,8 +37,17 @@ def _add_config_options(parser: argparse.ArgumentParser, overrides: bool) -> Non
         )
 
 
+def installed_version() -> str:
+    """The version of the installed distribution, from its metadata (pyproject.toml's)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppap-gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -19,8 +19,11 @@ from gateway import config_values as check
 from gateway.presentation import LOCALES
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
-# The templates that ship with the code, wherever it is started from.
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The templates that ship inside the package (gateway/templates/, package data in the wheel), found
+# from the package itself wherever it is installed or started from. A directory on disk: the
+# template loaders and the portal's /static/ route read files from it. `gateway.templates_dir`
+# replaces it with an administrator's own copy.
+BUNDLED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 CONFIG_ENV = "PPAP_GATEWAY_CONFIG"
 
 CONVERT_MODES = ("encrypted-zip", "all-attachments", "none")
@@ -107,6 +110,10 @@ class SmtpSettings:
     inspect_timeout: timedelta = timedelta(seconds=60)
     max_header_line: int = 8192
     max_header_fields: int = 1000
+    # Each MIME header field (Content-*) of every part: bytes, and ';' in the two fields with
+    # parameters (the standard library splits them in time quadratic in the ';').
+    max_mime_field: int = 16 * 1024
+    max_mime_params: int = 100
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_users_file: Path | None = None
@@ -279,6 +286,8 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "inspect_timeout": check.duration,
         "max_header_line": check.integer(998, 10_000_000),
         "max_header_fields": check.integer(10, 1_000_000),
+        "max_mime_field": check.integer(1024, 64 * 1024),
+        "max_mime_params": check.integer(10, 1000),
         "tls_cert": check.optional_existing_file,
         "tls_key": check.optional_existing_file,
         "auth_users_file": check.optional_existing_file,

@@ -1,8 +1,9 @@
 """Render the notice that tells a recipient their attachment became a download link.
 
 The notice is rendered twice, as plain text and as an HTML block, in the recipient's
-locale. Templates live in templates/mail/notice.{ja,en}.{txt,html}; this module only
-fills them with display-ready values (human sizes, local dates, safe file names).
+locale. Templates live in gateway/templates/mail/notice.{ja,en}.{txt,html} (or in the
+administrator's `gateway.templates_dir`); this module only fills them with display-ready values
+(human sizes, local dates, safe file names).
 """
 
 from __future__ import annotations

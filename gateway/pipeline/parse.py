@@ -1,5 +1,6 @@
 """Check on the raw bytes that a message's structure is within limits the parser can survive
-(MIME depth and part count, part headers, header lines and fields), before it is parsed.
+(MIME depth and part count, part headers and their MIME fields, header lines and fields),
+before it is parsed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ _HEADER_END = re.compile(rb"\n\r?\n")
 _CONTENT_TYPE = re.compile(
     rb"^content-type[ \t]*:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
 )
+# A MIME header field (RFC 2045: Content-*) with its folded lines; the name as the parser's
+# headerRE spells one (printable, no colon), white space before the colon as _CONTENT_TYPE allows
+_MIME_FIELD = re.compile(
+    rb"^(content-[\x21-\x39\x3b-\x7e]*)[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*",
+    re.IGNORECASE | re.MULTILINE,
+)
+# The MIME fields whose parameters the standard library splits (get_param, get_boundary,
+# get_filename, get_content_charset, the generator), by the name a reply shows
+_PARAMETER_FIELDS = {b"content-type": "Content-Type", b"content-disposition": "Content-Disposition"}
+# A line starting with "--" that the parser does not read as a header field (email.feedparser's
+# headerRE: a name of printable characters, then a colon): a part's header section ends there
+_DASHES_NOT_A_FIELD = re.compile(rb"^--(?![\x21-\x39\x3b-\x7e]*:)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -37,17 +50,17 @@ class MimeLimits:
     max_parts: int = 1000
     max_header_line: int = 8192  # bytes in one physical line of the message's header section
     max_header_fields: int = 1000
+    # Bytes in one MIME header field of any part, folded lines included. The longest a client
+    # writes is a file name: 255 bytes of UTF-8 as RFC 2231 continuations is under 1 KiB.
+    max_mime_field: int = 16 * 1024
+    # ';' in one Content-Type or Content-Disposition, quoted or not: compat32 rescans the rest
+    # of the value for each. Clients write a handful; the longest name in continuations ~30.
+    max_mime_params: int = 100
 
     @classmethod
     def from_settings(cls, smtp: SmtpSettings) -> MimeLimits:
         return cls(smtp.max_mime_depth, smtp.max_mime_parts, smtp.max_header_line,
-                   smtp.max_header_fields)
-
-
-
-
-
-
+                   smtp.max_header_fields, smtp.max_mime_field, smtp.max_mime_params)
 
 
 def check_limits(raw: bytes, limits: MimeLimits) -> None:
@@ -78,7 +91,31 @@ def _check_header_section(section: bytes, limits: MimeLimits) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _long_line(limit: int) -> re.Pattern[bytes]:
-    return re.compile(rb"[^\r\n]{%d}" % (limit + 1))
+    # tried only where a line starts (after CR, LF or at the start): unanchored, every byte of
+    # a long line started a match of its own, time the section's size times its line length
+    return re.compile(rb"(?<![^\r\n])[^\r\n]{%d}" % (limit + 1))
+
+
+def _check_mime_fields(section: bytes, limits: MimeLimits) -> None:
+    """Refuse a part whose MIME header fields are over the limits, before any code of the
+    standard library reads their parameters: compat32's splitter rescans the rest of the value
+    for every ';', quoted or not, in time quadratic in them (CPython gh-136063; 80,000 cost
+    seconds, a megabyte minutes, holding the GIL). Measured by regex and bytes.count: linear."""
+    for field in _MIME_FIELD.finditer(section):
+        name = field.group(1).lower()
+        shown = _PARAMETER_FIELDS.get(name) or _field_name(name)
+        if field.end() - field.start() > limits.max_mime_field:
+            raise MimeLimitExceeded(
+                f"a {shown} header field longer than {limits.max_mime_field} bytes")
+        semicolons = section.count(b";", field.start(), field.end())
+        if name in _PARAMETER_FIELDS and semicolons > limits.max_mime_params:
+            raise MimeLimitExceeded(
+                f"a {shown} header field with more than {limits.max_mime_params} parameters")
+
+
+def _field_name(name: bytes) -> str:
+    """A field's name as a reply line can carry it: its usual spelling, or short."""
+    return name.decode("ascii").title() if len(name) <= 40 else "Content-*"
 
 
 @dataclass
@@ -106,16 +143,18 @@ class _MimeScan:
             position = found.end()
             index = self._innermost(found.group(1))
             del self._stack[index + 1:]
-            if found.group(2):
+            closed = bool(found.group(2))
+            if closed:
                 del self._stack[index]  # the close delimiter
-            else:
+            # before the next part's headers are read: its delimiters are those still open
+            self._delimiters = self._pattern()
+            if not closed:
                 container = self._stack[index]
                 default_type = "message/rfc822" if container.digest else "text/plain"
                 # like the feedparser, read delimiter lines that follow at once as one
                 repeats = _repeated_delimiters(container.boundary).match(
                     self._raw, self._body_start(position))
                 position = self._enter_part(repeats.end(), default_type)
-            self._delimiters = self._pattern()
 
     def _enter_part(self, start: int, default_type: str) -> int:
         """Count the part whose headers start at `start` and any message/* inside it."""
@@ -130,7 +169,9 @@ class _MimeScan:
             # its boundary, its parts) would go unseen here while the parser reads it
             window = len(self._raw) if start == 0 else _PART_HEADER_WINDOW
             end, body = self._part_bounds(start, min(len(self._raw), start + window))
-            content_type, boundary = _content_type(self._raw[start:end], default_type)
+            section = self._raw[start:end]
+            _check_mime_fields(section, self._limits)  # before the stdlib reads a parameter
+            content_type, boundary = _content_type(section, default_type)
             maintype, _, subtype = content_type.partition("/")
             if maintype == "multipart" and boundary is not None:
                 self._stack.append(_Container(boundary, subtype == "digest"))
@@ -143,19 +184,35 @@ class _MimeScan:
 
     def _part_bounds(self, start: int, stop: int) -> tuple[int, int]:
         """Where a part's headers end and its body starts. The headers end at the empty line,
-        or where a delimiter-like line comes first (a part without the empty line: its next
-        delimiter is not one of its headers, and is where its body starts)."""
-        if self._raw.startswith(b"--", start):
-            return start, start
+        or where a line starting with "--" comes first that the parser does not read as a
+        header field: a delimiter of an open multipart (a part without the empty line: its
+        next delimiter is where its body starts) or a line that is no field at all. A line
+        like `--x: y` is a field to the parser, and the part's headers go on after it."""
         end = _header_section_end(self._raw, start, stop)
-        delimiter = self._raw.find(b"\n--", start, end)
-        if delimiter >= 0:
-            return delimiter + 1, delimiter + 1
+        dashes = self._dashes_ending_headers(start, end)
+        if dashes is not None:
+            return dashes, dashes
         if end == stop < len(self._raw):  # no end of the headers inside the window
             raise MimeLimitExceeded(
                 f"a MIME part header longer than {_PART_HEADER_WINDOW // 1024} KiB"
             )
         return end, (self._body_start(end) if end < stop else stop)
+
+    def _dashes_ending_headers(self, start: int, end: int) -> int | None:
+        """The first line in [start, end) that starts with "--" and ends the headers, or None.
+        A line the window cut short is not judged: what ends it decides what it is."""
+        if not self._raw.startswith(b"--", start):
+            newline = self._raw.find(b"\n--", start, end)
+            if newline < 0:
+                return None  # the usual case: no such line, and no regular expression run
+            start = newline + 1
+        found = [_DASHES_NOT_A_FIELD.search(self._raw, start, end)]
+        if self._delimiters is not None:
+            found.append(self._delimiters.search(self._raw, start, end))
+        whole = [line.start() for line in found
+                 if line and (self._raw.find(b"\n", line.start(), end) >= 0
+                              or end == len(self._raw))]
+        return min(whole, default=None)
 
     def _body_start(self, header_end: int) -> int:
         newline = self._raw.find(b"\n", header_end)

@@ -32,6 +32,7 @@ from gateway.web.security import (
     client_ip,
     cross_site,
     csrf_problem,
+    listen_origin,
     make_csrf_token,
     make_session,
     make_verified,
@@ -123,6 +124,7 @@ class LinkGate:
         clock: Callable[[], datetime], events_hook: EventsHook | None = None,
     ):
         self._settings = settings
+        self._public_origin = origin_of(settings.public_url)
         self._db = db
         self._controls = controls
         self._unlocks = unlocks
@@ -208,13 +210,20 @@ class LinkGate:
     def post_problem(self, request: web.Request, subject: str, form: Mapping[str, str]
                      ) -> str | None:
         """None when a POST comes from our own page about `subject`; else the refusal reason."""
-        allowed = {origin_of(self._settings.public_url),
-                   f"{request.scheme}://{request.host}".lower()}
         headers = request.headers
-        if cross_site(headers.get("Origin"), headers.get("Referer"), allowed - {None},
+        if cross_site(headers.get("Origin"), headers.get("Referer"), self._own_origins(request),
                       fetch_site=headers.get("Sec-Fetch-Site")):
             return "cross_site"
         return csrf_problem(self._secret, subject, form.get("csrf", ""), self._clock())
+
+    def _own_origins(self, request: web.Request) -> set[str]:
+        """Where our own pages are: public_url, and the listen address for a browser that
+        opened the portal directly (the socket the request arrived on). Never the Host header:
+        the client writes it, and a forged one would make the attacker's origin our own."""
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        origins = {self._public_origin, listen_origin(request.scheme, sockname)}
+        return {origin for origin in origins if origin is not None}
 
     def csrf_token(self, subject: str, now: datetime) -> str:
         """The token a form about `subject` (a link id, or a management subject) carries."""

@@ -33,8 +33,8 @@ def token_base(request: web.Request) -> str:
 
 
 class Pages:
-    """Renders templates/web/* in the visitor's language, with the language switch and
-    cookies scoped to the page's token."""
+    """Renders web/* of the templates directory (gateway/templates/ unless configured) in the
+    visitor's language, with the language switch and cookies scoped to the page's token."""
 
     def __init__(self, templates_dir: Path, timezone: ZoneInfo, https: bool):
         self.https = https

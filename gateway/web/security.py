@@ -1,5 +1,6 @@
-"""Protect the portal's pages: response headers, CSRF tokens, signed cookies (password
-session, verified recipient), the MACs one-time codes are stored as, client IP.
+"""Protect the portal's pages: response headers, CSRF tokens, where a POST comes from (our own
+origins), signed cookies (password session, verified recipient), the MACs one-time codes are
+stored as, client IP.
 
 Tokens and cookies are `<unix seconds>.<HMAC-SHA256, base64url>` under the 32-byte portal
 secret, each kind with its own label so one can never pass for another. Nothing here keeps
@@ -160,6 +161,23 @@ def origin_of(url: str) -> str | None:
         host = f"[{host}]"
     default = {"http": 80, "https": 443}[parts.scheme]
     return f"{parts.scheme}://{host}" if port in (None, default) else f"{parts.scheme}://{host}:{port}"
+
+
+def listen_origin(scheme: str, sockname: object) -> str | None:
+    """The origin a browser writes when it opened the portal on its listen address directly:
+    scheme://address:port of the socket the request arrived on (`sockname`, the operating
+    system's word, never a header the client wrote). An IPv4 client of a dual-stack socket
+    arrives on an IPv4-mapped address; its browser wrote the IPv4 one."""
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return None
+    try:
+        address = ipaddress.ip_address(sockname[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return origin_of(f"{scheme}://{host}:{sockname[1]}")
 
 
 def fetched_cross_site(fetch_site: str | None) -> bool:

@@ -245,6 +245,45 @@ def test_cross_site_origin_or_referer_is_refused(harness, headers, status):
         assert harness.events()[0].detail["reason"] == "cross_site"
 
 
+def test_the_allowed_origins_come_from_public_url_and_the_listen_address_not_from_host(harness):
+    """A forged Host header must not make the attacker's Origin our own: the allow-list is
+    public_url plus the address and port the portal listens on, nothing the request says."""
+    issued = harness.add_one()
+    evil = "evil.example"
+
+    async def scenario(client):
+        direct = f"http://127.0.0.1:{client.port}"  # the listen address, opened directly
+        attempts = {
+            "Origin of a forged Host": {"Host": evil, "Origin": f"http://{evil}"},
+            "Referer of a forged Host": {"Host": evil, "Referer": f"http://{evil}/page"},
+            "public_url's host over http": {"Host": "files.city.example.lg.jp",
+                                            "Origin": "http://files.city.example.lg.jp"},
+            "public_url, Host forged": {"Host": evil, "Origin": PUBLIC_URL},
+            "the listen address, Host forged": {"Host": evil, "Origin": direct},
+            "the listen address": {"Origin": direct},
+        }
+        statuses = {}
+        for name, headers in attempts.items():
+            csrf = await csrf_of(client, issued)
+            response = await client.post(f"{issued.path}/f/{issued.files[0].id}",
+                                         data={"csrf": csrf}, headers=headers)
+            await response.read()
+            statuses[name] = response.status
+        return statuses
+
+    assert harness.run(scenario) == {
+        "Origin of a forged Host": 403,
+        "Referer of a forged Host": 403,
+        "public_url's host over http": 403,
+        "public_url, Host forged": 200,
+        "the listen address, Host forged": 200,
+        "the listen address": 200,
+    }
+    assert harness.link(issued).download_count == 3
+    refused = [e.detail["reason"] for e in harness.events() if e.kind == "download.refused"]
+    assert refused == ["cross_site"] * 3
+
+
 # -- damaged storage ------------------------------------------------------------------------
 
 

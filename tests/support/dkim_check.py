@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import dkim
 
+from gateway.config import BUNDLED_TEMPLATES
 from gateway.outbound.dkim import DkimKey, DkimSigner
 from gateway.outbound.dkim_keys import GeneratedKey, load_private_key
 from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
@@ -63,5 +64,5 @@ def rewritten_corpus_mail() -> bytes:
     expires = datetime(2026, 12, 3, 17, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
     files = (NoticeFile("見積書一式_2026年11月.zip", 6878),)
     notice = Notice("ja", files, "https://f.example/d/t0k", expires, "none")
-    text, html = render_notice(make_template_env(ROOT / "templates"), notice)
+    text, html = render_notice(make_template_env(BUNDLED_TEMPLATES), notice)
     return rewrite_message(raw, [(1,)], text, html)

@@ -12,11 +12,11 @@ import unicodedata
 import urllib.parse
 import zlib
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from gateway.config import BUNDLED_TEMPLATES
 from gateway.containers.zipinspect import inspect_zip
 from gateway.filenames import attachment_filename, display_safe
 from gateway.log import EscapingFormatter, MessageLogger, escape_line, format_fields
@@ -26,7 +26,7 @@ from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, rende
 from gateway.presentation import display_name
 from gateway.unlock.extract import ExtractLimits, extract_members
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES = BUNDLED_TEMPLATES  # gateway/templates/, shipped inside the package
 BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 # name as the sender means it → what any display of it must be

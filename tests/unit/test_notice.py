@@ -11,10 +11,11 @@ from zoneinfo import ZoneInfo
 import jinja2
 import pytest
 
+from gateway.config import BUNDLED_TEMPLATES
 from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
 from gateway.presentation import display_name, format_expiry, human_size
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES = BUNDLED_TEMPLATES  # gateway/templates/, shipped inside the package
 TOKYO = ZoneInfo("Asia/Tokyo")
 URL = "https://files.city.example.lg.jp/d/Zk3vQ9xTt2"
 EXPIRES = datetime(2026, 12, 3, 17, 0, tzinfo=TOKYO)

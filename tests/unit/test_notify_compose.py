@@ -19,6 +19,7 @@ import dkim
 import jinja2
 import pytest
 
+from gateway.config import BUNDLED_TEMPLATES
 from gateway.model import OutgoingMessage
 from gateway.notify import ComposeError
 from gateway.notify.compose import NoticeComposer
@@ -32,7 +33,7 @@ from gateway.store.db import Database
 from gateway.store.outbox import OutboxItem, OutboxStore, new_outbox_id
 from gateway.store.passwords import hash_password, hash_token, new_token
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+TEMPLATES = BUNDLED_TEMPLATES  # gateway/templates/, shipped inside the package
 TOKYO = ZoneInfo("Asia/Tokyo")
 DOMAIN = "city.example.lg.jp"
 FROM = f"ppap-gateway@{DOMAIN}"

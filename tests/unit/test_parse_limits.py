@@ -152,6 +152,69 @@ def test_bare_lf_messages_are_measured_too():
                      MimeLimits(max_header_fields=10))
 
 
+def quoted_semicolons(count: int) -> bytes:
+    """A Content-Type whose one quoted value holds `count` ';' (compat32 splits parameters in
+    time quadratic in them, CPython gh-136063), folded so that no line is over 8 KB."""
+    lines = [b";" * 4000] * (count // 4000) + [b";" * (count % 4000)]
+    return b'Content-Type: multipart/mixed; boundary="B"; x="' + b"\r\n ".join(lines) + b'"\r\n'
+
+
+def with_content_type(field: bytes, where: str) -> bytes:
+    inner = b"\r\n--B\r\n" + TEXT + b"--B--\r\n"
+    if where == "message header":
+        return HEAD + field + inner
+    outer = b'Content-Type: multipart/mixed; boundary="A"\r\n\r\n--A\r\n'
+    return HEAD + outer + field + inner + b"--A--\r\n"
+
+
+@pytest.mark.parametrize("where, count", [("message header", 1_000_000), ("part header", 60_000)])
+def test_a_content_type_of_quoted_semicolons_is_refused_in_linear_time(where, count):
+    raw = with_content_type(quoted_semicolons(count), where)
+    started = time.process_time()
+    with pytest.raises(MimeLimitExceeded, match="Content-Type header field longer than 16384"):
+        check_limits(raw, MimeLimits())
+    spent = time.process_time() - started
+    print(f"{len(raw)} bytes, {count} quoted ';' in the {where}: refused in {spent:.3f} s")
+    assert spent < 1  # the stdlib's splitter took minutes on the megabyte
+
+
+def test_mime_fields_are_capped_in_bytes_and_parameters_exactly_at_the_limits():
+    def disposition(semicolons: int, size: int) -> bytes:  # `size` bytes before its CRLF
+        start = b'Content-Disposition: attachment; filename="a' + b";" * (semicolons - 1)
+        return start + b"b" * (size - len(start) - 1) + b'"\r\n'
+
+    def message(field: bytes) -> bytes:  # in a part: the message's header lines stop at 8 KB
+        return (HEAD + b'Content-Type: multipart/mixed; boundary="A"\r\n\r\n--A\r\n'
+                + b"Content-Type: text/plain\r\n" + field + b"\r\nhello\r\n--A--\r\n")
+
+    check_limits(message(disposition(100, 16384)), MimeLimits())
+    with pytest.raises(MimeLimitExceeded, match="Content-Disposition header field with more "
+                                                "than 100 parameters"):
+        check_limits(message(disposition(101, 1000)), MimeLimits())
+    with pytest.raises(MimeLimitExceeded, match="Content-Disposition header field longer than"):
+        check_limits(message(disposition(2, 16385)), MimeLimits())
+    check_limits(message(disposition(101, 1000)), MimeLimits(max_mime_params=101))
+
+
+def test_a_dashed_header_line_does_not_hide_the_rest_of_a_part_header():
+    """`--x: y` is a header field to the parser (not a delimiter of an open multipart):
+    what follows it is still the part's header, and is measured as such."""
+    dashed = b"--x: y\r\n"
+    inner = b"--C\r\n" + TEXT
+    nested = (HEAD + b'Content-Type: multipart/mixed; boundary="A"\r\n\r\n--A\r\n' + dashed
+              + b'Content-Type: multipart/mixed; boundary="C"\r\n\r\n' + inner * 5
+              + b"--C--\r\n--A--\r\n")
+    assert_limits_are_exact(nested)
+    with pytest.raises(MimeLimitExceeded, match="Content-Type header field longer"):
+        check_limits(with_content_type(dashed + quoted_semicolons(60_000), "part header"),
+                     MimeLimits())
+
+
+@pytest.mark.parametrize("path", sorted((CORPUS / "mail").glob("*.eml")), ids=lambda p: p.stem)
+def test_the_default_mime_field_caps_accept_every_corpus_mail(path: Path):
+    check_limits(path.read_bytes(), MimeLimits())
+
+
 def test_over_the_mime_limits_raises_and_maps_to_554_naming_the_reason():
     with pytest.raises(MimeLimitExceeded) as caught:
         parse_and_classify(nested_multipart(1000), MimeLimits())

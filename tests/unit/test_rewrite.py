@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.config import BUNDLED_TEMPLATES
 from gateway.errors import RewriteError
 from gateway.mime import children, parse_message, part_at, walk_with_paths
 from gateway.pipeline.notice import Notice, NoticeFile, make_template_env, render_notice
@@ -29,7 +30,7 @@ ENCRYPTED_ZIP_MAILS = [
 ]
 ZIP = (CORPUS / "files" / "10_eicar_zipcrypto.zip").read_bytes()
 PDF = (CORPUS / "files" / "12a_plain.pdf").read_bytes()
-ENV = make_template_env(ROOT / "templates")
+ENV = make_template_env(BUNDLED_TEMPLATES)
 
 
 def notice(name: str = "請求書_2026年11月.zip", locale: str = "ja") -> tuple[str, str]:
