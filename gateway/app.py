@@ -43,7 +43,7 @@ from gateway.smtp.access import (
     load_users,
 )
 from gateway.smtp.handler import GatewayHandler
-from gateway.smtp.server import start_smtp_server
+from gateway.smtp.server import RelaysInFlight, start_smtp_server
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
@@ -168,6 +168,7 @@ class Gateway:
         self.db: Database | None = None
         self.blobs: BlobStore | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._relays = RelaysInFlight()
         self._runners: list[web.AppRunner] = []
         self._purger: asyncio.Task | None = None
         self._notifier: asyncio.Task | None = None
@@ -243,7 +244,7 @@ class Gateway:
             MessageLogger(config.gateway.log_format), self.metrics,
         )
         self._server = await start_smtp_server(
-            handler, config.smtp, config.gateway.hostname, authenticator
+            handler, config.smtp, config.gateway.hostname, authenticator, self._relays
         )
         self.smtp_port = self._server.sockets[0].getsockname()[1]
 
@@ -310,6 +311,7 @@ class Gateway:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        await self._finish_relays()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -334,6 +336,18 @@ class Gateway:
         if self._data_dir_lock is not None:
             os.close(self._data_dir_lock)  # releases the lock
             self._data_dir_lock = None
+
+    async def _finish_relays(self) -> None:
+        """Let the messages being relayed finish (their next hop may have a copy already), for
+        as long as one answer from the next hop may take; then cancel the rest: what they
+        stored is rolled back, or reused by the sender's retry."""
+        if not self._relays:
+            return
+        log.info("stopping: waiting for %d message(s) being relayed", len(self._relays))
+        cancelled = await self._relays.finish(self.config.next_hop.timeout.total_seconds())
+        if cancelled:
+            log.warning("stopping: %d relay(s) cancelled after %s", cancelled,
+                        self.config.next_hop.timeout)
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

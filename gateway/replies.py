@@ -42,6 +42,9 @@ class Reply:
 
 OK = Reply(250, "2.0.0", "Ok: delivered")
 ALREADY_DELIVERED = Reply(250, "2.0.0", "Ok: already delivered to every recipient")
+# Some copies taken, the rest refused for good by the next hop (see pipeline/dsn_step.py).
+PARTLY_DELIVERED = Reply(250, "2.0.0", "Ok: delivered; refused recipients reported to the sender")
+PARTLY_DELIVERED_UNREPORTED = Reply(250, "2.0.0", "Ok: delivered; refused recipients logged")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Temporary local problem, try again later")
 STORAGE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary storage problem, try again later")
 DISK_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
@@ -59,6 +62,8 @@ DATA_IN_FLIGHT_FULL = Reply(451, "4.3.2", "Too much mail in transit, try again l
 NUL_IN_MESSAGE = Reply(554, "5.6.0", "NUL characters are not allowed in mail (RFC 5322)")
 CANNOT_INSPECT = Reply(554, "5.6.0", "Message cannot be inspected")
 INSPECTION_TIMED_OUT = Reply(451, "4.3.0", "Content inspection did not finish, try again later")
+FILES_PURGED = Reply(451, "4.3.0", "Stored files were removed during delivery, try again later")
+STILL_RELAYING = Reply(451, "4.3.0", "The same message is still being relayed, try again later")
 
 
 def _causes(error: BaseException) -> list[BaseException]:

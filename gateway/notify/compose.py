@@ -8,6 +8,7 @@ link is gone raises ComposeError: there is nothing left to send.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import unicodedata
@@ -25,6 +26,7 @@ import jinja2
 
 from gateway.model import OutgoingMessage
 from gateway.notify import ComposeError
+from gateway.notify.dsn import ReportedRecipient, make_report
 from gateway.notify.webhook import WebhookCall
 from gateway.outbound.dkim import DkimSigner
 from gateway.presentation import LOCALES, format_expiry, human_size
@@ -40,8 +42,10 @@ _NEEDED_SECRET = {
 # Kinds addressed to a link's recipient: they need that link still active.
 _TO_RECIPIENT = frozenset({"password-recipient", "otp", "webhook-password", "password-replaced"})
 # Kinds that thread next to the mail they belong to.
-_WITHOUT_TRANSFER = frozenset({"virus-refused"})
-_THREADED = frozenset({"password-recipient", "password-sender", "otp", "password-replaced"})
+_WITHOUT_TRANSFER = frozenset({"virus-refused", "dsn"})
+_THREADED = frozenset({"password-recipient", "password-sender", "otp", "password-replaced", "dsn"})
+# A delivery status notification (RFC 3464) answers a message: RFC 3834's "auto-replied".
+_AUTO_SUBMITTED = {"dsn": "auto-replied"}
 _FROM_NAME = {"ja": "メールゲートウェイ", "en": "ppap-gateway"}
 _NO_SUBJECT = {"ja": "（件名なし）", "en": "(no subject)"}
 _NO_NAME = {"ja": "（名前なし）", "en": "(no name)"}
@@ -73,6 +77,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _UTF8_ATOMS = re.compile(rf"{_ATEXT}(\.{_ATEXT})*")
 _CODE = re.compile(r"[0-9]{4,10}")
+_FAILED_STATUS = re.compile(r"5\.\d{1,3}\.\d{1,3}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 def _refused_message(item: OutboxItem) -> TransferRow:
@@ -162,6 +168,7 @@ class NoticeComposer:
             "password-replaced": self._password_replaced,
             "blocked-note": self._blocked_note,
             "virus-refused": self._virus_refused,
+            "dsn": self._dsn,
         }
 
     def compose(self, item: OutboxItem) -> OutgoingMessage | WebhookCall:
@@ -178,7 +185,10 @@ class NoticeComposer:
         module = self._templates.get_template(
             f"mail/{item.kind}.{about.locale}.txt"
         ).make_module(context)
-        return self._mail(about, to, one_line(str(module.mail_subject), 300), str(module))
+        subject = one_line(str(module.mail_subject), 300)
+        if item.kind == "dsn":
+            return self._report(about, to, subject, str(module), context["recipients"])
+        return self._mail(about, to, subject, str(module))
 
     # -- what an item is about ---------------------------------------------------------
 
@@ -308,6 +318,33 @@ class NoticeComposer:
             "at": self._local_time(about.item.created_at, about.locale),
         }
 
+    def _dsn(self, about: _About) -> tuple[str, dict[str, Any]]:
+        """To the sender: the recipients the next hop refused for good after others got the
+        message (pipeline/dsn_step.py). Never to the null sender, whatever the payload says."""
+        payload = about.payload
+        if not about.transfer.sender:
+            raise ComposeError(f"outbox item {about.item.id}: no report to the null sender")
+        listed = payload.get("recipients")
+        if not isinstance(listed, list) or not listed:
+            raise ComposeError(f"outbox item {about.item.id}: no refused recipients")
+        reported = [self._reported(entry, about.item.id) for entry in listed]
+        return about.transfer.sender, {
+            "recipients": reported,
+            "at": self._local_time(_instant(payload.get("arrival"), about.item.id), about.locale),
+        }
+
+    def _reported(self, entry: object, item_id: str) -> ReportedRecipient:
+        fields = entry if isinstance(entry, dict) else {}
+        address, status, diagnostic = (fields.get(k) for k in ("address", "status", "diagnostic"))
+        if not isinstance(address, str) or not one_line(address):
+            raise ComposeError(f"outbox item {item_id}: a refused recipient without an address")
+        if not isinstance(status, str) or not _FAILED_STATUS.fullmatch(status):
+            status = "5.0.0"
+        diagnostic = diagnostic if isinstance(diagnostic, str) else ""
+        # The next hop's words go into a header field: one line of printable ASCII.
+        diagnostic = "".join(c if " " <= c <= "~" else "?" for c in one_line(diagnostic, 500))
+        return ReportedRecipient(one_line(address, 320), status, diagnostic or "550")
+
     def _webhook(self, about: _About) -> WebhookCall:
         if not self._webhook_url:
             raise ComposeError(f"outbox item {about.item.id}: no webhook URL configured")
@@ -352,6 +389,32 @@ class NoticeComposer:
     # -- the message -----------------------------------------------------------------
 
     def _mail(self, about: _About, to: str, subject: str, body: str) -> OutgoingMessage:
+        message, utf8 = self._addressed(about, to, subject)
+        text = _crlf_body(body)
+        plain = text.isascii() and max(map(len, text.split("\r\n"))) <= 998
+        message.set_content(text, charset="utf-8", cte="7bit" if plain else "base64")
+        return OutgoingMessage(
+            mail_from=self._from_address, rcpt_tos=(to,), data=self._signed(message),
+            smtputf8=utf8,
+        )
+
+    def _report(self, about: _About, to: str, subject: str, body: str,
+                reported: list[ReportedRecipient]) -> OutgoingMessage:
+        """A delivery status notification: multipart/report, sent from the null sender
+        (RFC 5321 4.5.5), so that nothing ever answers it."""
+        message, utf8 = self._addressed(about, to, subject)
+        headers = _base64_bytes(about.payload.get("headers"), about.item.id)
+        make_report(
+            message, text=_crlf_body(body), reporting_mta=self._reporting_mta(about),
+            arrival=_instant(about.payload.get("arrival"), about.item.id).astimezone(self._zone),
+            recipients=reported, headers=headers, boundary=f"=_report_{about.item.id}",
+        )
+        return OutgoingMessage(
+            mail_from="", rcpt_tos=(to,), data=self._signed(message), smtputf8=utf8,
+        )
+
+    def _addressed(self, about: _About, to: str, subject: str) -> tuple[EmailMessage, bool]:
+        """A message with the header fields every notice has; and whether it needs SMTPUTF8."""
         recipient = _mailbox(to)
         if recipient is None:
             raise ComposeError(f"outbox item {about.item.id}: not a mailable address: {to!r}")
@@ -366,16 +429,16 @@ class NoticeComposer:
         if about.item.kind in _THREADED and original:
             message["In-Reply-To"] = original.group(0)
             message["References"] = original.group(0)
-        message["Auto-Submitted"] = "auto-generated"
+        message["Auto-Submitted"] = _AUTO_SUBMITTED.get(about.item.kind, "auto-generated")
         message["X-PPAP-Gateway"] = "notice"
-        text = _crlf_body(body)
-        plain = text.isascii() and max(map(len, text.split("\r\n"))) <= 998
-        message.set_content(text, charset="utf-8", cte="7bit" if plain else "base64")
-        data = re.sub(rb"\r\n|\r|\n", b"\r\n", message.as_bytes())
-        return OutgoingMessage(
-            mail_from=self._from_address, rcpt_tos=(to,), data=self._signer.sign(data),
-            smtputf8=utf8,
-        )
+        return message, utf8
+
+    def _signed(self, message: EmailMessage) -> bytes:
+        return self._signer.sign(re.sub(rb"\r\n|\r|\n", b"\r\n", message.as_bytes()))
+
+    def _reporting_mta(self, about: _About) -> str:
+        named = about.payload.get("reporting_mta")
+        return named if isinstance(named, str) and _HOSTNAME.fullmatch(named) else self._id_domain
 
 
 def _mailbox(address: str) -> Address | None:
@@ -412,6 +475,13 @@ def _secret_shape_ok(name: str, value: str) -> bool:
     if name == "manage_token":
         return bool(_TOKEN.fullmatch(value))
     return 0 < len(value) <= 128 and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def _base64_bytes(value: object, item_id: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except ValueError:
+        raise ComposeError(f"outbox item {item_id}: headers are not base64") from None
 
 
 def _instant(value: object, item_id: str) -> datetime:

@@ -1,7 +1,10 @@
 """Purge what the gateway must no longer keep: files of expired, failed and abandoned transfers.
 
-A purge deletes each such transfer's blobs and then its files rows (with the wrapped data keys)
-and password, keeping the transfer row and its events as the audit trail. It then removes blob
+A purge first takes each such transfer out of use, in one statement that checks it is still
+due (a retry may have just issued a link on a stale pending transfer: then it stays), then
+deletes its blobs and then its files rows (with the wrapped data keys) and password, keeping
+the transfer row and its events as the audit trail; a purge a crash interrupted is finished by
+the next. It then removes blob
 files no row refers to and temp files left by a crash, but only when they are older than a
 grace period, so a blob being written right now is never touched. Finally the WAL is
 checkpointed so purged keys do not linger in it.
@@ -56,11 +59,13 @@ def purge(
 ) -> PurgeReport:
     """Run one purge (blocking: call it in a thread from async code)."""
     tally = _Tally()
+    stale_before = now - stale_pending_after
     expired = db.failed_or_expired_transfers(now)
-    stale = db.stale_pending_transfers(now - stale_pending_after)
-    due = dict.fromkeys([*expired, *stale])  # a transfer can be both; purge it once
+    stale = db.stale_pending_transfers(stale_before)
+    unfinished = db.half_purged_transfers()
+    due = dict.fromkeys([*expired, *stale, *unfinished])  # a transfer can be both; once
     for transfer_id in due:
-        _purge_transfer(db, blobs, transfer_id, now, tally)
+        _purge_transfer(db, blobs, transfer_id, now, stale_before, tally)
     cutoff = (now - orphan_grace).timestamp()
     _delete_orphans(db, blobs, cutoff, tally)
     _delete_temp_files(blobs.root, cutoff, tally)
@@ -69,12 +74,20 @@ def purge(
 
 
 def _purge_transfer(
-    db: Database, blobs: BlobStore, transfer_id: str, now: datetime, tally: _Tally
+    db: Database, blobs: BlobStore, transfer_id: str, now: datetime, stale_before: datetime,
+    tally: _Tally,
 ) -> None:
     transfer = db.transfer(transfer_id)
+    if transfer is None:
+        return
+    if transfer.state in ("failed", "purged") and not db.blob_ids_of(transfer_id):
+        return  # purged already (a failed one stays listed): there is nothing left to do
+    # Out of use first, so no link on it becomes active and no retry reuses it once its
+    # files start to go.
+    end_state = db.claim_for_purge(transfer_id, now, stale_before)
+    if end_state is None:
+        return  # a retry is using it, or its sender extended it, since it was listed
     files = db.blob_ids_of(transfer_id)  # attachments and anything extracted from them
-    if transfer is None or (transfer.state == "failed" and not files):
-        return  # a failed transfer stays listed once purged; there is nothing left to do
     freed = 0
     for blob_id in files:
         try:
@@ -86,7 +99,6 @@ def _purge_transfer(
             _log.warning("purge: %s", error)
             tally.errors += 1
     crash_point("purge.blobs_deleted")
-    end_state = "failed" if transfer.state == "failed" else "purged"
     with db.transaction():
         db.mark_purged(transfer_id, state=end_state)
         db.append_event(

@@ -3,7 +3,9 @@
 FrameBytes refuses NUL (readers disagree about it; a dot-and-NUL line is SMTP smuggling) and makes
 every line end CRLF before anything reads the message, so the classified bytes are the
 delivered bytes. SkipServed fingerprints envelope and content, and narrows the envelope to the
-recipients an earlier attempt of the same message did not reach.
+recipients an earlier attempt of the same message did not reach. An attempt that arrives while
+an earlier one of the same message is still being relayed (its client left before our answer,
+and came back at once) is deferred: the two would serve the same recipients.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import hashlib
 import re
 from dataclasses import replace
 
-from gateway.errors import PermFail, Stop
+from gateway.errors import PermFail, Stop, TempFail
 from gateway.model import Envelope
 from gateway.pipeline.transaction import Transaction
-from gateway.replies import ALREADY_DELIVERED, NUL_DOT_LINE, NUL_IN_MESSAGE
+from gateway.replies import ALREADY_DELIVERED, NUL_DOT_LINE, NUL_IN_MESSAGE, STILL_RELAYING
 from gateway.store.db import Database
 from gateway.wire import crlf_line_endings
 
@@ -50,9 +52,14 @@ class SkipServed:
 
     def __init__(self, db: Database):
         self._db = db
+        self._relaying: set[str] = set()  # fingerprints of the messages being relayed now
 
     async def process(self, tx: Transaction) -> None:
-        tx.fingerprint = message_fingerprint(tx.envelope, tx.raw)
+        tx.fingerprint = fingerprint = message_fingerprint(tx.envelope, tx.raw)
+        if fingerprint in self._relaying:
+            raise TempFail(STILL_RELAYING, "deferred", "same message still relaying")
+        self._relaying.add(fingerprint)
+        tx.releases.append(lambda: self._relaying.discard(fingerprint))
         served = await asyncio.to_thread(self._db.delivered_recipients, tx.fingerprint)
         remaining = tuple(r for r in tx.envelope.rcpt_tos if r not in served)
         if not remaining:

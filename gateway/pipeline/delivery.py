@@ -3,9 +3,14 @@ goes, then the one answer for the client.
 
 Record commits what the next hop said in one transaction: the recipients served (so that a
 retry of the same message reaches only the rest), the link made active with its notices
-queued, or the link failed. Answer mirrors the next hop: any temporary refusal is our 4xx,
-permanent refusals our 5xx naming the recipients, else 250; a transfer none of whose links
-was delivered loses its files at once.
+queued, or the link failed. A link whose transfer the purge took meanwhile is never made
+active: its copy is answered 4xx, and the retry makes a fresh transfer.
+
+Answer mirrors the next hop: any temporary refusal is our 4xx; permanent refusals our 5xx
+naming the recipients when nobody got the message, else 250 with the refused recipients
+reported to the sender (pipeline/dsn_step.py), as an MTA does once it has taken a message;
+everything accepted is 250. A transfer none of whose links was delivered loses its files at
+once.
 """
 
 from __future__ import annotations
@@ -17,15 +22,22 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gateway.crashpoints import crash_point
+from gateway.errors import TempFail
 from gateway.model import DeliveryResult, OutgoingMessage
 from gateway.outbound.hop import NextHop
+from gateway.pipeline.dsn_step import FailureReports, Refused
 from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.store_step import TransferWriter
 from gateway.pipeline.transaction import Delivery, Transaction
-from gateway.replies import OK, Reply
+from gateway.replies import FILES_PURGED, OK, Reply
 from gateway.store.db import Database
 
 log = logging.getLogger("gateway.relay")
+
+
+class _FilesGone(Exception):
+    """A delivered copy's link cannot become active: the purge took its transfer."""
+
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+(.*)$", re.S)
 
 
@@ -56,6 +68,13 @@ class Record:
         message, result = delivery.message, delivery.result
         try:
             due_now = await asyncio.to_thread(self._record, tx, message, result)
+        except _FilesGone:
+            # The purge took the transfer while its copy was on its way: that copy carries a
+            # dead link. Nothing is recorded as served, so the retry reaches its recipients
+            # with a fresh transfer.
+            log.warning("link %s delivered after its files were purged", message.link_id)
+            await asyncio.to_thread(self._record_dead_link, tx, message)
+            raise TempFail(FILES_PURGED, "deferred", "files purged during delivery") from None
         except Exception as error:
             if not result.accepted or message.link_id is not None:
                 raise  # a link left pending must not look delivered: 4xx, the retry mends
@@ -77,6 +96,9 @@ class Record:
         due_now = False
         with self._db.transaction():
             if result.accepted:
+                # First, so that a link that cannot be activated leaves nothing recorded.
+                if message.link_id and not self._db.activate_link(message.link_id, now):
+                    raise _FilesGone(message.link_id)
                 for rcpt in message.rcpt_tos:
                     if rcpt not in result.rejected_recipients:
                         self._db.record_delivery(
@@ -84,8 +106,6 @@ class Record:
                             link_id=message.link_id,
                         )
                 if message.link_id:
-                    self._db.activate_link(message.link_id, now)
-                    self._db.set_transfer_state(transfer_id, "active")
                     self._db.append_event(
                         "link.delivered", now, transfer_id=transfer_id,
                         link_id=message.link_id, recipient=message.rcpt_tos[0],
@@ -102,21 +122,42 @@ class Record:
                 )
         return due_now
 
+    def _record_dead_link(self, tx: Transaction, message: OutgoingMessage) -> None:
+        now = self._clock()
+        transfer_id = tx.transfer.transfer_id if tx.transfer else None
+        with self._db.transaction():
+            self._db.fail_links([message.link_id])
+            self._db.append_event(
+                "link.files_purged", now, transfer_id=transfer_id, link_id=message.link_id,
+                recipient=message.rcpt_tos[0],
+            )
+
 
 class Answer:
     name = "answer"
 
-    def __init__(self, writer: TransferWriter, db: Database):
+    def __init__(self, writer: TransferWriter, db: Database, reports: FailureReports):
         self._writer = writer
         self._db = db
+        self._reports = reports
 
     async def process(self, tx: Transaction) -> None:
         if tx.transfer is not None:
             links = await asyncio.to_thread(self._db.links_of, tx.transfer.transfer_id)
             if not any(link.state == "active" for link in links):
                 await self._writer.discard(tx.transfer)
-        tx.outcome.reply = answer_for(tx)
+        reply = answer_for(tx)
+        if reply.code >= 500 and await asyncio.to_thread(self._anyone_served, tx):
+            # The others have the message: a 5xx would have the sending MTA bounce it for
+            # them too. So 250, and the refused recipients are reported to the sender by us.
+            reply = await self._reports.report(tx, refused_for_good(tx))
+        tx.outcome.reply = reply
         crash_point("relay.recorded")
+
+    def _anyone_served(self, tx: Transaction) -> bool:
+        """Whether a recipient of this message got it, now or in an earlier attempt."""
+        return any(delivery.result.accepted for delivery in tx.deliveries) \
+            or bool(self._db.delivered_recipients(tx.fingerprint))
 
 
 def answer_for(tx: Transaction) -> Reply:
@@ -146,6 +187,25 @@ def answer_for(tx: Transaction) -> Reply:
         names = ", ".join(refused[:5])
         return Reply(permanent.code, permanent.enhanced, f"{permanent.text} ({names})")
     return OK
+
+
+def refused_for_good(tx: Transaction) -> list[Refused]:
+    """Every recipient a copy was permanently refused for, with the next hop's reply to it."""
+    refused: list[Refused] = []
+    for delivery in tx.deliveries:
+        message, result = delivery.message, delivery.result
+        if result.accepted:
+            replies = {r: reply for r, reply in result.rejected_recipients.items() if reply[0] >= 500}
+        elif result.permanent:
+            replies = {r: result.rejected_recipients.get(r, (result.code, result.message))
+                       for r in message.rcpt_tos}
+        else:
+            continue
+        for recipient, (code, text) in replies.items():
+            status = reply_from_result(DeliveryResult(False, code, text)).enhanced
+            # Action: failed needs a 5.x.x status, whatever a confused next hop wrote
+            refused.append(Refused(recipient, code, status if status[0] == "5" else "5.0.0", text))
+    return refused
 
 
 def reply_from_result(result: DeliveryResult) -> Reply:

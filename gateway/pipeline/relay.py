@@ -59,13 +59,14 @@ class Relay:
         unlocker: PasswordMailUnlocker | None = None,
         scanner: ClamdScanner | None = None,
     ):
+        self._clock = clock
         self.pipeline: Pipeline = relay_pipeline(RelayServices(
             config, db, writer, next_hop, signer, templates, clock, notices, wake_notices,
             unlocker, scanner,
         ))
 
     async def handle(self, envelope: Envelope, raw: bytes) -> Outcome:
-        tx = Transaction(envelope, raw)
+        tx = Transaction(envelope, raw, received_at=self._clock())
         outcome = tx.outcome
         try:
             await self._run(tx)
@@ -82,6 +83,9 @@ class Relay:
             log.exception("relay failed: %s", type(error).__name__)
             outcome.reply = reply_for_exception(error)
             outcome.notes.append(type(error).__name__)
+        finally:
+            for release in tx.releases:
+                release()
         return outcome
 
     async def _run(self, tx: Transaction) -> None:

@@ -21,6 +21,7 @@ from gateway.pipeline.admission import FrameBytes, SkipServed
 from gateway.pipeline.classify import Classify
 from gateway.pipeline.conversion import Rewrite, Sign, Store, Verify
 from gateway.pipeline.delivery import Answer, Deliver, Record
+from gateway.pipeline.dsn_step import FailureReports
 from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.password_mail import HoldPasswordMail
 from gateway.pipeline.policy import Decide
@@ -58,7 +59,7 @@ class RelayServices:
     writer: TransferWriter
     next_hop: NextHop
     signer: DkimSigner
-    templates: object  # the jinja2 environment of templates/
+    templates: object  # the jinja2 environment of gateway/templates/ (or templates_dir)
     clock: Callable[[], datetime]
     notices: NoticeQueue | None = None
     wake_notices: Callable[[], None] = lambda: None
@@ -86,6 +87,8 @@ def relay_pipeline(services: RelayServices) -> Pipeline:
             Record(s.db, s.notices, s.clock, s.wake_notices),
         ),
         finish=(
-            Answer(s.writer, s.db),
+            Answer(s.writer, s.db, FailureReports(
+                s.db, s.clock, s.wake_notices, s.config.gateway.hostname,
+            )),
         ),
     )

@@ -3,7 +3,8 @@
 Blob data is fsync'd before any metadata refers to it; the metadata for one message goes in
 one commit. Links start 'pending' and are only activated once the next hop has accepted the
 mail that carries them, so files of a failed delivery are never reachable.
-A retry of the same message (same fingerprint) reuses the files already stored.
+A retry of the same message (same fingerprint) reuses the files already stored, unless the
+purge took them meanwhile: then they are stored again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gateway.model import (
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
-from gateway.store.db import Database
+from gateway.store.db import Database, TransferRow
 from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, derive_key
 from gateway.store.passwords import (
     generate_password,
@@ -46,6 +47,10 @@ class MessageFacts:
     fingerprint: str
     message_id: str
     subject: str
+
+
+class _TransferGone(Exception):
+    """The transfer a retry meant to reuse was purged before its links were committed."""
 
 
 def _chunks(data: bytes, size: int) -> Iterator[memoryview]:
@@ -105,10 +110,20 @@ class TransferWriter:
     ) -> StoredTransfer:
         existing = self._db.transfer_by_fingerprint(facts.fingerprint)
         # A retry reuses the files stored by the first attempt, unless their links have expired.
-        reuse = (
-            existing is not None and existing.state in ("pending", "active")
-            and existing.expires_at > now
-        )
+        if existing is not None and existing.state in ("pending", "active") \
+                and existing.expires_at > now:
+            try:
+                return self._issue(envelope, decision, facts, now, existing)
+            except _TransferGone:
+                pass  # the purge took it since we looked: the files are stored again
+        return self._issue(envelope, decision, facts, now, None)
+
+    def _issue(
+        self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime,
+        existing: TransferRow | None,
+    ) -> StoredTransfer:
+        """Pending links on `existing`'s files, or on a new transfer when it is None."""
+        reuse = existing is not None
         new_files: list[tuple[Attachment, StoredFile, bytes]] = []
         # The policy the transfer is made under is stored with it (transfers.policy). A reused
         # transfer keeps its own: its channel, its links' limit, its notices (a transfer from
@@ -138,6 +153,10 @@ class TransferWriter:
                 files = tuple(stored for _, stored, _ in new_files)
             crash_point("store.blobs_written")
             with self._db.transaction():
+                # Checked in the commit that issues the links: a purge claims a transfer in a
+                # commit of its own, and spares one given a link since its cut-off.
+                if reuse and not self._db.reusable(transfer_id, now):
+                    raise _TransferGone(transfer_id)
                 if not reuse:
                     self._insert_transfer(
                         transfer_id, envelope, decision, facts, now, expires_at, channel

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import Message
 
 from gateway.containers.contents import ContentInspector
@@ -53,6 +54,7 @@ class Delivery:
 class Transaction:
     envelope: Envelope
     raw: bytes
+    received_at: datetime | None = None  # when the final dot came (a report's Arrival-Date)
     outcome: Outcome = field(default_factory=Outcome)
     fingerprint: str = ""
     limits: MimeLimits = field(default_factory=MimeLimits)
@@ -66,3 +68,5 @@ class Transaction:
     deliveries: list[Delivery] = field(default_factory=list)
     # What to undo if the transaction fails before any copy was handed to the next hop.
     rollbacks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # What the transaction holds until it ends, however it ends.
+    releases: list[Callable[[], None]] = field(default_factory=list)

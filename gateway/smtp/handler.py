@@ -1,7 +1,8 @@
 """aiosmtpd hooks: admit clients and recipients, hand DATA to the relay, answer what it says.
 
 Receive only: no business logic here. Any unexpected error becomes `451 4.3.0`, never
-aiosmtpd's default `500` with the exception text.
+aiosmtpd's default `500` with the exception text. The one log line per message is written
+when the relay ends, whether or not its client stayed to hear the answer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ log = logging.getLogger("gateway.smtp")
 
 def _safe(address: str) -> str:
     return "".join(ch for ch in address if ch.isprintable())[:320]
+
+
+def _client_gone(server) -> bool:
+    """True when the session's connection closed while its message was relayed."""
+    transport = getattr(server, "transport", None)
+    return transport is None or transport.is_closing()
 
 
 class GatewayHandler:
@@ -64,6 +71,8 @@ class GatewayHandler:
             body_8bit="BODY=8BITMIME" in options,
         )
         outcome = await self._relay.handle(incoming, envelope.original_content or b"")
+        if _client_gone(server):
+            outcome.notes.append("client gone")  # the reply below was never heard
         reply = outcome.reply.render(txid)
         seconds = time.monotonic() - started
         self._messages.message(txid, incoming, outcome, reply, seconds)

@@ -6,13 +6,21 @@ its reply code, so that each refusal names its class the way MTAs expect. On top
 aiosmtpd it enforces the resource limits of [smtp]: sessions (global and per client address),
 an idle timeout that answers `421` before closing, a bound on the whole DATA phase, and a budget
 of DATA bytes held in memory by all sessions together.
+
+Once the final dot is in, the relay runs as a task of its own (RelaysInFlight): aiosmtpd cancels
+a session whose client hangs up or half-closes, and a relay cancelled mid-way would leave a copy
+the next hop already has unrecorded (sent again on the retry) and its transfer pending. So the
+relay finishes whatever the client does, keeps the session's slot and DATA budget until it ends,
+and the gateway's stop() waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import ssl
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +67,8 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BUDGET_STEP = 64 * 1024  # DATA bytes are charged to the budget in steps, not per line
 _IDLE_RESETS_PER_TIMEOUT = 4  # during DATA the idle timer restarts at most this often
 
+log = logging.getLogger("gateway.smtp")
+
 
 @dataclass
 class SessionSlots:
@@ -101,6 +111,43 @@ class DataBudget:
         self.used -= size
 
 
+class RelaysInFlight:
+    """The relays of received messages still running, each a task the session only waits for.
+
+    A task is referenced here until it ends (the event loop keeps only weak references)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def run(self, relay: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(relay)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def finish(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for every relay running (and any that starts meanwhile),
+        then cancel the rest, which roll back what they can; return how many were cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+        late = list(self._tasks)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        return len(late)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    """For a relay whose session is gone: nobody else will see how it ended."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("relay for a departed client failed", exc_info=task.exception())
+
+
 def _client_address(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return str(peer[0]) if peer else ""
@@ -121,11 +168,13 @@ def _bytes_to_reserve(mail_options: list[str], ceiling: int) -> int:
 class GatewaySMTP(SMTP):
     def __init__(
         self, handler: Any, *, line_length_limit: int, slots: SessionSlots, budget: DataBudget,
-        data_timeout: float, **kwargs: Any,
+        data_timeout: float, relays: RelaysInFlight, **kwargs: Any,
     ):
         # Read by SMTP.__init__ for the stream limit; real clients do send long lines.
         self.line_length_limit = line_length_limit
         self._slots, self._budget, self._data_timeout = slots, budget, data_timeout
+        self._relays = relays
+        self._relaying: asyncio.Task | None = None  # this session's latest relay
         self._client: str | None = None  # set while this session holds a slot
         self._refused = False  # over a session limit: greeted with 421, never served
         self._data_held = 0  # bytes charged to the budget by the current DATA
@@ -155,9 +204,18 @@ class GatewaySMTP(SMTP):
         if self._refused:
             return  # aiosmtpd never saw this connection
         if self._client is not None:
-            self._slots.release(self._client)
-            self._client = None
+            client, self._client = self._client, None
+            # A relay still running holds the slot: leaving must not let a client start more.
+            self._after_relay(lambda: self._slots.release(client))
         super().connection_lost(error)
+
+    def _after_relay(self, release: Callable[[], None]) -> None:
+        """Call `release` once this session's relay has ended (now, if none is running)."""
+        relaying = self._relaying
+        if relaying is None or relaying.done():
+            release()
+        else:
+            relaying.add_done_callback(lambda _task: release())
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -234,11 +292,24 @@ class GatewaySMTP(SMTP):
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
         try:
-            status = await self._call_handler_hook("DATA")
+            status = await self._relay()
         finally:
             self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    async def _relay(self) -> Any:
+        """The DATA hook, run as its own task that the session's cancellation does not reach."""
+        self._relaying = self._relays.run(self._call_handler_hook("DATA"))
+        try:
+            return await asyncio.shield(self._relaying)
+        except asyncio.CancelledError:
+            # The client hung up or half-closed: the relay goes on, holding the message, so
+            # the bytes it was charged stay charged until it ends.
+            held, self._data_held = self._data_held, 0
+            self._after_relay(lambda: self._budget.give_back(held))
+            self._relaying.add_done_callback(_log_failure)
+            raise
 
     async def _receive_data(self) -> bytes | str:
         """The message, dot-unstuffed; or, read to its end, the reply that refuses it.
@@ -365,12 +436,15 @@ def make_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
 
 
 async def start_smtp_server(
-    handler: Any, settings: SmtpSettings, hostname: str, authenticator: Any = None
+    handler: Any, settings: SmtpSettings, hostname: str, authenticator: Any = None,
+    relays: RelaysInFlight | None = None,
 ) -> asyncio.base_events.Server:
+    """`relays`: where the listener's relays run, for the owner to wait on at stop."""
     loop = asyncio.get_running_loop()
     tls_context = make_tls_context(settings)
     slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
     budget = DataBudget(settings.max_data_in_flight)
+    relays = relays if relays is not None else RelaysInFlight()
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
@@ -379,6 +453,7 @@ async def start_smtp_server(
             slots=slots,
             budget=budget,
             data_timeout=settings.data_timeout.total_seconds(),
+            relays=relays,
             data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

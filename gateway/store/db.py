@@ -35,6 +35,12 @@ from gateway.store.rows import (  # re-exported: the store's row types are impor
 )
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql")
+# A pending transfer nobody has used since a cut-off (both `?`): neither made then nor given a
+# link since (a retry that reuses it issues a fresh link in the commit that checks it is there).
+_STALE_PENDING = (
+    "state = 'pending' AND created_at < ? AND NOT EXISTS (SELECT 1 FROM links"
+    " WHERE links.transfer_id = transfers.id AND links.created_at >= ?)"
+)
 
 
 class MetadataError(Exception):
@@ -58,7 +64,7 @@ class MetadataStore(Protocol):
                     created_at: datetime, state: str = "pending", max_downloads: int = 0,
                     download_count: int = 0, activated_at: datetime | None = None
                     ) -> None: ...
-    def activate_link(self, link_id: str, at: datetime) -> None: ...
+    def activate_link(self, link_id: str, at: datetime) -> bool: ...
     def fail_links(self, link_ids: Iterable[str]) -> None: ...
     def claim_download(self, link_id: str) -> bool: ...
     def set_transfer_state(self, transfer_id: str, state: str) -> None: ...
@@ -78,8 +84,12 @@ class MetadataStore(Protocol):
     def events_since(self, since: datetime) -> Iterator[EventRow]: ...
     def transfers_since(self, since: datetime, sender: str | None = None) -> list[TransferRow]: ...
     def link(self, link_id: str) -> LinkRow | None: ...
+    def reusable(self, transfer_id: str, now: datetime) -> bool: ...
     def stale_pending_transfers(self, older_than: datetime) -> list[str]: ...
     def failed_or_expired_transfers(self, now: datetime) -> list[str]: ...
+    def half_purged_transfers(self) -> list[str]: ...
+    def claim_for_purge(self, transfer_id: str, now: datetime,
+                        stale_before: datetime) -> str | None: ...
     def referenced_blob_ids(self) -> set[str]: ...
     def blob_ids_of(self, transfer_id: str) -> list[str]: ...
     def mark_purged(self, transfer_id: str, state: str = "purged") -> None: ...
@@ -324,11 +334,25 @@ class Database:
              to_text(created_at), None if activated_at is None else to_text(activated_at)),
         )
 
-    def activate_link(self, link_id: str, at: datetime) -> None:
-        self._write(
-            "UPDATE links SET state = 'active', activated_at = ? WHERE id = ?",
-            (to_text(at), link_id),
-        )
+    def activate_link(self, link_id: str, at: datetime) -> bool:
+        """Make a delivered link active, and its transfer with it: only if the link is still
+        pending and its transfer still has its files (pending or active, not purged, failed or
+        gone). False, and nothing changed, otherwise. One statement decides, so a purge that
+        claimed the transfer a moment earlier wins (claim_for_purge)."""
+        with self.transaction():
+            changed = self._execute(
+                "UPDATE links SET state = 'active', activated_at = ? WHERE id = ?"
+                " AND state = 'pending' AND EXISTS (SELECT 1 FROM transfers"
+                " WHERE transfers.id = links.transfer_id AND state IN ('pending', 'active'))",
+                (to_text(at), link_id),
+            ).rowcount
+            if changed:
+                self._execute(
+                    "UPDATE transfers SET state = 'active' WHERE state = 'pending'"
+                    " AND id = (SELECT transfer_id FROM links WHERE id = ?)",
+                    (link_id,),
+                )
+        return changed == 1
 
     def fail_links(self, link_ids: Iterable[str]) -> None:
         with self.transaction():
@@ -482,14 +506,53 @@ class Database:
             )
         ]
 
-    def stale_pending_transfers(self, older_than: datetime) -> list[str]:
-        """Transfers still 'pending' that were created before `older_than` (crashed mid-way)."""
+    def reusable(self, transfer_id: str, now: datetime) -> bool:
+        """Whether a retry may still issue links on this transfer: it has its files and has not
+        expired. Asked inside the transaction that issues them, so no purge comes in between."""
         rows = self._query(
-            "SELECT id FROM transfers WHERE state = 'pending' AND created_at < ?"
-            " ORDER BY created_at",
-            (to_text(older_than),),
+            "SELECT 1 FROM transfers WHERE id = ? AND state IN ('pending', 'active')"
+            " AND expires_at > ?",
+            (transfer_id, to_text(now)),
+        )
+        return bool(rows)
+
+    def stale_pending_transfers(self, older_than: datetime) -> list[str]:
+        """Transfers still 'pending' that were neither created nor given a link since
+        `older_than` (a crash or a lost client mid-way, and no retry has come for them)."""
+        rows = self._query(
+            f"SELECT id FROM transfers WHERE {_STALE_PENDING} ORDER BY created_at",
+            (to_text(older_than), to_text(older_than)),
         )
         return [row[0] for row in rows]
+
+    def half_purged_transfers(self) -> list[str]:
+        """Transfers claimed by a purge that did not get to forget their files (a crash)."""
+        rows = self._query(
+            "SELECT id FROM transfers WHERE state = 'purged' AND (id IN (SELECT transfer_id"
+            " FROM files) OR id IN (SELECT transfer_id FROM extracted_files)) ORDER BY created_at"
+        )
+        return [row[0] for row in rows]
+
+    def claim_for_purge(self, transfer_id: str, now: datetime,
+                        stale_before: datetime) -> str | None:
+        """Take a transfer out of use before its files are deleted, if it is still due: expired,
+        or pending and stale (`stale_before`, see stale_pending_transfers). Returns the state it
+        ends in ('purged', or 'failed' for a failed one, which nothing uses any more), or None
+        when it is no longer due: a retry issued a link on it, or its sender extended it,
+        since it was listed. One statement decides, so a link activation (activate_link) or a
+        reuse (reusable) a moment later sees it gone."""
+        with self.transaction():
+            cutoff = to_text(stale_before)
+            claimed = self._execute(
+                "UPDATE transfers SET state = 'purged' WHERE id = ? AND ("
+                f"(state IN ('pending', 'active') AND expires_at <= ?) OR ({_STALE_PENDING}))",
+                (transfer_id, to_text(now), cutoff, cutoff),
+            ).rowcount
+            if claimed:
+                return "purged"
+            rows = self._query("SELECT state FROM transfers WHERE id = ?", (transfer_id,))
+        state = rows[0][0] if rows else None
+        return state if state in ("purged", "failed") else None
 
     def failed_or_expired_transfers(self, now: datetime) -> list[str]:
         """Transfers whose files should go: failed ones, and unpurged ones past expiry."""

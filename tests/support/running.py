@@ -20,7 +20,7 @@ from tests.support.corpus import CORPUS, Corpus, corpus_mail
 
 __all__ = [
     "CORPUS", "INTERNAL", "PUBLIC_URL", "Corpus", "FakeClock", "RunningGateway", "corpus_mail",
-    "make_config", "send", "send_corpus", "send_exact",
+    "make_config", "send", "send_and_leave", "send_corpus", "send_exact",
 ]
 
 
@@ -92,26 +92,52 @@ def send_corpus(port: int, mail: Corpus) -> tuple[int, str]:
 def send_exact(port: int, mail_from: str, rcpt_tos: list[str], data: bytes) -> tuple[int, str]:
     """Send one message over a raw socket, its line ends exactly as given (smtplib would turn
     bare LF and CR into CRLF); only lines after a CRLF are dot-stuffed, as on the wire."""
-    stuffed = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
         replies = connection.makefile("rb")
-
-        def reply() -> tuple[int, str]:
-            line = replies.readline()
-            while line[3:4] == b"-":
-                line = replies.readline()
-            return int(line[:3]), line[4:].decode("utf-8", "replace").strip()
-
-        reply()
-        for command in (b"EHLO client.test", f"MAIL FROM:<{mail_from}>".encode(),
-                        *(f"RCPT TO:<{rcpt}>".encode() for rcpt in rcpt_tos), b"DATA"):
-            connection.sendall(command + b"\r\n")
-            code, text = reply()
-            if code >= 400:
-                return code, text
-        connection.sendall(stuffed + b".\r\n")
-        answer = reply()
+        refused = _up_to_data(connection, replies, mail_from, rcpt_tos)
+        if refused is not None:
+            return refused
+        connection.sendall(_on_the_wire(data) + b".\r\n")
+        answer = _reply(replies)
         connection.sendall(b"QUIT\r\n")
         return answer
+
+
+def send_and_leave(port: int, mail_from: str, rcpt_tos: list[str], data: bytes,
+                   *, half_close: bool = False, leave_when=lambda: None) -> None:
+    """Send one message and hang up after the final dot, never reading the answer (a client
+    that timed out, crashed or lost its network), as soon as `leave_when()` returns;
+    `half_close` only shuts down its sending side, as a client that is done talking does."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        replies = connection.makefile("rb")
+        refused = _up_to_data(connection, replies, mail_from, rcpt_tos)
+        assert refused is None, refused
+        connection.sendall(_on_the_wire(data) + b".\r\n")
+        leave_when()
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
+
+
+def _on_the_wire(data: bytes) -> bytes:
+    stuffed = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+    return stuffed if stuffed.endswith(b"\r\n") else stuffed + b"\r\n"
+
+
+def _reply(replies) -> tuple[int, str]:
+    line = replies.readline()
+    while line[3:4] == b"-":
+        line = replies.readline()
+    return int(line[:3]), line[4:].decode("utf-8", "replace").strip()
+
+
+def _up_to_data(connection: socket.socket, replies, mail_from: str,
+                rcpt_tos: list[str]) -> tuple[int, str] | None:
+    """Greeting to the 354; the first refusal on the way, or None."""
+    _reply(replies)
+    for command in (b"EHLO client.test", f"MAIL FROM:<{mail_from}>".encode(),
+                    *(f"RCPT TO:<{rcpt}>".encode() for rcpt in rcpt_tos), b"DATA"):
+        connection.sendall(command + b"\r\n")
+        code, text = _reply(replies)
+        if code >= 400:
+            return code, text
+    return None

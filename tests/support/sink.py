@@ -45,6 +45,7 @@ class _Script:
         self._lock = threading.Lock()
         self._failures: dict[Stage, list[_ScriptedFailure]] = {stage: [] for stage in _STAGES}
         self._delays: dict[Stage, list[float]] = {stage: [] for stage in _STAGES}
+        self._reply_holds: list[float] = []
         self._closes = 0
 
     def add_failure(self, stage: Stage, failure: _ScriptedFailure) -> None:
@@ -54,6 +55,10 @@ class _Script:
     def add_delay(self, stage: Stage, seconds: float) -> None:
         with self._lock:
             self._delays[stage].append(seconds)
+
+    def add_reply_hold(self, seconds: float) -> None:
+        with self._lock:
+            self._reply_holds.append(seconds)
 
     def add_close(self) -> None:
         with self._lock:
@@ -73,6 +78,10 @@ class _Script:
         with self._lock:
             return self._delays[stage].pop(0) if self._delays[stage] else 0.0
 
+    def take_reply_hold(self) -> float:
+        with self._lock:
+            return self._reply_holds.pop(0) if self._reply_holds else 0.0
+
     def take_close(self) -> bool:
         with self._lock:
             if self._closes:
@@ -85,6 +94,7 @@ class _Script:
             for stage in _STAGES:
                 self._failures[stage].clear()
                 self._delays[stage].clear()
+            self._reply_holds.clear()
             self._closes = 0
 
 
@@ -136,6 +146,8 @@ class _RecordingHandler:
                 tls=session.ssl is not None,
             )
         )
+        # The message is ours now (recorded) whether or not the client hears the 250.
+        await asyncio.sleep(self._sink._script.take_reply_hold())
         return "250 2.0.0 queued"
 
 
@@ -274,6 +286,11 @@ class RecordingSink:
         if stage not in _STAGES:
             raise ValueError(f"bad stage {stage!r}")
         self._script.add_delay(stage, seconds)
+
+    def hold_reply_next(self, seconds: float) -> None:
+        """Take the next message (it counts as received at once), then wait `seconds` before
+        saying 250: a next hop that has the copy while its client still waits for the answer."""
+        self._script.add_reply_hold(seconds)
 
     def close_next(self) -> None:
         """Hang up, without answering, after receiving the next message content."""

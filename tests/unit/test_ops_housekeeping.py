@@ -143,6 +143,27 @@ def test_stale_pending_transfer_is_purged_but_a_young_one_is_not(store: Store) -
     assert not store.blobs.exists(stale_blob) and store.blobs.exists(young_blob)
 
 
+def test_a_stale_pending_transfer_a_retry_just_gave_a_link_is_spared(store: Store) -> None:
+    [blob_id] = store.add_transfer("reused", state="pending", created=NOW - HOUR * 2)
+    store.db.insert_link(  # the retry's fresh link, committed after the purge listed it
+        id="retry-l", transfer_id="reused", recipient="tanaka@partner.example.com",
+        token_hash=hash_token("token-retry"), created_at=NOW - timedelta(minutes=1),
+    )
+    assert store.purge().transfers_purged == 0
+    assert store.db.transfer("reused").state == "pending" and store.blobs.exists(blob_id)
+    assert store.db.activate_link("retry-l", NOW)
+
+
+def test_a_purge_a_crash_interrupted_after_its_claim_is_finished(store: Store) -> None:
+    [blob_id] = store.add_transfer("claimed", state="pending", created=NOW - HOUR * 2)
+    assert store.db.claim_for_purge("claimed", NOW, NOW - HOUR) == "purged"  # then: SIGKILL
+    assert store.db.half_purged_transfers() == ["claimed"]
+    report = store.purge()
+    assert (report.transfers_purged, report.blobs_deleted) == (1, 1)
+    assert store.db.files_of("claimed") == [] and not store.blobs.exists(blob_id)
+    assert store.db.half_purged_transfers() == []
+
+
 def test_old_orphan_blobs_go_young_ones_and_referenced_ones_stay(store: Store) -> None:
     [kept] = store.add_transfer("live")
     age(store.blobs.path_of(kept))  # old, but referenced

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from gateway.app import open_store
 from gateway.config import build_config
 from gateway.model import DeliveryResult, Envelope, OutgoingMessage
+from gateway.ops.housekeeping import purge
 from gateway.outbound.dkim import DkimSigner
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.admission import message_fingerprint
@@ -65,6 +67,8 @@ class Harness:
     hop: RecordingNextHop
     db: object
     blob_dir: Path
+    clock: FakeClock = field(default_factory=FakeClock)
+    blob_store: object = None
 
     def send(self, data: bytes, rcpts=(ev.EXTERNAL,)):
         return asyncio.run(self.relay.handle(Envelope(ev.SENDER, tuple(rcpts)), data))
@@ -87,12 +91,13 @@ def make_harness(tmp_path: Path, scanner=None) -> Harness:
     master_key = secrets.token_bytes(32)
     db, blobs = open_store(config, master_key)
     hop = RecordingNextHop()
+    clock = FakeClock()
     relay = Relay(
         config, db, TransferWriter(db, blobs, master_key, config.storage.chunk_size), hop,
-        DkimSigner([]), make_template_env(config.gateway.templates_dir), FakeClock(),
+        DkimSigner([]), make_template_env(config.gateway.templates_dir), clock,
         NoticeQueue(db, master_key), scanner=scanner,
     )
-    return Harness(relay, hop, db, tmp_path / "data" / "blobs")
+    return Harness(relay, hop, db, tmp_path / "data" / "blobs", clock, blobs)
 
 
 def test_the_stages_run_in_the_declared_order(harness):
@@ -182,3 +187,84 @@ def test_what_the_relay_marks_crlf_only_has_no_other_line_end(harness):
     for message in harness.hop.delivered:
         assert message.crlf_only
         assert message.data.count(b"\r\n") == message.data.count(b"\n") == message.data.count(b"\r")
+
+
+# -- the purge and a retry that reuses the same transfer -------------------------------------
+
+
+def purge_now(harness: Harness) -> None:
+    purge(harness.db, harness.blob_store, harness.clock())
+
+
+def leave_a_pending_transfer(harness: Harness) -> str:
+    """A first attempt that stored its files and then lost its way before the next hop could
+    answer (a crash, a client gone): its transfer stays pending for the retry to reuse."""
+    def lost() -> None:
+        raise ConnectionResetError("lost before the next hop answered")
+
+    harness.hop.look = lost
+    first = harness.send(ev.ordinary())
+    assert first.reply.code == 451
+    harness.hop.look = None
+    (transfer,) = harness.db.transfers_since(harness.clock() - timedelta(days=1))
+    assert transfer.state == "pending"
+    return transfer.id
+
+
+def assert_live(harness: Harness, transfer_id: str) -> None:
+    """The transfer's links that look delivered have their files, on disk and in the rows."""
+    files = harness.db.files_of(transfer_id)
+    assert files and all(harness.blob_store.path_of(f.blob_id).exists() for f in files)
+    assert harness.db.transfer(transfer_id).state == "active"
+
+
+def test_a_purge_while_a_retry_reuses_a_stale_pending_transfer_spares_it(harness):
+    stale = leave_a_pending_transfer(harness)
+    harness.clock.advance(hours=2)  # past the purge's cut-off for pending transfers
+    harness.hop.look = lambda: purge_now(harness)  # between the retry's store and its record
+    retry = harness.send(ev.ordinary())
+    assert retry.reply.code == 250 and retry.transfer_id == stale
+    assert_live(harness, stale)
+    assert [link.state for link in harness.db.links_of(stale)] == ["pending", "active"]
+
+
+def test_a_retry_whose_transfer_the_purge_took_during_delivery_is_a_4xx_then_a_fresh_transfer(
+    harness,
+):
+    stale = leave_a_pending_transfer(harness)
+
+    def slow_delivery_then_purge() -> None:
+        harness.clock.advance(hours=2)  # the purge's clock has moved on while the copy went
+        purge_now(harness)
+
+    harness.hop.look = slow_delivery_then_purge
+    retry = harness.send(ev.ordinary())
+    assert retry.reply.code == 451, "a link whose files are gone must not look delivered"
+    assert harness.db.transfer(stale).state == "purged"
+    assert "active" not in [link.state for link in harness.db.links_of(stale)]
+    fingerprint = message_fingerprint(Envelope(ev.SENDER, (ev.EXTERNAL,)), ev.ordinary())
+    assert harness.db.delivered_recipients(fingerprint) == set(), "the retry must reach them"
+
+    harness.hop.look = None
+    again = harness.send(ev.ordinary())
+    assert again.reply.code == 250 and again.transfer_id != stale
+    assert_live(harness, again.transfer_id)
+
+
+def test_a_retry_that_finds_its_transfer_purged_before_it_commits_stores_the_files_again(
+    harness, monkeypatch,
+):
+    stale = leave_a_pending_transfer(harness)
+    harness.clock.advance(hours=2)
+    read = harness.db.transfer_by_fingerprint
+
+    def read_then_purge(fingerprint: str):
+        found = read(fingerprint)
+        purge_now(harness)  # between the store's look at the transfer and its commit
+        return found
+
+    monkeypatch.setattr(harness.db, "transfer_by_fingerprint", read_then_purge)
+    retry = harness.send(ev.ordinary())
+    assert retry.reply.code == 250 and retry.transfer_id != stale
+    assert_live(harness, retry.transfer_id)
+    assert harness.db.transfer(stale).state == "purged"

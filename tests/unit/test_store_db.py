@@ -345,6 +345,39 @@ def test_stale_pending_and_failed_or_expired_transfers_are_listed(db: Database) 
     assert set(db.failed_or_expired_transfers(now)) == {"failed", "expired"}
 
 
+def test_a_link_becomes_active_with_its_transfer_only_while_the_transfer_has_its_files(
+    db: Database,
+) -> None:
+    for transfer_id, state in (("live", "pending"), ("purged", "purged"), ("failed", "failed")):
+        add_transfer(db, transfer_id, state=state)
+        add_link(db, f"{transfer_id}-l", transfer_id=transfer_id)
+    assert db.activate_link("live-l", T0)
+    assert db.transfer("live").state == "active"
+    assert not db.activate_link("live-l", T0), "a link is activated once"
+    for transfer_id in ("purged", "failed"):
+        assert not db.activate_link(f"{transfer_id}-l", T0)
+        assert [link.state for link in db.links_of(transfer_id)] == ["pending"]
+        assert db.transfer(transfer_id).state == transfer_id
+
+
+def test_claim_for_purge_takes_only_what_is_still_due(db: Database) -> None:
+    now, cutoff = T0 + timedelta(hours=2), T0 + timedelta(hours=1)
+    add_transfer(db, "stale", created_at=T0)
+    add_transfer(db, "retried", created_at=T0)
+    add_link(db, "fresh", transfer_id="retried", created_at=T0 + timedelta(minutes=90))
+    add_transfer(db, "expired", state="active", expires_at=now)
+    add_transfer(db, "extended", state="active", expires_at=now + timedelta(days=1))
+    add_transfer(db, "failed", state="failed")
+    assert db.stale_pending_transfers(cutoff) == ["stale"]
+    claims = {t: db.claim_for_purge(t, now, cutoff)
+              for t in ("stale", "retried", "expired", "extended", "failed", "ghost")}
+    assert claims == {"stale": "purged", "retried": None, "expired": "purged",
+                      "extended": None, "failed": "failed", "ghost": None}
+    assert [db.transfer(t).state for t in ("stale", "retried", "expired", "extended")] == [
+        "purged", "pending", "purged", "active"]
+    assert not db.reusable("stale", now) and db.reusable("retried", now)
+
+
 def test_mark_purged_forgets_files_and_password_but_keeps_links_and_events(
     db: Database,
 ) -> None:
