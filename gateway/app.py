@@ -19,6 +19,7 @@ from typing import Callable
 from aiohttp import web
 
 from gateway.config import Config, ConfigError
+from gateway.inflight import DataBudget
 from gateway.log import MessageLogger
 from gateway.notify.compose import NoticeComposer
 from gateway.notify.webhook import WebhookSender
@@ -66,14 +67,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def load_signer(config: Config) -> DkimSigner:
+def load_signer(config: Config, clock: Callable[[], datetime] | None = None) -> DkimSigner:
+    """The DKIM signer of config's keys; `clock` gives t= (the gateway's clock, as everywhere)."""
     keys = []
     for index, key in enumerate(config.dkim_keys):
         try:
             keys.append(DkimKey(key.domain, key.selector, load_private_key(key.key_file), key.algorithm))
         except (ValueError, OSError) as error:
             raise ConfigError(f"dkim.keys[{index}].key_file", f"{key.key_file}: {error}") from None
-    return DkimSigner(keys)
+    return DkimSigner(keys, clock=clock)
 
 
 def unsigned_domains(config: Config) -> list[str]:
@@ -198,12 +200,12 @@ class Gateway:
                 hop.url, starttls=hop.starttls, timeout=hop.timeout.total_seconds(),
                 helo_name=config.gateway.hostname, pool_size=hop.pool_size,
             )
-        signer = load_signer(config)
+        signer = load_signer(config, self.clock)
         # One opener for both ways a ZIP password arrives: the password mail and the sender's form.
+        # Unlocking charges what it holds to the budget the SMTP listener charges DATA to.
         self._scanner = make_scanner(config)
-        self._opener = TransferOpener(
-            config, self.db, self.blobs, self._scanner, config.storage.chunk_size
-        )
+        self.in_flight = DataBudget(config.smtp.max_data_in_flight)
+        self._opener = TransferOpener(config, self.db, self.blobs, self._scanner, self.in_flight)
         await self._start_smtp(master_key, signer)
         self._start_notifier(master_key, signer)
         await self._start_portal(master_key)
@@ -236,15 +238,20 @@ class Gateway:
             throttle = AuthFailureThrottle(
                 config.smtp.auth_max_failures, config.smtp.auth_failure_window, self.clock
             )
+            per_account = AuthFailureThrottle(
+                config.smtp.auth_max_failures_per_account, config.smtp.auth_account_window,
+                self.clock,
+            )
             authenticator = PasswordFileAuthenticator(
-                load_users(config.smtp.auth_users_file), throttle
+                load_users(config.smtp.auth_users_file), throttle, per_account
             )
         handler = GatewayHandler(
             relay, RelayAccess(config.smtp.allowed_clients), config.smtp.max_recipients,
             MessageLogger(config.gateway.log_format), self.metrics,
         )
         self._server = await start_smtp_server(
-            handler, config.smtp, config.gateway.hostname, authenticator, self._relays
+            handler, config.smtp, config.gateway.hostname, authenticator, self._relays,
+            budget=self.in_flight,
         )
         self.smtp_port = self._server.sockets[0].getsockname()[1]
 
@@ -304,7 +311,9 @@ class Gateway:
         self._runners.append(runner)
 
     async def purge_now(self):
-        return await asyncio.to_thread(purge, self.db, self.blobs, self.clock())
+        return await asyncio.to_thread(
+            purge, self.db, self.blobs, self.clock(), retention=self.config.retention
+        )
 
     async def stop(self) -> None:
         if self._server is not None:

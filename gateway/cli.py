@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--algorithm", default="rsa-sha256", choices=("rsa-sha256", "ed25519-sha256"))
     keygen.add_argument("--bits", type=int, default=2048)
 
-    purge = commands.add_parser("purge", help="delete expired transfers' files now (events stay)")
+    purge = commands.add_parser(
+        "purge", help="delete expired transfers' files now, and forget records past [retention]"
+    )
     _add_config_options(purge, overrides=True)
 
     revoke = commands.add_parser("revoke", help="revoke a transfer's links, or one link")
@@ -174,7 +176,7 @@ def cmd_purge(args) -> int:
     config = _config(args)
     db, blobs = open_store(config, load_master_key(config))
     try:
-        print(format_report(purge(db, blobs, utc_now())))
+        print(format_report(purge(db, blobs, utc_now(), retention=config.retention)))
     finally:
         db.close()
     return 0
@@ -242,12 +244,14 @@ def cmd_send_sample(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from gateway.allocator import return_large_blocks
     from gateway.app import Gateway
     from gateway.crashpoints import arm
     from gateway.log import setup_logging
 
     config = _config(args)
     setup_logging()
+    return_large_blocks()  # memory follows the mails in hand, not the largest one seen
     crash_at = os.environ.get(CRASH_AT_VARIABLE)
     if crash_at:
         arm(crash_at)  # ValueError for an unknown point: refuse to start

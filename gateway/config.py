@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from gateway import config_values as check
 from gateway.presentation import LOCALES
+from gateway.units import format_duration
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 # The templates that ship inside the package (gateway/templates/, package data in the wheel), found
@@ -120,6 +121,9 @@ class SmtpSettings:
     # After this many failed AUTH attempts from one client within the window, AUTH is locked for it.
     auth_max_failures: int = 5
     auth_failure_window: timedelta = timedelta(minutes=10)
+    # Failed AUTH attempts for one account name, from all clients together (known or not).
+    auth_max_failures_per_account: int = 10
+    auth_account_window: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,10 @@ class PortalSettings:
     otp_max_attempts: int = 5
     otp_resend_interval: timedelta = timedelta(seconds=60)
     otp_per_client_per_hour: int = 20
+    # A link's budget: codes sent and wrong codes typed (over all its codes, from any network)
+    # before it is locked for codes until the sender unlocks it; a verified code renews it.
+    otp_max_sends_per_link: int = 10
+    otp_max_failures_per_link: int = 20
     # Link tokens one client network may try that lead nowhere, per 10 minutes (guessing).
     max_unknown_tokens: int = 50
 
@@ -211,6 +219,18 @@ class HousekeepingSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long the purge keeps records that would otherwise grow with every message."""
+
+    # Which recipients of a message were served: a client's retry must still find them.
+    deliveries: timedelta = timedelta(days=7)
+    # Outbox items sent, given up or cancelled (never one still due or being retried).
+    outbox: timedelta = timedelta(days=30)
+    # Audit events; also the records of ended transfers (links, controls), counted from expiry.
+    audit: timedelta = timedelta(days=400)
+
+
+@dataclass(frozen=True)
 class DkimKeySettings:
     domain: str
     selector: str
@@ -227,6 +247,7 @@ class Config:
     portal: PortalSettings
     admin: AdminSettings
     housekeeping: HousekeepingSettings
+    retention: RetentionSettings
     notify: NotifySettings
     webhook: WebhookSettings
     scan: ScanSettings
@@ -293,6 +314,8 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "auth_users_file": check.optional_existing_file,
         "auth_max_failures": check.integer(1, 1000),
         "auth_failure_window": check.duration,
+        "auth_max_failures_per_account": check.integer(1, 10_000),
+        "auth_account_window": check.duration,
     },
     "next_hop": {
         "url": check.next_hop_url,
@@ -318,6 +341,8 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "otp_max_attempts": check.integer(1, 100),
         "otp_resend_interval": check.duration,
         "otp_per_client_per_hour": check.integer(1, 100_000),
+        "otp_max_sends_per_link": check.integer(1, 1000),
+        "otp_max_failures_per_link": check.integer(1, 10_000),
         "max_unknown_tokens": check.integer(1, 1_000_000),
     },
     "notify": {
@@ -342,6 +367,7 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
     },
     "admin": {"listen": check.listen},
     "housekeeping": {"purge_interval": check.duration},
+    "retention": {"deliveries": check.duration, "outbox": check.duration, "audit": check.duration},
     "policy": POLICY_KEYS,
 }
 
@@ -444,6 +470,31 @@ def _build_webhook(values: dict) -> WebhookSettings:
     return webhook
 
 
+# Why each retention has a floor of one day, said where the configuration is refused.
+_RETENTION_FLOOR_REASON = {
+    "deliveries": "a client retries a deferred message for days (Postfix: maximal_queue_lifetime"
+                  " = 5d) and its retry must reach only the recipients not yet served",
+    "outbox": "a finished notice is what the management page shows the sender",
+    "audit": "the audit trail is what `ppap-gateway audit export` reads",
+}
+
+
+def _build_retention(values: dict) -> RetentionSettings:
+    retention = RetentionSettings(**values)
+    for key, reason in _RETENTION_FLOOR_REASON.items():
+        if getattr(retention, key) < timedelta(days=1):
+            raise ConfigError(
+                f"retention.{key}", f"must be at least 1d, got {format_duration(getattr(retention, key))}: {reason}"
+            )
+    if retention.outbox < retention.deliveries:
+        raise ConfigError(
+            "retention.outbox",
+            f"must be at least retention.deliveries ({format_duration(retention.deliveries)}):"
+            " a retry within that time must still find the notices already sent",
+        )
+    return retention
+
+
 def _split_listen(values: dict) -> dict:
     """`listen = "HOST:PORT"` in the file becomes listen_host and listen_port."""
     if "listen" in values:
@@ -493,6 +544,8 @@ def build_config(
         raise ConfigError("smtp.auth_users_file", "AUTH needs STARTTLS: set smtp.tls_cert/tls_key")
     if smtp.auth_failure_window <= timedelta(0):
         raise ConfigError("smtp.auth_failure_window", "must be longer than zero")
+    if smtp.auth_account_window <= timedelta(0):
+        raise ConfigError("smtp.auth_account_window", "must be longer than zero")
     if smtp.data_timeout <= timedelta(0):
         raise ConfigError("smtp.data_timeout", "must be longer than zero")
     if smtp.max_data_in_flight < smtp.max_message_size:
@@ -523,6 +576,7 @@ def build_config(
         portal=PortalSettings(**_split_listen(values["portal"])),
         admin=AdminSettings(**_split_listen(values["admin"])),
         housekeeping=HousekeepingSettings(**values["housekeeping"]),
+        retention=_build_retention(values["retention"]),
         notify=_build_notify(values["notify"], gateway),
         webhook=webhook,
         scan=ScanSettings(**values["scan"]),

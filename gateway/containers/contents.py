@@ -131,6 +131,11 @@ class ContentInspector:
             self._seen.setdefault(key, []).append((data, report))
         return report
 
+    def allow_time(self) -> None:
+        """Start the deadline again: each converted copy is looked at against its own, not
+        against the time the copies before it (and their deliveries) took."""
+        self._deadline = self._clock() + self._limits.timeout
+
     def charge(self, size: int) -> None:
         """Count bytes produced by unpacking or decoding against the message's budget."""
         self._expanded += size

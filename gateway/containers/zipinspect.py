@@ -94,7 +94,10 @@ class _EncryptionSignals(NamedTuple):
 
 
 def inspect_zip(data: bytes, *, max_members: int = 65535) -> ZipReport:
-    """Classify data as not a ZIP, a plain ZIP, an encrypted ZIP or a corrupt ZIP."""
+    """Classify data as not a ZIP, a plain ZIP, an encrypted ZIP or a corrupt ZIP.
+
+    `data` is read only by len, slices, find and rfind, so a stored blob read in place
+    (gateway.store.blobs.BlobView) works as well as bytes."""
     looks_like_zip = data[:4] in (LOCAL_SIGNATURE, EOCD_SIGNATURE, SPANNED_SIGNATURE)
     # Without a ZIP signature at offset 0 only an EOCD ending exactly at the end counts:
     # a stray "PK\5\6" inside a PDF should not make it a corrupt ZIP.
@@ -133,7 +136,7 @@ def _find_eocd(data: bytes, exact_end_only: bool) -> int | None:
         position = data.rfind(EOCD_SIGNATURE, floor, search_end)
         if position < 0:
             return None if exact_end_only else fits_inside
-        (comment_length,) = struct.unpack_from("<H", data, position + 20)
+        (comment_length,) = struct.unpack("<H", data[position + 20 : position + 22])
         record_end = position + _EOCD.size + comment_length
         if record_end == len(data):
             return position
@@ -412,7 +415,7 @@ def _central_extra_fields(data: bytes, start: int, end: int) -> dict[int, bytes]
     fields: dict[int, bytes] = {}
     position = start
     while position + 4 <= end:  # at most (end - start) / 4 steps: linear in the directory
-        header_id, size = struct.unpack_from("<2H", data, position)
+        header_id, size = struct.unpack("<2H", data[position : position + 4])
         body_end = position + 4 + size
         if body_end > end:
             raise _Unreadable(f"extra field {header_id:#06x} overruns its block")
@@ -432,7 +435,7 @@ def _extra_fields(data: bytes, start: int, end: int, keep: frozenset[int]) -> di
     for _ in range(_MAX_EXTRA_FIELDS):
         if position + 4 > end:
             break
-        header_id, size = struct.unpack_from("<2H", data, position)
+        header_id, size = struct.unpack("<2H", data[position : position + 4])
         body_end = position + 4 + size
         if body_end > end:
             break

@@ -56,14 +56,14 @@ _FAILED_LABEL = {
         "password-sender": "パスワードのお知らせ（送信者へのメール）",
         "webhook-password": "パスワードのお知らせ（Webhook 連携）",
         "receipt": "送信完了のお知らせ", "download-notice": "ダウンロードのお知らせ",
-        "otp": "確認コードのお知らせ",
+        "otp": "確認コードのお知らせ", "otp-locked": "確認コードのロックのお知らせ",
     },
     "en": {
         "password-recipient": "password notice (email to the recipient)",
         "password-sender": "password notice (email to you)",
         "webhook-password": "password notice (webhook)",
         "receipt": "sending receipt", "download-notice": "download notification",
-        "otp": "verification code",
+        "otp": "verification code", "otp-locked": "verification codes locked",
     },
 }  # fmt: skip
 _BIDI_CONTROLS = frozenset(
@@ -163,6 +163,7 @@ class NoticeComposer:
             "receipt": self._receipt,
             "download-notice": self._download_notice,
             "otp": self._otp,
+            "otp-locked": self._otp_locked,
             "give-up-note": self._give_up_note,
             "password-retired": self._password_retired,
             "password-replaced": self._password_replaced,
@@ -258,6 +259,17 @@ class NoticeComposer:
         if not isinstance(minutes, int) or isinstance(minutes, bool) or not 0 < minutes <= 1440:
             raise ComposeError(f"outbox item {about.item.id}: bad minutes {minutes!r}")
         return about.link.recipient, {"code": about.secrets["code"], "minutes": minutes}
+
+    def _otp_locked(self, about: _About) -> tuple[str, dict[str, Any]]:
+        """To the sender: a link's budget of codes was spent, so it takes no more codes until
+        they unlock it on the management page."""
+        payload = about.payload
+        reason = payload.get("reason")
+        return about.transfer.sender, {
+            "recipient": self._named_recipient(about),
+            "at": self._local_time(_instant(payload.get("at"), about.item.id), about.locale),
+            "reason": reason if reason in ("sends", "failures") else "sends",
+        }
 
     def _give_up_note(self, about: _About) -> tuple[str, dict[str, Any]]:
         payload = about.payload
@@ -370,8 +382,9 @@ class NoticeComposer:
         listed = about.payload.get("recipients")
         if isinstance(listed, list) and all(isinstance(r, str) for r in listed):
             return [one_line(r) for r in listed]
-        return [one_line(l.recipient) for l in self._db.links_of(about.transfer.id)
-                if l.state == "active"]
+        # Once each: a retry may have activated an earlier attempt's link to the same address.
+        links = self._db.links_of(about.transfer.id)
+        return list(dict.fromkeys(one_line(l.recipient) for l in links if l.state == "active"))
 
     def _named_recipient(self, about: _About) -> str:
         named = about.payload.get("recipient")

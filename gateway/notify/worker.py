@@ -9,7 +9,10 @@ retry_initial · 2^attempts, at most retry_max. Permanent, uncomposable or older
 Delivery is at least once: a crash after the next hop accepted but before mark_sent committed
 sends the item again after the restart. The composer makes the same bytes with the same
 Message-ID (and the same webhook body) each time, so the receiver can drop the duplicate.
-Nothing that mark_sent recorded is ever sent again.
+Nothing that mark_sent recorded is ever sent again. The window is kept small: nothing but the
+commit runs between the acceptance and mark_sent (the next hop retires a connection after it
+has answered, not before), and an acceptance whose commit failed (a locked database) is kept
+and committed before anything else is sent, never sent again while the process lives.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class OutboxWorker:
         self._after_send = after_send
         self._stop: asyncio.Event | None = None
         self._database_trouble = False
+        # Accepted by the next hop, mark_sent not yet committed (it failed): by item id.
+        self._unrecorded: dict[str, tuple[OutboxItem, datetime, DeliveryResult]] = {}
 
     # -- one round -----------------------------------------------------------------------
 
@@ -84,10 +89,10 @@ class OutboxWorker:
         """Handle every item due now; return how many got an outcome recorded."""
         self._database_trouble = False
         try:
+            handled = await self._record_unrecorded()
             items = await asyncio.to_thread(self._outbox.due, self._clock())
         except MetadataError as error:
             return self._stop_round(error)
-        handled = 0
         for item in items:
             if self._stop is not None and self._stop.is_set():
                 break
@@ -103,7 +108,17 @@ class OutboxWorker:
         self._database_trouble = True
         return 0
 
+    async def _record_unrecorded(self) -> int:
+        """Commit the acceptances a database error kept from being recorded, before anything
+        else is sent; MetadataError if the database still fails."""
+        pending = list(self._unrecorded.values())
+        for item, now, result in pending:
+            await self._record_sent(item, now, result)
+        return len(pending)
+
     async def _handle(self, stale: OutboxItem, now: datetime) -> int:
+        if stale.id in self._unrecorded:
+            return 0  # accepted already: only its record is missing
         # Read it again: another worker (or a revoke) may have settled it since due().
         item = await asyncio.to_thread(self._outbox.get, stale.id)
         if item is None or item.state != "pending":
@@ -156,7 +171,10 @@ class OutboxWorker:
 
     async def _record_sent(self, item: OutboxItem, now: datetime, result: DeliveryResult) -> None:
         detail = {"code": result.code, "reply": result.message[:_SHORT_ERROR]}
-        if await asyncio.to_thread(self._outbox.mark_sent, item, now, detail):
+        self._unrecorded[item.id] = (item, now, result)  # until the commit below succeeds
+        recorded = await asyncio.to_thread(self._outbox.mark_sent, item, now, detail)
+        del self._unrecorded[item.id]
+        if recorded:
             log.info("outbox item %s (%s) sent: %d", item.id, item.kind, result.code)
         else:
             log.warning("outbox item %s (%s) sent, but it was no longer pending "

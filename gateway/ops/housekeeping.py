@@ -6,8 +6,13 @@ deletes its blobs and then its files rows (with the wrapped data keys) and passw
 the transfer row and its events as the audit trail; a purge a crash interrupted is finished by
 the next. It then removes blob
 files no row refers to and temp files left by a crash, but only when they are older than a
-grace period, so a blob being written right now is never touched. Finally the WAL is
-checkpointed so purged keys do not linger in it.
+grace period, so a blob being written right now is never touched.
+
+With a retention (`[retention]`), it then forgets what would otherwise grow with every message:
+delivery records once no retry can still come, finished outbox items, and after the audit
+retention the records of ended transfers (links, controls, codes) and the audit events
+themselves. It deletes in bounded batches, one commit each, so a backlog never holds the write
+lock for long. Finally the WAL is checkpointed so purged keys do not linger in it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
+from gateway.config import RetentionSettings
 from gateway.crashpoints import crash_point
 from gateway.store.blobs import TEMP_PREFIX, BlobStore, StorageError
 from gateway.store.db import Database
+from gateway.store.outbox import OutboxStore
 
 _log = logging.getLogger("gateway.housekeeping")
+# Rows deleted per commit: small enough that a relay's commit waits milliseconds, not seconds.
+RETENTION_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,11 @@ class PurgeReport:
     bytes_freed: int = 0  # transfer blobs, orphans and temp files together
     orphans_deleted: int = 0  # unreferenced blob files and leftover temp files
     errors: int = 0  # files that could not be deleted; tried again on the next run
+    # What the retention forgot (rows; no files are involved):
+    deliveries_forgotten: int = 0  # delivery records past retention.deliveries
+    outbox_forgotten: int = 0  # sent, given-up and cancelled items past retention.outbox
+    transfers_forgotten: int = 0  # ended transfers' records past retention.audit
+    events_forgotten: int = 0  # audit events past retention.audit
 
 
 @dataclass
@@ -44,9 +58,11 @@ class _Tally:
     bytes: int = 0
     orphans: int = 0
     errors: int = 0
+    forgotten: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def report(self) -> PurgeReport:
-        return PurgeReport(self.transfers, self.blobs, self.bytes, self.orphans, self.errors)
+        return PurgeReport(self.transfers, self.blobs, self.bytes, self.orphans, self.errors,
+                           *self.forgotten)
 
 
 def purge(
@@ -56,8 +72,10 @@ def purge(
     *,
     stale_pending_after: timedelta = timedelta(hours=1),
     orphan_grace: timedelta = timedelta(hours=1),
+    retention: RetentionSettings | None = None,
 ) -> PurgeReport:
-    """Run one purge (blocking: call it in a thread from async code)."""
+    """Run one purge (blocking: call it in a thread from async code). Without a `retention`
+    (the start-up clean-up) no record is forgotten, only files."""
     tally = _Tally()
     stale_before = now - stale_pending_after
     expired = db.failed_or_expired_transfers(now)
@@ -69,8 +87,36 @@ def purge(
     cutoff = (now - orphan_grace).timestamp()
     _delete_orphans(db, blobs, cutoff, tally)
     _delete_temp_files(blobs.root, cutoff, tally)
+    if retention is not None:
+        tally.forgotten = _apply_retention(db, now, retention)
     db.checkpoint()
     return tally.report()
+
+
+def _in_batches(forget_batch: Callable[[int], int]) -> int:
+    """Call `forget_batch(RETENTION_BATCH)` until a batch comes back short; the total."""
+    total = 0
+    while True:
+        forgotten = forget_batch(RETENTION_BATCH)
+        total += forgotten
+        if forgotten < RETENTION_BATCH:
+            return total
+
+
+def _apply_retention(
+    db: Database, now: datetime, retention: RetentionSettings
+) -> tuple[int, int, int, int]:
+    """Forget what is past its retention, after the files are gone (a transfer's records go
+    only once its files have). Each batch is its own commit."""
+    outbox = OutboxStore(db)
+    deliveries = _in_batches(
+        lambda limit: db.forget_deliveries_before(now - retention.deliveries, limit))
+    items = _in_batches(
+        lambda limit: outbox.forget_finished_before(now - retention.outbox, limit))
+    transfers = _in_batches(
+        lambda limit: db.forget_ended_transfers(now - retention.audit, limit))
+    events = _in_batches(lambda limit: db.forget_events_before(now - retention.audit, limit))
+    return deliveries, items, transfers, events
 
 
 def _purge_transfer(
@@ -167,14 +213,25 @@ def _plural(count: int, noun: str) -> str:
 
 
 def format_report(report: PurgeReport) -> str:
-    """One line, e.g. "purged 3 transfers, 5 blobs, 12.3 MB freed, 0 orphans"."""
+    """One line, e.g. "purged 3 transfers, 5 blobs, 12.3 MB freed, 0 orphans; past retention
+    forgot 812 delivery records, 40 outbox items" (the retention part only when it forgot)."""
     text = (
         f"purged {_plural(report.transfers_purged, 'transfer')}, "
         f"{_plural(report.blobs_deleted, 'blob')}, {_size_text(report.bytes_freed)} freed, "
         f"{_plural(report.orphans_deleted, 'orphan')}"
     )
+    forgotten = [
+        _plural(count, noun) for count, noun in (
+            (report.deliveries_forgotten, "delivery record"),
+            (report.outbox_forgotten, "outbox item"),
+            (report.transfers_forgotten, "transfer record"),
+            (report.events_forgotten, "audit event"),
+        ) if count
+    ]
     if report.errors:
         text += f", {_plural(report.errors, 'error')} (retried next run)"
+    if forgotten:
+        text += f"; past retention forgot {', '.join(forgotten)}"
     return text
 
 

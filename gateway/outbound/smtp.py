@@ -113,6 +113,7 @@ class SmtpNextHop:
         self.pool_size = pool_size
         self.tls_context = tls_context
         self._idle: list[aiosmtplib.SMTP] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def describe(self) -> str:
@@ -141,7 +142,7 @@ class SmtpNextHop:
             return _result_for_error(error)
         finally:
             if healthy:
-                await self._release(client)
+                self._release(client)
             else:
                 client.close()
 
@@ -150,13 +151,13 @@ class SmtpNextHop:
             client = await self._acquire()
         except (_Abandon, *_NETWORK_ERRORS):
             return False
-        await self._release(client)
+        self._release(client)
         return True
 
     async def close(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(self._retire(client) for client in idle))
+        await asyncio.gather(*(self._retire(client) for client in idle), *self._retiring)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -178,11 +179,16 @@ class SmtpNextHop:
             return False
         return reply.code == 250
 
-    async def _release(self, client: aiosmtplib.SMTP) -> None:
+    def _release(self, client: aiosmtplib.SMTP) -> None:
+        """Keep the connection idle, or retire it after deliver() has returned: the caller
+        records the next hop's acceptance the moment it has it, and a crash before that record
+        sends the message twice, so no QUIT may stand in between."""
         if client.is_connected and not self._closed and len(self._idle) < self.pool_size:
             self._idle.append(client)
-        else:
-            await self._retire(client)
+            return
+        task = asyncio.get_running_loop().create_task(self._retire(client))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, client: aiosmtplib.SMTP) -> None:
         """Say QUIT, close, and wait (briefly) until the socket is really closed.

@@ -3,8 +3,9 @@ goes, then the one answer for the client.
 
 Record commits what the next hop said in one transaction: the recipients served (so that a
 retry of the same message reaches only the rest), the link made active with its notices
-queued, or the link failed. A link whose transfer the purge took meanwhile is never made
-active: its copy is answered 4xx, and the retry makes a fresh transfer.
+queued (and the links earlier, crashed attempts left pending for the same recipient: their
+copies may have arrived), or the link failed. A link whose transfer the purge took meanwhile
+is never made active: its copy is answered 4xx, and the retry makes a fresh transfer.
 
 Answer mirrors the next hop: any temporary refusal is our 4xx; permanent refusals our 5xx
 naming the recipients when nobody got the message, else 250 with the refused recipients
@@ -23,7 +24,7 @@ from datetime import datetime
 
 from gateway.crashpoints import crash_point
 from gateway.errors import TempFail
-from gateway.model import DeliveryResult, OutgoingMessage
+from gateway.model import DeliveryResult
 from gateway.outbound.hop import NextHop
 from gateway.pipeline.dsn_step import FailureReports, Refused
 from gateway.pipeline.notify_step import NoticeQueue
@@ -49,8 +50,12 @@ class Deliver:
 
     async def process(self, tx: Transaction) -> None:
         tx.rollbacks.clear()  # from here on a copy may have left: Answer decides what stays
-        result = await self._next_hop.deliver(tx.copy)
-        tx.deliveries.append(Delivery(tx.copy, result))
+        planned = tx.planned
+        if tx.copy_refused is not None:
+            result = tx.copy_refused  # it could not be made safe: it does not go
+        else:
+            result = await self._next_hop.deliver(tx.copy)
+        tx.deliveries.append(Delivery(planned.rcpt_tos, planned.link_id, result))
 
 
 class Record:
@@ -64,8 +69,8 @@ class Record:
         self._wake_notices = wake_notices
 
     async def process(self, tx: Transaction) -> None:
-        delivery = tx.deliveries[-1]
-        message, result = delivery.message, delivery.result
+        message = tx.deliveries[-1]  # the copy just sent: its recipients, link and answer
+        result = message.result
         try:
             due_now = await asyncio.to_thread(self._record, tx, message, result)
         except _FilesGone:
@@ -88,7 +93,7 @@ class Record:
         if result.accepted and message.link_id:
             tx.outcome.links_created += 1
 
-    def _record(self, tx: Transaction, message: OutgoingMessage, result: DeliveryResult) -> bool:
+    def _record(self, tx: Transaction, message: Delivery, result: DeliveryResult) -> bool:
         """Commit what the next hop's answer means; True when a notice is due at once."""
         now = self._clock()
         transfer = tx.transfer
@@ -110,6 +115,14 @@ class Record:
                         "link.delivered", now, transfer_id=transfer_id,
                         link_id=message.link_id, recipient=message.rcpt_tos[0],
                     )
+                    # An attempt that died after the next hop's 250 left its copy with the
+                    # recipient and its link pending: that link must open too.
+                    for earlier in self._db.activate_earlier_links(message.link_id, now):
+                        self._db.append_event(
+                            "link.activated_with_retry", now, transfer_id=transfer_id,
+                            link_id=earlier, recipient=message.rcpt_tos[0],
+                            detail={"retry_link": message.link_id},
+                        )
                     if self._notices is not None:
                         due_now = self._notices.link_delivered(
                             transfer, message.link_id, tx.decision.policy, now
@@ -122,7 +135,7 @@ class Record:
                 )
         return due_now
 
-    def _record_dead_link(self, tx: Transaction, message: OutgoingMessage) -> None:
+    def _record_dead_link(self, tx: Transaction, message: Delivery) -> None:
         now = self._clock()
         transfer_id = tx.transfer.transfer_id if tx.transfer else None
         with self._db.transaction():
@@ -165,14 +178,14 @@ def answer_for(tx: Transaction) -> Reply:
     permanent: Reply | None = None
     refused: list[str] = []
     for delivery in tx.deliveries:
-        message, result = delivery.message, delivery.result
+        result = delivery.result
         if not result.accepted:
             reply = reply_from_result(result)
             if result.temporary:
                 temporary = temporary or reply
             else:
                 permanent = permanent or reply
-                refused.extend(message.rcpt_tos)
+                refused.extend(delivery.rcpt_tos)
             continue
         for rcpt, (code, text) in result.rejected_recipients.items():
             reply = reply_from_result(DeliveryResult(False, code, text))
@@ -193,12 +206,12 @@ def refused_for_good(tx: Transaction) -> list[Refused]:
     """Every recipient a copy was permanently refused for, with the next hop's reply to it."""
     refused: list[Refused] = []
     for delivery in tx.deliveries:
-        message, result = delivery.message, delivery.result
+        result = delivery.result
         if result.accepted:
             replies = {r: reply for r, reply in result.rejected_recipients.items() if reply[0] >= 500}
         elif result.permanent:
             replies = {r: result.rejected_recipients.get(r, (result.code, result.message))
-                       for r in message.rcpt_tos}
+                       for r in delivery.rcpt_tos}
         else:
             continue
         for recipient, (code, text) in replies.items():

@@ -1,5 +1,6 @@
 """Queue what a delivered link calls for: the download password over its separate channel,
-and the sender's receipt with the management link.
+and the sender's receipt with the management link (one per transfer, whichever attempt
+delivers its first link).
 
 Called inside the commit that activates the link, so a crash can neither lose these notices
 nor queue them for a mail that never left. Secrets go into the outbox sealed to the item.
@@ -10,11 +11,14 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+from gateway.addresses import is_null_sender
 from gateway.config import Policy
 from gateway.model import StoredTransfer
+from gateway.store.controls import ControlsStore
 from gateway.store.crypto import open_small, seal_small
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore, new_outbox_id
+from gateway.store.passwords import hash_token, new_token
 
 # The receipt lists every recipient served; waiting a little lets a message's other copies
 # be delivered first, whatever order the worker and the relay run in.
@@ -25,6 +29,7 @@ class NoticeQueue:
     def __init__(self, db: Database, master_key: bytes):
         self._db = db
         self._outbox = OutboxStore(db)
+        self._controls = ControlsStore(db)
         self._master_key = master_key
 
     def _seal(self, item_id: str, secrets: dict) -> bytes:
@@ -63,11 +68,37 @@ class NoticeQueue:
                 transfer_id=tid, dedupe_key=f"password-sender:{tid}",
                 sealed=self._seal(item_id, {"password": self._password(tid)}),
             )
-        if policy.sender_receipt and transfer.manage_token:
+        manage_token = self._receipt_token(transfer, now) if policy.sender_receipt else None
+        if manage_token is not None:
             item_id = new_outbox_id()
             self._outbox.enqueue(
                 kind="receipt", now=now, due_at=now + RECEIPT_DELAY, item_id=item_id,
                 transfer_id=tid, dedupe_key=f"receipt:{tid}",
-                sealed=self._seal(item_id, {"manage_token": transfer.manage_token}),
+                sealed=self._seal(item_id, {"manage_token": manage_token}),
             )
         return due_now
+
+    def _receipt_token(self, transfer: StoredTransfer, now: datetime) -> str | None:
+        """The management token the transfer's one receipt carries; None when a receipt is
+        queued already or the sender gets none (the null sender).
+
+        A retry that reuses a transfer has no token in clear: only its hash was stored. If an
+        earlier attempt died before any of its links was recorded as delivered (SIGKILL after
+        the store, or after the next hop's 250), no receipt carries that token and nobody holds
+        it, so a fresh one replaces it here, in the commit that queues the receipt."""
+        tid = transfer.transfer_id
+        if self._outbox.queued(f"receipt:{tid}"):
+            return None
+        if transfer.manage_token is not None or not transfer.reused:
+            return transfer.manage_token  # a new transfer: None only for the null sender
+        row = self._db.transfer(tid)
+        if row is None or is_null_sender(row.sender):
+            return None
+        token = new_token()
+        if not self._controls.replace_manage_token_hash(tid, hash_token(token)):
+            return None  # a transfer from before management tokens existed
+        self._db.append_event(
+            "transfer.manage_token_reissued", now, transfer_id=tid,
+            detail={"why": "no receipt was queued by the attempt that stored it"},
+        )
+        return token

@@ -17,7 +17,7 @@ from datetime import datetime
 from gateway.errors import Stop, TempFail
 from gateway.pipeline.transaction import Transaction
 from gateway.pipeline.unlock_step import PasswordMailUnlocker, UnlockVerdict
-from gateway.replies import OK, SCAN_UNAVAILABLE
+from gateway.replies import DATA_IN_FLIGHT_FULL, OK, SCAN_UNAVAILABLE
 from gateway.store.db import Database
 
 
@@ -44,6 +44,8 @@ class HoldPasswordMail:
         outcome.decision = "password-mail"
         outcome.transfer_id = ",".join(verdict.transfer_ids)
         outcome.notes.append(f"password-mail {verdict.summary}")
+        if verdict.busy:  # unlocking would not fit in the bytes in flight now
+            raise TempFail(DATA_IN_FLIGHT_FULL, "password-mail")
         if verdict.tempfail:
             raise TempFail(SCAN_UNAVAILABLE, "password-mail")
         self._wake_notices()

@@ -92,11 +92,12 @@ class Relay:
         try:
             for stage in self.pipeline.per_message:
                 await stage.process(tx)
-            for copy in tx.outgoing:
-                tx.copy = copy
+            for planned in tx.copies:
+                tx.planned, tx.copy, tx.copy_refused = planned, None, None
                 for stage in self.pipeline.per_copy:
                     await stage.process(tx)
-            tx.copy = None
+                tx.copy = None  # let it go before the next is made
+            tx.planned = None
         except BaseException:
             for rollback in reversed(tx.rollbacks):
                 await rollback()

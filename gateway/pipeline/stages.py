@@ -1,9 +1,11 @@
 """The relay's stages, listed once, in order: this list is the pipeline.
 
 Every stage has one signature, `async def process(tx)`, and a `name` for the log. The message
-stages run once per message; then, for each copy to send, the copy stages run (a copy is
-recorded as delivered before the next goes out, so a crash loses at most one record); then the
-finishing stages work out the one answer. A stage ends the transaction only by raising
+stages run once per message and plan the copies to send; then, for each copy in its turn, the
+copy stages make it, sign it, look into it, send it and record it (recorded as delivered before
+the next goes out, so a crash loses at most one record; let go before the next is made, so a
+message for many recipients holds one copy at a time); then the finishing stages work out the
+one answer. A stage ends the transaction only by raising
 gateway.pipeline.errors.Stop (or TempFail, PermFail).
 """
 
@@ -19,7 +21,7 @@ from gateway.outbound.dkim import DkimSigner
 from gateway.outbound.hop import NextHop
 from gateway.pipeline.admission import FrameBytes, SkipServed
 from gateway.pipeline.classify import Classify
-from gateway.pipeline.conversion import Rewrite, Sign, Store, Verify
+from gateway.pipeline.conversion import PlanCopies, Rewrite, Sign, Store, Verify
 from gateway.pipeline.delivery import Answer, Deliver, Record
 from gateway.pipeline.dsn_step import FailureReports
 from gateway.pipeline.notify_step import NoticeQueue
@@ -78,11 +80,12 @@ def relay_pipeline(services: RelayServices) -> Pipeline:
             HoldPasswordMail(s.unlocker, s.db, s.clock, s.wake_notices),  # PPAP's second mail
             ScanStored(s.scanner, s.db, s.config, s.clock, s.wake_notices),  # what we would store
             Store(s.writer, s.clock),  # encrypted blobs, then one metadata commit
-            Rewrite(s.config, s.templates),  # one copy per outside recipient, with its link
-            Sign(s.signer),  # DKIM, the last change to the bytes
-            Verify(),  # what we inspect is what we send
+            PlanCopies(),  # the original inside, one copy per outside recipient: none made yet
         ),
         per_copy=(
+            Rewrite(s.config, s.templates),  # the recipient's copy, with its link
+            Sign(s.signer),  # DKIM, the last change to the bytes
+            Verify(),  # what we inspect is what we send
             Deliver(s.next_hop),
             Record(s.db, s.notices, s.clock, s.wake_notices),
         ),

@@ -2,8 +2,8 @@
 
 Each stage reads what earlier stages put here and adds its own part: the envelope and bytes as
 received (made CRLF by the first stage), the fingerprint, the parsed tree and its
-classification, the decision, the stored transfer, the copies to send and, per copy, the next
-hop's answer.
+classification, the decision, the stored transfer, the copies to send (planned: each is made
+only when its turn comes, and dropped once it went) and, per copy, the next hop's answer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from gateway.model import (
     Decision,
     DeliveryResult,
     Envelope,
+    IssuedLink,
     OutgoingMessage,
     StoredTransfer,
 )
@@ -42,11 +43,25 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Delivery:
-    """One copy sent: what went, and what the next hop said."""
+@dataclass(frozen=True)
+class PlannedCopy:
+    """A message to send, not made yet: the original (no link) or one outside recipient's copy."""
 
-    message: OutgoingMessage
+    rcpt_tos: tuple[str, ...]
+    link: IssuedLink | None = None
+
+    @property
+    def link_id(self) -> str | None:
+        return self.link.link_id if self.link else None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One copy sent: to whom, with which link, and what the next hop said. Not its bytes: a copy
+    is let go once it went, so that a message costs one copy at a time, not one per recipient."""
+
+    rcpt_tos: tuple[str, ...]
+    link_id: str | None
     result: DeliveryResult
 
 
@@ -63,8 +78,12 @@ class Transaction:
     classification: Classification | None = None
     decision: Decision | None = None
     transfer: StoredTransfer | None = None
-    outgoing: list[OutgoingMessage] = field(default_factory=list)
-    copy: OutgoingMessage | None = None  # the copy the per-copy stages are working on
+    copies: list[PlannedCopy] = field(default_factory=list)
+    planned: PlannedCopy | None = None  # the copy whose turn it is
+    copy: OutgoingMessage | None = None  # that copy, once made (rewritten, signed)
+    # Set instead of `copy` when a converted copy could not be made safe after another copy had
+    # gone to the next hop: it is answered as that recipient's permanent refusal.
+    copy_refused: DeliveryResult | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     # What to undo if the transaction fails before any copy was handed to the next hop.
     rollbacks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -44,6 +44,7 @@ class UnlockVerdict:
     states: tuple[str, ...]  # what came of each, in the same order
     held: tuple[str, ...]  # recipients the password mail is NOT relayed to
     tempfail: bool = False  # the scanner is unavailable: answer 4xx, the sender retries
+    busy: bool = False  # the in-flight budget cannot hold an unlock now: 4xx, the sender retries
 
     @property
     def summary(self) -> str:
@@ -84,10 +85,26 @@ class PasswordMailUnlocker:
         if not waiting:
             return None
         candidates = await asyncio.to_thread(password_candidates, message)
+        with self._opener.working_memory() as charged:
+            if not charged:
+                ids = tuple(entry.locked.transfer.id for entry in waiting)
+                return UnlockVerdict(ids, ("busy",) * len(ids), (), tempfail=True, busy=True)
+            opened: list[tuple[_Waiting, Opened]] = []
+            try:
+                return await self._unlock(waiting, candidates, now, opened)
+            finally:
+                for _, result in opened:  # decrypted and stored, but deferred or failed
+                    await asyncio.to_thread(self._opener.discard, result)
+
+    async def _unlock(
+        self, waiting: list[_Waiting], candidates: list[str], now: datetime,
+        opened: list[tuple[_Waiting, Opened]],
+    ) -> UnlockVerdict | None:
+        """Open what the candidates open; `opened` is left holding what was decrypted but not
+        finished (recorded, or its files deleted): the caller deletes its files."""
         # Decrypt everything first, and ask the scanner before recording anything: a password
         # mail deferred for a missing scanner must not have unlocked half of what it opens.
         states: dict[str, OpenState] = {}
-        opened: list[tuple[_Waiting, Opened]] = []
         for entry in waiting:
             result = await self._opener.decrypt(entry.locked, candidates, "password-mail", now)
             if isinstance(result, OpenOutcome):
@@ -99,14 +116,16 @@ class PasswordMailUnlocker:
         if waits and not await self._opener.scanner_ready():
             ids = tuple(entry.locked.transfer.id for entry, _ in opened)
             return UnlockVerdict(ids, ("tempfail",) * len(ids), (), tempfail=True)
-        for entry, result in opened:
+        while opened:
+            entry, result = opened[0]
             outcome = await self._opener.finish(
                 entry.locked, result, entry.policy, "password-mail", now
             )
+            opened.pop(0)  # finished: recorded, or its files deleted
             states[entry.locked.transfer.id] = outcome.state
             if outcome.state is OpenState.TEMPFAIL:  # clamd went away after answering PING
-                return UnlockVerdict(tuple(states), tuple(s.value for s in states.values()), (),
-                                     tempfail=True)
+                return UnlockVerdict(
+                    tuple(states), tuple(s.value for s in states.values()), (), tempfail=True)
             if outcome.state is OpenState.UNLOCKED:
                 await asyncio.to_thread(self._retire, entry, now)
         if all(s in (OpenState.WRONG_PASSWORD, OpenState.ALREADY_DONE) for s in states.values()):

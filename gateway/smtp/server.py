@@ -12,6 +12,10 @@ a session whose client hangs up or half-closes, and a relay cancelled mid-way wo
 the next hop already has unrecorded (sent again on the retry) and its transfer pending. So the
 relay finishes whatever the client does, keeps the session's slot and DATA budget until it ends,
 and the gateway's stop() waits for it.
+
+AUTH: aiosmtpd calls its authenticator synchronously, so a password check (scrypt, ~100 ms) would
+hold every session; ours is a coroutine (smtp/access.py) that GatewaySMTP awaits, and aiosmtpd's
+own parsing of LOGIN and PLAIN is kept.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from gateway.config import SmtpSettings
+from gateway.inflight import DataBudget
 from gateway.replies import DATA_IN_FLIGHT_FULL, LINE_TOO_LONG, MESSAGE_TOO_BIG
 
 _FIXED_REPLIES = {
@@ -94,23 +99,6 @@ class SessionSlots:
             self.by_client[client] = left
 
 
-@dataclass
-class DataBudget:
-    """Bytes of DATA that all sessions hold, from the first byte until their reply is sent."""
-
-    limit: int
-    used: int = 0
-
-    def take(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
-    def give_back(self, size: int) -> None:
-        self.used -= size
-
-
 class RelaysInFlight:
     """The relays of received messages still running, each a task the session only waits for.
 
@@ -153,6 +141,12 @@ def _client_address(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if peer else ""
 
 
+def _peer_address(session: Any) -> str:
+    """The client's address as the session saw it (it outlives the connection)."""
+    peer = getattr(session, "peer", None)
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
 def _bytes_to_reserve(mail_options: list[str], ceiling: int) -> int:
     """The SIZE= the client announced in MAIL FROM (RFC 1870); without one, the worst case.
 
@@ -163,6 +157,14 @@ def _bytes_to_reserve(mail_options: list[str], ceiling: int) -> int:
         if name.upper() == "SIZE" and value.isascii() and value.isdigit():
             return min(int(value), ceiling)
     return ceiling
+
+
+@dataclass(frozen=True)
+class _CheckToAwait:
+    """What aiosmtpd's LOGIN or PLAIN parsed, for the authenticator to check asynchronously."""
+
+    mechanism: str
+    auth_data: Any
 
 
 class GatewaySMTP(SMTP):
@@ -184,6 +186,32 @@ class GatewaySMTP(SMTP):
 
     async def push(self, status: str) -> None:
         await super().push(with_enhanced_code(_FIXED_REPLIES.get(status, status)))
+
+    # --- AUTH -------------------------------------------------------------------------
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        """Called synchronously by aiosmtpd's auth_LOGIN/auth_PLAIN: hand the credentials
+        back to our overrides, which await the check. Should anything else return this result
+        unawaited, it is a failure (535), never a success."""
+        if self._authenticator is None:
+            return super()._authenticate(mechanism, auth_data)
+        return AuthResult(success=False, handled=False,
+                          auth_data=_CheckToAwait(mechanism, auth_data))
+
+    async def _checked(self, parsed: AuthResult) -> AuthResult:
+        pending = parsed.auth_data if isinstance(parsed, AuthResult) else None
+        if not isinstance(pending, _CheckToAwait):
+            return parsed  # aiosmtpd answered already (bad base64, "*", …)
+        assert self._authenticator is not None and self.session is not None
+        return await self._authenticator(
+            self, self.session, self.envelope, pending.mechanism, pending.auth_data
+        )
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(await super().auth_LOGIN(_, args))
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -281,6 +309,12 @@ class GatewaySMTP(SMTP):
                 f"{self._data_timeout:g} seconds"
             )
             return
+        except (asyncio.CancelledError, asyncio.IncompleteReadError, ConnectionError):
+            # Gone before the final dot (killed, reset, closed): what arrived is no message.
+            # It lived only in this session's buffer, so nothing was relayed and nothing kept.
+            log.info("client %s left during DATA, before the final dot: message abandoned, "
+                     "nothing relayed or kept", _peer_address(self.session))
+            raise
         finally:
             self._in_data = False
         if isinstance(received, str):
@@ -437,13 +471,14 @@ def make_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
 
 async def start_smtp_server(
     handler: Any, settings: SmtpSettings, hostname: str, authenticator: Any = None,
-    relays: RelaysInFlight | None = None,
+    relays: RelaysInFlight | None = None, budget: DataBudget | None = None,
 ) -> asyncio.base_events.Server:
-    """`relays`: where the listener's relays run, for the owner to wait on at stop."""
+    """`relays`: where the listener's relays run, for the owner to wait on at stop; `budget`:
+    the bytes in flight, shared with whatever else charges it (unlocking)."""
     loop = asyncio.get_running_loop()
     tls_context = make_tls_context(settings)
     slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
-    budget = DataBudget(settings.max_data_in_flight)
+    budget = budget if budget is not None else DataBudget(settings.max_data_in_flight)
     relays = relays if relays is not None else RelaysInFlight()
 
     def factory() -> GatewaySMTP:

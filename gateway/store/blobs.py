@@ -8,10 +8,12 @@ file in the target directory, fsync, rename, fsync of the directory.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator
@@ -21,6 +23,7 @@ from gateway.store.crypto import (
     DEFAULT_CHUNK_SIZE,
     BlobEncryptor,
     BlobIntegrityError,
+    SealedChunks,
     decrypt_blob,
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "BlobMissingError",
     "BlobReader",
     "BlobStore",
+    "BlobView",
     "StorageError",
 ]
 
@@ -79,6 +83,128 @@ class BlobReader(Iterator[bytes]):
 
     def __del__(self) -> None:
         self.close()
+
+
+class BlobView:
+    """A blob's plaintext as a read-only sequence of bytes for readers that seek (a ZIP's
+    directory is at its end): slices, find and rfind read and authenticate only the chunks they
+    touch, and keep the last few; a reader never holds the blob, nor writes plaintext anywhere.
+
+    Slices follow bytes' rules (negative and out-of-range bounds included), so code written for
+    bytes reads a blob unchanged. One thread at a time; close() (or `with`) closes the file.
+    """
+
+    CACHED_CHUNKS = 4
+
+    def __init__(self, source: BinaryIO, chunks: SealedChunks):
+        self._source = source
+        self._chunks = chunks
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self._chunks.plaintext_size
+
+    def __getitem__(self, key: slice | int) -> bytes | int:
+        if isinstance(key, int):
+            index = key + len(self) if key < 0 else key
+            if not 0 <= index < len(self):
+                raise IndexError("blob index out of range")
+            return self[index:index + 1][0]
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("a blob view slices with step 1 only")
+        return b"".join(self.pieces(start, stop)) if start < stop else b""
+
+    def pieces(self, start: int, stop: int) -> Iterator[bytes]:
+        """The bytes of [start, stop) as they lie in the chunks, without joining them."""
+        size = self._chunks.chunk_size
+        while start < stop:
+            index, offset = divmod(start, size)
+            chunk = self._chunk(index)
+            piece = chunk[offset:offset + stop - start]
+            if not piece:
+                return
+            yield piece
+            start += len(piece)
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        start, end, _ = slice(start, end).indices(len(self))
+        window = max(self._chunks.chunk_size, 2 * len(sub))
+        position = start
+        while position < end:
+            stop = min(end, position + window + len(sub) - 1)
+            found = self[position:stop].find(sub)
+            if found >= 0:
+                return position + found
+            position += window
+        return -1
+
+    def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        start, end, _ = slice(start, end).indices(len(self))
+        window = max(self._chunks.chunk_size, 2 * len(sub))
+        position = end
+        while position > start:
+            low = max(start, position - window)
+            found = self[low:min(end, position + len(sub) - 1)].rfind(sub)
+            if found >= 0:
+                return low + found
+            position = low
+        return -1
+
+    def file(self) -> io.RawIOBase:
+        """A seekable, read-only file over the view, for readers that want one (pyzipper)."""
+        return _ViewFile(self)
+
+    def _chunk(self, index: int) -> bytes:
+        chunk = self._cache.get(index)
+        if chunk is None:
+            try:
+                chunk = self._cache[index] = self._chunks.chunk(index)
+            except OSError as exc:  # the disk's trouble, never the content's: not an OSError
+                raise StorageError(f"cannot read a blob: {exc}") from exc
+            if len(self._cache) > self.CACHED_CHUNKS:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(index)
+        return chunk
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._source.close()
+
+    def __enter__(self) -> BlobView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _ViewFile(io.RawIOBase):
+    def __init__(self, view: BlobView):
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        if whence == io.SEEK_SET and offset < 0:
+            raise ValueError("negative seek position")
+        self._position = max(0, base[whence] + offset)  # as io.BytesIO does
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        data = self._view[self._position:self._position + len(buffer)]
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 def _check_blob_id(blob_id: str) -> None:
@@ -149,6 +275,22 @@ class BlobStore:
         except OSError as exc:
             raise StorageError(f"cannot open blob {blob_id}: {exc}") from exc
         return BlobReader(source, decrypt_blob(self._master_key, blob_id, wrapped_key, source))
+
+    def view(self, blob_id: str, wrapped_key: bytes) -> BlobView:
+        """Random access to the plaintext of a blob (see BlobView); close it when done."""
+        try:
+            source = open(self.path_of(blob_id), "rb")
+        except FileNotFoundError as exc:
+            raise BlobMissingError(f"blob {blob_id} does not exist") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot open blob {blob_id}: {exc}") from exc
+        try:
+            size = os.fstat(source.fileno()).st_size
+            return BlobView(source, SealedChunks(
+                self._master_key, blob_id, wrapped_key, source, size))
+        except BaseException:
+            source.close()
+            raise
 
     def exists(self, blob_id: str) -> bool:
         return self.path_of(blob_id).is_file()

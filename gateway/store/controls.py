@@ -36,7 +36,11 @@ class ExtensionRefused(ValueError):
 
 @dataclass(frozen=True)
 class OtpState:
-    """The latest one-time code of a link. `code_hash` is '' once the code was used."""
+    """The latest one-time code of a link. `code_hash` is '' once the code was used.
+
+    `sends` and `total_failures` are the link's budget spent since it was last verified or
+    unlocked; `locked_at` is set once either budget ran out (no code is sent or checked then,
+    until the sender unlocks the link)."""
 
     link_id: str
     code_hash: str
@@ -45,9 +49,13 @@ class OtpState:
     sent_at: datetime
     sends: int
     verified_at: datetime | None
+    total_failures: int = 0
+    locked_at: datetime | None = None
+    locked_reason: str | None = None  # 'sends' | 'failures'
 
     def usable(self, now: datetime, max_attempts: int) -> bool:
-        return bool(self.code_hash) and now < self.expires_at and self.failures < max_attempts
+        return (bool(self.code_hash) and now < self.expires_at and self.failures < max_attempts
+                and self.locked_at is None)
 
 
 def _otp(row) -> OtpState:
@@ -55,8 +63,17 @@ def _otp(row) -> OtpState:
         link_id=row["link_id"], code_hash=row["code_hash"],
         expires_at=from_text(row["expires_at"]), failures=row["failures"],
         sent_at=from_text(row["sent_at"]), sends=row["sends"],
-        verified_at=from_text(row["verified_at"]),
+        verified_at=from_text(row["verified_at"]), total_failures=row["total_failures"],
+        locked_at=from_text(row["locked_at"]), locked_reason=row["locked_reason"],
     )
+
+
+class CodesLocked(Exception):
+    """The link is locked for codes: its budget was spent; only the sender can unlock it."""
+
+
+class CodeBudgetSpent(Exception):
+    """The link has been sent as many codes as its budget allows: lock it (lock_otp)."""
 
 
 class ResendTooSoon(Exception):
@@ -96,6 +113,14 @@ class ControlsStore:
             "SELECT * FROM transfer_controls WHERE transfer_id = ?", (transfer_id,)
         )
         return _controls(rows[0]) if rows else None
+
+    def replace_manage_token_hash(self, transfer_id: str, token_hash: str) -> bool:
+        """Give the transfer a new management token (its hash); False when it has no controls.
+        Only for a token nobody holds: call it in the commit that queues the receipt."""
+        return self._db.write(
+            "UPDATE transfer_controls SET manage_token_hash = ? WHERE transfer_id = ?",
+            (token_hash, transfer_id),
+        ) == 1
 
     def by_manage_token_hash(self, token_hash: str) -> TransferControls | None:
         rows = self._db.query(
@@ -165,13 +190,27 @@ class ControlsStore:
         rows = self._db.query("SELECT * FROM link_otp WHERE link_id = ?", (link_id,))
         return _otp(rows[0]) if rows else None
 
+    def otp_states(self, transfer_id: str) -> dict[str, OtpState]:
+        """The code state of each link of the transfer that has one, by link id."""
+        rows = self._db.query(
+            "SELECT link_otp.* FROM link_otp JOIN links ON links.id = link_otp.link_id"
+            " WHERE links.transfer_id = ?", (transfer_id,),
+        )
+        return {row["link_id"]: _otp(row) for row in rows}
+
     def issue_otp(self, link_id: str, code_hash: str, now: datetime, expires_at: datetime,
-                  resend_interval: timedelta) -> int:
-        """Replace the link's code by a new one (its count of wrong tries starts again);
-        ResendTooSoon if the last was sent less than `resend_interval` ago. Returns how many
-        codes this link has been sent. Call inside the transaction that queues the mail."""
+                  resend_interval: timedelta, max_sends: int) -> int:
+        """Replace the link's code by a new one (its count of wrong tries starts again).
+        Refused, with nothing written: CodesLocked if the link is locked, CodeBudgetSpent if
+        it has been sent `max_sends` codes already, ResendTooSoon if the last was sent less
+        than `resend_interval` ago. Returns how many codes this link has been sent. Call
+        inside the transaction that queues the mail."""
         with self._db.transaction():
             current = self.otp_state(link_id)
+            if current is not None and current.locked_at is not None:
+                raise CodesLocked(link_id)
+            if current is not None and current.sends >= max_sends:
+                raise CodeBudgetSpent(link_id)
             if current is not None and now < current.sent_at + resend_interval:
                 raise ResendTooSoon(current.sent_at + resend_interval)
             self._db.write(
@@ -184,23 +223,61 @@ class ControlsStore:
             )
             return 1 if current is None else current.sends + 1
 
-    def settle_otp(self, link_id: str, typed_hash: str, now: datetime, max_attempts: int) -> str:
+    def settle_otp(self, link_id: str, typed_hash: str, now: datetime, max_attempts: int,
+                   max_failures: int) -> str:
         """Check a typed code (as its MAC) against the link's code and record the outcome:
-        'verified' (the code is used up), 'wrong', 'locked' (that was the last try: the code
-        is void), 'expired', or 'void' (no code, used, or locked)."""
+        'verified' (the code is used up; the link's budget starts again), 'wrong', 'locked'
+        (that was the code's last try: the code is void), 'budget_spent' (that was the link's
+        last wrong try: the link is locked now, see lock_otp), 'link_locked' (it already
+        was), 'expired', or 'void' (no code, used, or locked)."""
         with self._db.transaction():
             current = self.otp_state(link_id)
+            if current is not None and current.locked_at is not None:
+                return "link_locked"
             if current is None or not current.code_hash or current.failures >= max_attempts:
                 return "void"
             if now >= current.expires_at:
                 return "expired"
             if hmac.compare_digest(typed_hash.encode(), current.code_hash.encode()):
                 self._db.write(
-                    "UPDATE link_otp SET code_hash = '', verified_at = ? WHERE link_id = ?",
+                    "UPDATE link_otp SET code_hash = '', verified_at = ?, sends = 0,"
+                    " total_failures = 0 WHERE link_id = ?",
                     (to_text(now), link_id),
                 )
                 return "verified"
             self._db.write(
-                "UPDATE link_otp SET failures = failures + 1 WHERE link_id = ?", (link_id,)
+                "UPDATE link_otp SET failures = failures + 1, total_failures = total_failures + 1"
+                " WHERE link_id = ?", (link_id,)
             )
+            if current.total_failures + 1 >= max_failures:
+                self.lock_otp(link_id, now, "failures")
+                return "budget_spent"
             return "locked" if current.failures + 1 >= max_attempts else "wrong"
+
+    def lock_otp(self, link_id: str, now: datetime, reason: str) -> bool:
+        """Lock the link for codes (its code is void); False if it was locked already, so
+        only one caller tells the sender."""
+        return self._db.write(
+            "UPDATE link_otp SET locked_at = ?, locked_reason = ?, code_hash = ''"
+            " WHERE link_id = ? AND locked_at IS NULL",
+            (to_text(now), reason, link_id),
+        ) == 1
+
+    def unlock_otp(self, transfer_id: str, link_id: str, now: datetime, by: str,
+                   detail: dict[str, Any] | None = None) -> bool:
+        """The sender's unlock: the link's budget starts again (no code is live), audited in
+        the same commit. False when that link of the transfer was not locked."""
+        with self._db.transaction():
+            changed = self._db.write(
+                "UPDATE link_otp SET locked_at = NULL, locked_reason = NULL, code_hash = '',"
+                " failures = 0, total_failures = 0, sends = 0 WHERE link_id = ?"
+                " AND locked_at IS NOT NULL"
+                " AND link_id IN (SELECT id FROM links WHERE transfer_id = ?)",
+                (link_id, transfer_id),
+            )
+            if changed == 1:
+                self._db.append_event(
+                    "otp.link_unlocked", now, transfer_id=transfer_id, link_id=link_id,
+                    detail={**(detail or {}), "by": by},
+                )
+        return changed == 1

@@ -222,3 +222,45 @@ def decrypt_blob(
             return
         current = following
         index += 1
+
+
+class SealedChunks:
+    """The chunks of one sealed blob opened by index, in any order, for readers that seek (a
+    ZIP's directory is at its end): each is read and authenticated when asked for, nothing kept.
+
+    The chunk count, and so which chunk is the last, follows from the file's length; a chunk is
+    bound to its index and the last-chunk flag, so a truncated or extended file fails on the
+    chunk that would be its last, as it does when read in order.
+    """
+
+    def __init__(
+        self, master_key: bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO,
+        sealed_size: int,
+    ):
+        self._aead = AESGCM(unwrap_data_key(master_key, blob_id, wrapped_key))
+        self._blob_id = blob_id
+        self._source = source
+        source.seek(0)
+        header = _read_exact(source, HEADER_SIZE)
+        self.chunk_size, self._nonce_prefix = _parse_header(blob_id, header)
+        self._aad = _BLOB_AAD_LABEL + _blob_id_bytes(blob_id) + header
+        self._sealed_chunk = self.chunk_size + TAG_SIZE
+        body = sealed_size - HEADER_SIZE
+        self.count = max(1, -(-body // self._sealed_chunk))
+        last_sealed = body - (self.count - 1) * self._sealed_chunk
+        if last_sealed < TAG_SIZE:
+            raise BlobIntegrityError(f"blob {blob_id} ends inside a chunk's tag")
+        self.plaintext_size = (self.count - 1) * self.chunk_size + last_sealed - TAG_SIZE
+
+    def chunk(self, index: int) -> bytes:
+        """The plaintext of chunk `index`; BlobIntegrityError if it does not authenticate."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"blob {self._blob_id} has no chunk {index}")
+        self._source.seek(HEADER_SIZE + index * self._sealed_chunk)
+        sealed = _read_exact(self._source, self._sealed_chunk)
+        try:
+            nonce = _chunk_nonce(self._nonce_prefix, index, index == self.count - 1)
+            return self._aead.decrypt(nonce, sealed, self._aad)
+        except (InvalidTag, ValueError) as exc:
+            message = f"blob {self._blob_id}: chunk {index} does not authenticate"
+            raise BlobIntegrityError(message) from exc

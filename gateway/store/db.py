@@ -65,6 +65,7 @@ class MetadataStore(Protocol):
                     download_count: int = 0, activated_at: datetime | None = None
                     ) -> None: ...
     def activate_link(self, link_id: str, at: datetime) -> bool: ...
+    def activate_earlier_links(self, link_id: str, at: datetime) -> list[str]: ...
     def fail_links(self, link_ids: Iterable[str]) -> None: ...
     def claim_download(self, link_id: str) -> bool: ...
     def set_transfer_state(self, transfer_id: str, state: str) -> None: ...
@@ -93,6 +94,9 @@ class MetadataStore(Protocol):
     def referenced_blob_ids(self) -> set[str]: ...
     def blob_ids_of(self, transfer_id: str) -> list[str]: ...
     def mark_purged(self, transfer_id: str, state: str = "purged") -> None: ...
+    def forget_deliveries_before(self, before: datetime, limit: int) -> int: ...
+    def forget_events_before(self, before: datetime, limit: int) -> int: ...
+    def forget_ended_transfers(self, expired_before: datetime, limit: int) -> int: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...
     def password_guard(self, link_id: str) -> PasswordGuardRow: ...
@@ -354,6 +358,29 @@ class Database:
                 )
         return changed == 1
 
+    def activate_earlier_links(self, link_id: str, at: datetime) -> list[str]:
+        """Make active the links earlier attempts issued to the same recipient on the same
+        transfer that were left pending, once `link_id` (this attempt's) is active; returns
+        their ids. An attempt that died after the next hop's 250 and before recording it left
+        its copy with the recipient and its link pending: the files are the same, so that
+        copy's link opens too. Nothing changes unless `link_id` is active (so its transfer
+        still holds its files: activate_link's compare-and-set decided that)."""
+        with self.transaction():
+            ids = [row[0] for row in self._query(
+                "SELECT earlier.id FROM links AS earlier JOIN links AS this"
+                " ON earlier.transfer_id = this.transfer_id AND earlier.recipient = this.recipient"
+                " WHERE this.id = ? AND this.state = 'active' AND earlier.state = 'pending'"
+                " AND earlier.id != this.id ORDER BY earlier.created_at, earlier.id",
+                (link_id,),
+            )]
+            for earlier in ids:
+                self._execute(
+                    "UPDATE links SET state = 'active', activated_at = ? WHERE id = ?"
+                    " AND state = 'pending'",
+                    (to_text(at), earlier),
+                )
+        return ids
+
     def fail_links(self, link_ids: Iterable[str]) -> None:
         with self.transaction():
             for link_id in link_ids:
@@ -395,7 +422,9 @@ class Database:
         )
 
     def mark_purged(self, transfer_id: str, state: str = "purged") -> None:
-        """Forget the files (and their wrapped keys) and password of a transfer; keep events.
+        """Forget the files (and their wrapped keys) and password of a transfer, and end its
+        active links ('expired'); keep the transfer row and its events (the retention's
+        forget_ended_transfers and forget_events_before take them much later).
 
         `state` may be 'failed' instead, to keep the record of why the transfer ended.
         """
@@ -409,6 +438,66 @@ class Database:
                 " password_sealed = NULL WHERE id = ?",
                 (state, transfer_id),
             )
+            # Its links lead nowhere now: listed and managed as expired, not active.
+            self._execute(
+                "UPDATE links SET state = 'expired' WHERE transfer_id = ? AND state = 'active'",
+                (transfer_id,),
+            )
+
+    # -- retention (each call one bounded batch, one commit: the write lock is short) ---
+
+    def forget_deliveries_before(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` delivery records made before `before`; returns how many."""
+        return self._write(
+            "DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries"
+            " WHERE delivered_at < ? LIMIT ?)",
+            (to_text(before), limit),
+        )
+
+    def forget_events_before(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` audit events from before `before`, oldest first. The horizon
+        the file's trigger checks moves forward first, in the same commit (never back)."""
+        with self.transaction():
+            self._execute(
+                "UPDATE audit_horizon SET forget_before = ? WHERE id = 1 AND forget_before < ?",
+                (to_text(before), to_text(before)),
+            )
+            return self._execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?"
+                " ORDER BY id LIMIT ?)",
+                (to_text(before), limit),
+            ).rowcount
+
+    def forget_ended_transfers(self, expired_before: datetime, limit: int) -> int:
+        """Delete up to `limit` transfers that ended (purged or failed, files gone, nothing
+        left to send) and expired before `expired_before`, with their links, controls,
+        unlock record, codes, password guards and finished outbox items. Their audit events
+        are not touched: they go by their own age (forget_events_before)."""
+        with self.transaction():
+            ids = [row[0] for row in self._query(
+                "SELECT id FROM transfers WHERE state IN ('purged', 'failed') AND expires_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM files WHERE files.transfer_id = transfers.id)"
+                " AND NOT EXISTS (SELECT 1 FROM extracted_files"
+                " WHERE extracted_files.transfer_id = transfers.id)"
+                " AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.transfer_id = transfers.id"
+                " AND outbox.state = 'pending') ORDER BY expires_at LIMIT ?",
+                (to_text(expired_before), limit),
+            )]
+            if not ids:
+                return 0
+            marks = ",".join("?" * len(ids))
+            of_links = f"(SELECT id FROM links WHERE transfer_id IN ({marks}))"
+            for statement in (
+                f"DELETE FROM link_otp WHERE link_id IN {of_links}",
+                f"DELETE FROM link_password_guard WHERE link_id IN {of_links}",
+                f"DELETE FROM links WHERE transfer_id IN ({marks})",
+                f"DELETE FROM transfer_controls WHERE transfer_id IN ({marks})",
+                f"DELETE FROM unlocks WHERE transfer_id IN ({marks})",
+                f"DELETE FROM outbox WHERE transfer_id IN ({marks})",
+                f"DELETE FROM transfers WHERE id IN ({marks})",
+            ):
+                self._execute(statement, ids)
+            return len(ids)
 
     # -- reads -----------------------------------------------------------------------
 

@@ -69,6 +69,10 @@ class OutboxStore:
         )
         return item_id if changed == 1 else None
 
+    def queued(self, dedupe_key: str) -> bool:
+        """Whether an item with this dedupe key was ever queued (whatever became of it)."""
+        return bool(self._db.query("SELECT 1 FROM outbox WHERE dedupe_key = ?", (dedupe_key,)))
+
     def due(self, now: datetime, limit: int = 50) -> list[OutboxItem]:
         rows = self._db.query(
             "SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id"
@@ -153,4 +157,17 @@ class OutboxStore:
             f"UPDATE outbox SET state = 'cancelled', sealed = NULL WHERE {column} = ?"
             f" AND state = 'pending'{kind_filter}",
             (value, *kinds),
+        )
+
+    def forget_finished_before(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` items sent, given up or cancelled that were due before
+        `before` (their secrets are long wiped); returns how many. An item still pending (due,
+        or waiting for its next try) is never touched, nor one of a transfer still live: its
+        dedupe key keeps a retry's link activation from queueing the same notice again."""
+        return self._db.write(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+            " WHERE state IN ('sent', 'gave_up', 'cancelled') AND due_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM transfers WHERE transfers.id = outbox.transfer_id"
+            " AND transfers.state IN ('pending', 'active')) LIMIT ?)",
+            (to_text(before), limit),
         )

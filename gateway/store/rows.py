@@ -52,7 +52,7 @@ class LinkRow:
     transfer_id: str
     recipient: str
     token_hash: str
-    state: str  # 'pending' | 'active' | 'failed' | 'revoked'
+    state: str  # 'pending' | 'active' | 'failed' | 'revoked' | 'expired' (files purged)
     max_downloads: int  # 0 = unlimited
     download_count: int
     created_at: datetime

@@ -1,11 +1,16 @@
-"""Prove a ZIP password and decrypt a ZIP's members into memory, within limits that stop zip bombs.
+"""Prove a ZIP password and decrypt a ZIP's members, within limits that stop zip bombs.
 
 The public face of archive opening. gateway.unlock.zipentries checks everything that needs no
 inflating (structure, layout, sizes, ratios, names); gateway.unlock.zipdecrypt proves passwords
 and decrypts. Here members are inflated under a running counter that stops at the declared size
 even when the headers lie, nested plain ZIPs are opened up to a depth, and member names become
-display names only: nothing here touches the file system. Synchronous and CPU-bound: callers
-run it off the event loop.
+display names only: nothing here touches a path named by the archive.
+
+Members stream, piece by piece, into a `MemberSink`: `extract_members_into` with the caller's
+sink (the unlocker stores each member as an encrypted blob as it inflates, so memory follows a
+chunk, not the archive), `extract_members` into memory (small archives, tests). A nested ZIP is
+read back from the sink in place. The archive itself is `ZipData`: bytes, or a stored blob read
+in place. Synchronous and CPU-bound: callers run it off the event loop.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import lzma
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from gateway.containers.zipinspect import inspect_zip
 from gateway.filenames import display_safe
@@ -36,6 +43,7 @@ from gateway.unlock.zipentries import (
     Budget,
     ExtractLimits,
     ExtractRefused,
+    ZipData,
     ZipEntry,
     encrypted_files,
     read_directory,
@@ -46,8 +54,11 @@ __all__ = [
     "ExtractRefused",
     "ExtractResult",
     "ExtractedFile",
+    "MemberSink",
+    "ZipData",
     "display_path",
     "extract_members",
+    "extract_members_into",
     "prove_password",
 ]
 
@@ -55,23 +66,58 @@ _MIB = 1024 * 1024
 _MAX_DISPLAY_NAME = 255
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _DEFAULT_LIMITS = ExtractLimits()
+_HEAD = 4  # bytes of a member kept to tell a ZIP ("PK")
+Kept = TypeVar("Kept")
+
+
+class MemberSink(Protocol[Kept]):
+    """Where inflated members go, as they inflate."""
+
+    def keep(self, pieces: Iterable[bytes]) -> Kept:
+        """Consume pieces (an exception from them means: keep nothing); what keeps them now."""
+
+    def reopen(self, kept: Kept) -> AbstractContextManager[ZipData]:
+        """A kept member to read in place (a ZIP inside the ZIP is opened from it)."""
+
+    def discard(self, kept: Kept) -> None:
+        """Drop a kept member: refused, a wrong password after all, or a ZIP opened instead."""
+
+
+class InMemory:
+    """The sink that keeps each member as bytes."""
+
+    def keep(self, pieces: Iterable[bytes]) -> bytes:
+        return b"".join(pieces)
+
+    def reopen(self, kept: bytes) -> AbstractContextManager[ZipData]:
+        return nullcontext(kept)
+
+    def discard(self, kept: bytes) -> None:
+        pass
 
 
 @dataclass(frozen=True)
-class ExtractedFile:
+class ExtractedFile(Generic[Kept]):
     display_name: str  # "folder/name.ext": a display string, never joined to a path
-    data: bytes
+    kept: Kept  # where the sink put the content: its bytes (extract_members), or a blob
     size: int
     sha256: str
 
+    @property
+    def data(self) -> bytes:
+        """The content of a member extracted into memory (extract_members)."""
+        if not isinstance(self.kept, bytes):
+            raise TypeError("this member was kept by its sink, not in memory")
+        return self.kept
+
 
 @dataclass(frozen=True)
-class ExtractResult:
-    files: tuple[ExtractedFile, ...]
+class ExtractResult(Generic[Kept]):
+    files: tuple[ExtractedFile[Kept], ...]
     notes: tuple[str, ...]  # e.g. "double ZIP: inner.zip" (an encrypted ZIP inside, kept whole)
 
 
-def prove_password(data: bytes, password: str, limits: ExtractLimits = _DEFAULT_LIMITS) -> bool:
+def prove_password(data: ZipData, password: str, limits: ExtractLimits = _DEFAULT_LIMITS) -> bool:
     """True only if password opens every encrypted member: WinZip AES password verifier and
     HMAC-SHA1 authentication code, ZipCrypto check byte and CRC-32 of the inflated data.
 
@@ -88,7 +134,8 @@ def prove_password(data: bytes, password: str, limits: ExtractLimits = _DEFAULT_
             prove_entries(data, encrypted, secret)
             for entry in encrypted:
                 if not entry.is_aes:  # the CRC is ZipCrypto's only proof: inflate, keep nothing
-                    _read_entry(data, entry, secret, keep=None)
+                    for _ in _entry_pieces(data, entry, secret):
+                        pass
             return True
         except WrongPassword:
             continue
@@ -97,26 +144,46 @@ def prove_password(data: bytes, password: str, limits: ExtractLimits = _DEFAULT_
     return False
 
 
-def extract_members(data: bytes, password: str, limits: ExtractLimits) -> ExtractResult:
-    """Decrypt, inflate and verify every member; nested plain ZIPs are opened up to max_depth.
+def extract_members(data: ZipData, password: str, limits: ExtractLimits) -> ExtractResult[bytes]:
+    """extract_members_into memory: each file's content is its `data`."""
+    return extract_members_into(data, password, limits, InMemory())
+
+
+def extract_members_into(
+    data: ZipData, password: str, limits: ExtractLimits, sink: MemberSink[Kept]
+) -> ExtractResult[Kept]:
+    """Decrypt, inflate and verify every member into sink; nested plain ZIPs are opened up to
+    max_depth.
 
     Proves the password as it goes, so calling it per candidate needs no prove_password first.
     Raises ExtractRefused: "wrong password" means only that this password is not proven (try
-    the next candidate); any other reason concerns the archive whatever the password.
+    the next candidate); any other reason concerns the archive whatever the password. Whatever
+    raises, the sink is left holding nothing of this call.
     """
     entries = read_directory(data, limits, Budget(limits.max_members, limits.max_total_bytes))
     encrypted = encrypted_files(entries)
     for secret in password_bytes(password) if encrypted else [b""]:
+        files: list[ExtractedFile[Kept]] = []
         try:
             prove_entries(data, encrypted, secret)  # cheap checks first: nothing inflated yet
             budget = Budget(limits.max_members - len(entries), limits.max_total_bytes)
-            files: list[ExtractedFile] = []
             notes: list[str] = []
-            _extract_entries(data, entries, secret, limits, budget, _Level(0, ""), files, notes)
+            _extract_entries(
+                data, entries, secret, _Walk(limits, budget, sink, files, notes), _Level(0, "")
+            )
             return ExtractResult(tuple(_unique_names(files)), tuple(notes))
         except WrongPassword:
+            _discard(sink, files)
             continue
+        except BaseException:
+            _discard(sink, files)
+            raise
     raise ExtractRefused("wrong password")
+
+
+def _discard(sink: MemberSink[Kept], files: list[ExtractedFile[Kept]]) -> None:
+    for extracted in files:
+        sink.discard(extracted.kept)
 
 
 @dataclass(frozen=True)
@@ -125,50 +192,85 @@ class _Level:
     prefix: str  # display name of the ZIP this level came from, with "/", or ""
 
 
+@dataclass
+class _Walk(Generic[Kept]):
+    """What one extraction carries through every nesting level."""
+
+    limits: ExtractLimits
+    budget: Budget
+    sink: MemberSink[Kept]
+    files: list[ExtractedFile[Kept]]  # kept so far (the caller discards them on failure)
+    notes: list[str]
+
+
 def _extract_entries(
-    data: bytes,
-    entries: list[ZipEntry],
-    secret: bytes,
-    limits: ExtractLimits,
-    budget: Budget,
-    level: _Level,
-    files: list[ExtractedFile],
-    notes: list[str],
+    data: ZipData, entries: list[ZipEntry], secret: bytes, walk: _Walk[Kept], level: _Level
 ) -> None:
-    """Append every file of entries to files; a plain *.zip member is opened in its place."""
+    """Keep every file of entries in the sink; a plain *.zip member is opened in its place."""
     for index, entry in enumerate(entries):
         if entry.is_dir:
             continue
-        pieces: list[bytes] = []
-        _read_entry(data, entry, secret, keep=pieces.append)
-        content = b"".join(pieces)
-        del pieces
-        budget.total_bytes -= len(content)
-        name = level.prefix + (display_path(entry.name) or f"file-{index + 1}")
-        verdict = inspect_zip(content).verdict if content[:2] == b"PK" else ZipVerdict.NOT_ZIP
+        content = _MemberContent(_entry_pieces(data, entry, secret))
+        kept = walk.sink.keep(content)
+        extracted = ExtractedFile(
+            level.prefix + (display_path(entry.name) or f"file-{index + 1}"),
+            kept, content.size, content.sha256.hexdigest(),
+        )
+        walk.budget.total_bytes -= extracted.size
+        try:
+            opened = content.head[:2] == b"PK" and _opened_in_place(extracted, walk, level)
+        except BaseException:
+            walk.sink.discard(kept)  # not yet among walk.files, which the caller discards
+            raise
+        if opened:
+            walk.sink.discard(kept)  # its files stand in its place
+            continue
+        walk.files.append(extracted)
+
+
+def _opened_in_place(extracted: ExtractedFile[Kept], walk: _Walk[Kept], level: _Level) -> bool:
+    """Open a member that is a ZIP: a plain *.zip with files is extracted in its place (True);
+    an encrypted one is noted as a double ZIP and kept whole."""
+    name = extracted.display_name
+    with walk.sink.reopen(extracted.kept) as content:
+        verdict = inspect_zip(content).verdict
         if verdict is ZipVerdict.ENCRYPTED_ZIP:
-            notes.append(f"double ZIP: {name}")
+            walk.notes.append(f"double ZIP: {name}")
         # only what is named .zip: .xlsx, .docx, .jar and friends are ZIPs too, but are files
-        if verdict is ZipVerdict.PLAIN_ZIP and name.lower().endswith(".zip"):
-            if level.depth + 1 > limits.max_depth:
-                raise ExtractRefused("nested too deep")
-            inner = read_directory(content, limits, budget)
-            if any(not inner_entry.is_dir for inner_entry in inner):
-                budget.members -= len(inner)
-                inner_level = _Level(level.depth + 1, name + "/")
-                _extract_entries(content, inner, b"", limits, budget, inner_level, files, notes)
-                continue
-        files.append(_extracted(name, content))
+        if verdict is not ZipVerdict.PLAIN_ZIP or not name.lower().endswith(".zip"):
+            return False
+        if level.depth + 1 > walk.limits.max_depth:
+            raise ExtractRefused("nested too deep")
+        inner = read_directory(content, walk.limits, walk.budget)
+        if not any(not inner_entry.is_dir for inner_entry in inner):
+            return False
+        walk.budget.members -= len(inner)
+        _extract_entries(content, inner, b"", walk, _Level(level.depth + 1, name + "/"))
+        return True
 
 
-def _extracted(name: str, content: bytes) -> ExtractedFile:
-    return ExtractedFile(name, content, len(content), hashlib.sha256(content).hexdigest())
+class _MemberContent:
+    """A member's inflated pieces on their way to the sink, measured as they pass: size,
+    SHA-256 and the first bytes (is it a ZIP?)."""
+
+    def __init__(self, pieces: Iterator[bytes]):
+        self._pieces = pieces
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.head = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self._pieces:
+            self.size += len(piece)
+            self.sha256.update(piece)
+            if len(self.head) < _HEAD:
+                self.head += piece[: _HEAD - len(self.head)]
+            yield piece
 
 
-def _read_entry(
-    data: bytes, entry: ZipEntry, secret: bytes, keep: Callable[[bytes], None] | None
-) -> None:
-    """Decrypt, inflate and verify one member, handing each inflated piece to keep.
+def _entry_pieces(data: ZipData, entry: ZipEntry, secret: bytes) -> Iterator[bytes]:
+    """Decrypt, inflate and verify one member, yielding each inflated piece; raises after the
+    last one when the data does not verify, so a sink must not keep what it got until the end.
 
     Stops as soon as the output passes the declared size (the limits were checked against it).
     """
@@ -181,8 +283,7 @@ def _read_entry(
             if produced > declared:
                 _overflowed(entry)
             crc = zlib.crc32(piece, crc)
-            if keep is not None:
-                keep(piece)
+            yield piece
     except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
         _unreadable(entry)
     crc_applies = not entry.is_aes or entry.info.wz_aes_version == 1 or entry.info.CRC != 0
@@ -277,10 +378,10 @@ def display_path(name: str) -> str:
     return "/".join(kept)
 
 
-def _unique_names(files: list[ExtractedFile]) -> list[ExtractedFile]:
+def _unique_names(files: list[ExtractedFile[Kept]]) -> list[ExtractedFile[Kept]]:
     """Names that collide once neutralised ("a/../x" and "x") get " (2)", " (3)", ..."""
     seen: set[str] = set()
-    unique: list[ExtractedFile] = []
+    unique: list[ExtractedFile[Kept]] = []
     for extracted in files:
         name = extracted.display_name
         stem, dot, extension = name.rpartition(".")
@@ -291,5 +392,5 @@ def _unique_names(files: list[ExtractedFile]) -> list[ExtractedFile]:
             name = f"{stem} ({number}){dot}{extension}"
             number += 1
         seen.add(name)
-        unique.append(ExtractedFile(name, extracted.data, extracted.size, extracted.sha256))
+        unique.append(ExtractedFile(name, extracted.kept, extracted.size, extracted.sha256))
     return unique

@@ -1,7 +1,8 @@
 """Prove a password against ZIP members and decrypt their data: ZipCrypto and WinZip AES.
 
 Cheap checks first (AES password verifier, ZipCrypto check byte), then the AES HMAC over the
-whole member; decryption streams in chunks so no member is ever held twice in memory.
+whole member; the archive is read and decrypted in chunks of CHUNK bytes, so neither it nor a
+member is ever held whole (the archive may be a stored blob read in place: zipentries.ZipData).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.unlock.zipentries import (
     AES_SALT_LENGTHS,
     FLAG_DATA_DESCRIPTOR,
     ZIPCRYPTO_HEADER_LENGTH,
+    ZipData,
     ZipEntry,
 )
 
@@ -39,7 +41,7 @@ def password_bytes(password: str) -> list[bytes]:
     return encodings if cp932 in encodings else encodings + [cp932]
 
 
-def prove_entries(data: bytes, entries: list[ZipEntry], secret: bytes) -> None:
+def prove_entries(data: ZipData, entries: list[ZipEntry], secret: bytes) -> None:
     """Raise WrongPassword unless every entry passes its cheap check (and AES its MAC)."""
     for entry in entries:  # all check bytes / verifiers first: a wrong password costs nothing
         if not _header_check_passes(data, entry, secret):
@@ -49,13 +51,15 @@ def prove_entries(data: bytes, entries: list[ZipEntry], secret: bytes) -> None:
             raise WrongPassword()
 
 
-def _header_check_passes(data: bytes, entry: ZipEntry, secret: bytes) -> bool:
-    body = memoryview(data)[entry.data_start : entry.data_end]
+def _header_check_passes(data: ZipData, entry: ZipEntry, secret: bytes) -> bool:
+    start = entry.data_start
     if entry.is_aes:
         salt_length = AES_SALT_LENGTHS[entry.info.wz_aes_strength]
-        keys = _aes_keys(secret, bytes(body[:salt_length]))
-        return hmac.compare_digest(keys[2], body[salt_length : salt_length + 2])
-    header, _ = _zipcrypto_decrypt(body[:ZIPCRYPTO_HEADER_LENGTH], _zipcrypto_keys(secret))
+        keys = _aes_keys(secret, data[start : start + salt_length])
+        return hmac.compare_digest(keys[2], data[start + salt_length : start + salt_length + 2])
+    header, _ = _zipcrypto_decrypt(
+        data[start : start + ZIPCRYPTO_HEADER_LENGTH], _zipcrypto_keys(secret)
+    )
     return header[-1] in _zipcrypto_check_bytes(entry.info)
 
 
@@ -66,15 +70,15 @@ def _aes_keys(secret: bytes, salt: bytes) -> tuple[bytes, bytes, bytes]:
     return material[:key_length], material[key_length : 2 * key_length], material[-2:]
 
 
-def _aes_mac_matches(data: bytes, entry: ZipEntry, secret: bytes) -> bool:
+def _aes_mac_matches(data: ZipData, entry: ZipEntry, secret: bytes) -> bool:
     """HMAC-SHA1 over the whole encrypted data, first 10 bytes: proves the key before decrypting."""
-    body = memoryview(data)[entry.data_start : entry.data_end]
+    start, end = entry.data_start, entry.data_end
     salt_length = AES_SALT_LENGTHS[entry.info.wz_aes_strength]
-    _, mac_key, _ = _aes_keys(secret, bytes(body[:salt_length]))
+    _, mac_key, _ = _aes_keys(secret, data[start : start + salt_length])
     mac = hmac.new(mac_key, digestmod="sha1")
-    for chunk in chunks(body[salt_length + 2 : -AES_MAC_LENGTH]):
+    for chunk in chunks(data, start + salt_length + 2, end - AES_MAC_LENGTH):
         mac.update(chunk)
-    return hmac.compare_digest(mac.digest()[:AES_MAC_LENGTH], body[-AES_MAC_LENGTH:])
+    return hmac.compare_digest(mac.digest()[:AES_MAC_LENGTH], data[end - AES_MAC_LENGTH : end])
 
 
 def _zipcrypto_check_bytes(info: AESZipInfo) -> tuple[int, ...]:
@@ -133,25 +137,26 @@ def _zipcrypto_decrypt(
     return bytes(plain), (key0, key1, key2)
 
 
-def decrypted_chunks(data: bytes, entry: ZipEntry, secret: bytes) -> Iterator[bytes]:
+def decrypted_chunks(data: ZipData, entry: ZipEntry, secret: bytes) -> Iterator[bytes]:
     """The member's compressed bytes, decrypted when encrypted, in chunks."""
-    body = memoryview(data)[entry.data_start : entry.data_end]
+    start, end = entry.data_start, entry.data_end
     if not entry.encrypted:
-        yield from chunks(body)
+        yield from chunks(data, start, end)
     elif entry.is_aes:
         # the password was proven (verifier and MAC) before: pyzipper only decrypts here
         header_length = AES_SALT_LENGTHS[entry.info.wz_aes_strength] + 2
-        decrypter = AESZipDecrypter(entry.info, secret, bytes(body[:header_length]))
-        for chunk in chunks(body[header_length:-AES_MAC_LENGTH]):
+        decrypter = AESZipDecrypter(entry.info, secret, data[start : start + header_length])
+        for chunk in chunks(data, start + header_length, end - AES_MAC_LENGTH):
             yield decrypter.decrypt(chunk)
     else:
         keys = _zipcrypto_keys(secret)
-        _, keys = _zipcrypto_decrypt(body[:ZIPCRYPTO_HEADER_LENGTH], keys)
-        for chunk in chunks(body[ZIPCRYPTO_HEADER_LENGTH:]):
+        _, keys = _zipcrypto_decrypt(data[start : start + ZIPCRYPTO_HEADER_LENGTH], keys)
+        for chunk in chunks(data, start + ZIPCRYPTO_HEADER_LENGTH, end):
             plain, keys = _zipcrypto_decrypt(chunk, keys)
             yield plain
 
 
-def chunks(view: memoryview) -> Iterator[bytes]:
-    for start in range(0, len(view), CHUNK):
-        yield bytes(view[start : start + CHUNK])
+def chunks(data: ZipData, start: int, end: int) -> Iterator[bytes]:
+    """data[start:end] in pieces of at most CHUNK bytes."""
+    for position in range(start, end, CHUNK):
+        yield bytes(data[position : min(position + CHUNK, end)])

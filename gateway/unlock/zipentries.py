@@ -4,6 +4,10 @@ The structure comes from gateway.containers.zipinspect (verdict, decoded member 
 central-directory reader (offsets, CRCs, AES fields); the two must agree or the archive is
 refused. Member count, declared sizes and ratios, entry layout (bounds, overlaps), methods and
 names are all checked here, before a byte is inflated. Nothing here touches the file system.
+
+The archive is `ZipData`: bytes, or anything read the same way (len, slices, find, rfind and
+`file()`), such as a stored blob read in place (gateway.store.blobs.BlobView), so an archive is
+never held whole to be opened.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 import pyzipper
 from pyzipper.zipfile_aes import AESZipInfo
@@ -39,6 +44,24 @@ _PARSER_ERRORS = (
     IndexError,
     OverflowError,
 )
+
+
+class ReadInPlace(Protocol):
+    """An archive read where it lies: only the bytes asked for are read."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: slice) -> bytes: ...
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int: ...
+    def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int: ...
+    def file(self) -> BinaryIO: ...
+
+
+ZipData = bytes | ReadInPlace
+
+
+def as_file(data: ZipData) -> BinaryIO:
+    """A seekable file over data, for pyzipper."""
+    return io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data.file()
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,7 @@ class Budget:
     total_bytes: int
 
 
-def read_directory(data: bytes, limits: ExtractLimits, budget: Budget) -> list[ZipEntry]:
+def read_directory(data: ZipData, limits: ExtractLimits, budget: Budget) -> list[ZipEntry]:
     """The entries of data, after every check that needs no inflating, in the order of the
     central directory."""
     report = inspect_zip(data, max_members=budget.members)
@@ -126,20 +149,20 @@ def read_directory(data: bytes, limits: ExtractLimits, budget: Budget) -> list[Z
     return entries
 
 
-def _central_records(data: bytes) -> tuple[list[AESZipInfo], int]:
+def _central_records(data: ZipData) -> tuple[list[AESZipInfo], int]:
     try:
-        with pyzipper.AESZipFile(io.BytesIO(data)) as archive:
+        with pyzipper.AESZipFile(as_file(data)) as archive:
             return archive.infolist(), archive.start_dir
     except _PARSER_ERRORS:  # what pyzipper's reader raises on hostile bytes: all mean "corrupt"
         raise ExtractRefused("corrupt") from None
 
 
-def _entry(data: bytes, name: str, info: AESZipInfo) -> ZipEntry:
+def _entry(data: ZipData, name: str, info: AESZipInfo) -> ZipEntry:
     """The entry with where its data starts, read from its local header."""
     start = info.header_offset
     if start < 0 or start + _LOCAL.size > len(data):
         raise ExtractRefused("corrupt")
-    fields = _LOCAL.unpack_from(data, start)
+    fields = _LOCAL.unpack(data[start : start + _LOCAL.size])
     if fields[0] != LOCAL_SIGNATURE:
         raise ExtractRefused("corrupt")
     name_end = start + _LOCAL.size + fields[9]

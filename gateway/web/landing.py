@@ -79,6 +79,7 @@ class LandingPage:
         live = otp is not None and otp.usable(self._clock(), self._otp_max_attempts)
         return {
             "address": mask_address(state.link.recipient),
+            "locked": otp is not None and otp.locked_at is not None,
             "code_sent": live,
             "until": self._pages.local(otp.expires_at, locale) if live and otp else None,
         }

@@ -53,7 +53,7 @@ REFUSAL_STATUS = {
     "revoked": 410, "expired": 410, "limit_reached": 410, "blocked": 410,
     "cross_site": 403, "csrf_missing": 403, "csrf_invalid": 403, "csrf_expired": 403,
     "password_required": 403, "verification_required": 403, "locked": 429,
-    "otp_throttled": 429, "guessing": 429, "storage": 500,
+    "otp_throttled": 429, "otp_link_locked": 403, "guessing": 429, "storage": 500,
 }
 # The window of PortalSettings.max_unknown_tokens.
 GUESS_WINDOW = timedelta(minutes=10)
@@ -179,7 +179,8 @@ class LinkGate:
             return "not_active"
         if link.state == "revoked":
             return "revoked"
-        if transfer.state == "purged" or self._clock() >= transfer.expires_at:
+        if link.state == "expired" or transfer.state == "purged" \
+                or self._clock() >= transfer.expires_at:
             return "expired"
         if link.max_downloads and link.download_count >= link.max_downloads:
             return "limit_reached"

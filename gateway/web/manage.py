@@ -1,8 +1,9 @@
 """The sender's management page: who got a link, whether and when they downloaded, and what
 the sender may still change — revoke one link or all, extend the expiry within the policy's
-maximum, open a PPAP ZIP with its password instead of mailing the password.
+maximum, open a PPAP ZIP with its password instead of mailing the password, unlock the
+one-time codes of a link whose budget of codes was spent (otp.py).
 
-GET /m/{token} only shows. POST /m/{token}/revoke, /extend and /unlock pass the link gate's
+GET /m/{token} only shows. POST /m/{token}/revoke, /extend, /unlock and /unlock-codes pass the link gate's
 same-site check with a CSRF token bound to the transfer, then redirect (303) back to the
 page. The management token is looked up by its hash through the gate, like download tokens
 (guesses of either kind are throttled together), and never written to an event: events name
@@ -23,6 +24,7 @@ from gateway.store.controls import (
     ControlsStore,
     DownloadHistory,
     ExtensionRefused,
+    OtpState,
     TransferControls,
 )
 from gateway.store.db import Database, FileRow, LinkRow, TransferRow
@@ -43,7 +45,7 @@ EXTEND_CHOICES: dict[str, timedelta | None] = {
 # What a revoked link must no longer send to its recipient.
 RECIPIENT_NOTICES = ("password-recipient", "webhook-password", "otp")
 PASSWORD_NOTICES = ("password-recipient", "webhook-password")
-_DONE = ("revoked", "extended", "unchanged", "unlocked", "blocked")
+_DONE = ("revoked", "extended", "unchanged", "unlocked", "blocked", "codes_unlocked")
 # ZIP passwords tried through the form, per transfer: the page's token is already a secret,
 # this only keeps a leaked one from becoming a password oracle.
 UNLOCK_ATTEMPTS, UNLOCK_WINDOW = 10, timedelta(minutes=15)
@@ -61,6 +63,7 @@ class Managed:
     notices: tuple[OutboxItem, ...] = ()
     unlock: UnlockRow | None = None
     lockable: bool = False  # holds an encrypted ZIP that no password has opened yet
+    codes: Mapping[str, OtpState] = field(default_factory=dict)  # by link id
 
 
 def extended_expiry(current: datetime, maximum: datetime, choice: str) -> datetime:
@@ -69,7 +72,7 @@ def extended_expiry(current: datetime, maximum: datetime, choice: str) -> dateti
 
 
 class ManagePages:
-    """GET /m/{token} and POST /m/{token}/revoke, /extend, /unlock."""
+    """GET /m/{token} and POST /m/{token}/revoke, /extend, /unlock, /unlock-codes."""
 
     def __init__(self, *, gate: LinkGate, db: Database, pages: Pages, controls: ControlsStore,
                  unlocks: UnlockStore, outbox: OutboxStore, clock: Callable[[], datetime],
@@ -124,6 +127,18 @@ class ManagePages:
             return await self._page_again(request, 409)
         return self._back(request, "extended")
 
+    async def unlock_codes(self, request: web.Request) -> web.StreamResponse:
+        """A link locked for one-time codes gets a fresh budget (audited in the same commit)."""
+        checked = await self._gate.checked_management_post(request, self._find_transfer)
+        if isinstance(checked, web.Response):
+            return checked
+        managed, form = checked
+        unlocked = await asyncio.to_thread(
+            self._controls.unlock_otp, managed.transfer.id, form.get("link", ""), self._clock(),
+            "sender", self._gate.client(request),
+        )
+        return self._back(request, "codes_unlocked" if unlocked else "unchanged")
+
     async def unlock(self, request: web.Request) -> web.StreamResponse:
         if self._opener is None:
             return self._pages.error_page(request, 404)
@@ -146,6 +161,8 @@ class ManagePages:
             return await self._page_again(request, 400, alert="unlock_wrong")
         if outcome.state is OpenState.TEMPFAIL:
             return await self._page_again(request, 503, alert="unlock_scan_unavailable")
+        if outcome.state is OpenState.BUSY:  # the in-flight budget is full: nothing was done
+            return await self._page_again(request, 503, alert="unlock_busy")
         if outcome.state is OpenState.REFUSED:
             return await self._page_again(request, 422, alert="unlock_refused",
                                           reason=outcome.detail)
@@ -188,6 +205,7 @@ class ManagePages:
             controls, transfer, tuple(served),
             tuple(self._db.links_of(transfer.id)), self._controls.download_history(transfer.id),
             tuple(self._outbox.items(transfer.id)), unlock, lockable,
+            self._controls.otp_states(transfer.id),
         )
 
     def _revoke(self, transfer_id: str, link_id: str | None, client: dict[str, str]) -> int:
@@ -258,6 +276,11 @@ class ManagePages:
                           last=local(history.last_at, locale))
         notices = [n for n in managed.notices
                    if n.link_id == link.id and n.kind in PASSWORD_NOTICES]
+        codes = managed.codes.get(link.id)
+        codes_locked = None
+        if codes is not None and codes.locked_at is not None:
+            codes_locked = t("codes_locked", at=local(codes.locked_at, locale),
+                             reason=t(f"codes_locked_{codes.locked_reason or 'sends'}"))
         return {
             "id": link.id, "address": link.recipient, "state": link.state,
             "state_label": t(f"state_{link.state}"),
@@ -266,6 +289,7 @@ class ManagePages:
             "downloads": downloads,
             "notice": _notice_text(notices[-1], t, local, locale) if notices else None,
             "revocable": link.state == "active" and not ended,
+            "codes_locked": codes_locked,
         }
 
     def _extend_options(self, managed: Managed, t: Translator, locale: str

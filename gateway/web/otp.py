@@ -5,6 +5,11 @@ outbox item carrying the sealed code and the audit event go in one commit. Sends
 per link (one per resend interval, kept in the store) and per client network (in memory).
 POST /d/{token}/otp/verify checks a typed code: a few tries per code, then it is void; the
 right one earns a signed cookie for that link alone.
+
+Per-network limits do not stop guesses spread over many networks, so each link also has a
+budget kept in the store: codes sent and wrong codes typed. When it is spent the link is
+locked for codes, and the lock, its audit event and the sender's notice ("otp-locked") go in
+one commit; the sender unlocks it on the management page (manage.py).
 """
 
 from __future__ import annotations
@@ -22,8 +27,14 @@ from typing import Callable
 
 from aiohttp import web
 
+from gateway.addresses import is_null_sender
 from gateway.config import PortalSettings
-from gateway.store.controls import ControlsStore, ResendTooSoon
+from gateway.store.controls import (
+    CodeBudgetSpent,
+    CodesLocked,
+    ControlsStore,
+    ResendTooSoon,
+)
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore, new_outbox_id
 from gateway.web.i18n import Translator
@@ -87,6 +98,8 @@ class OtpRoutes:
         if self._seal is None:
             log.error("portal: no sealer was given, so no one-time code can be sent")
             return self._pages.error_page(request, 503, message="otp_unavailable")
+        if state.otp is not None and state.otp.locked_at is not None:
+            return await self._codes_locked(request, state)
         now = self._clock()
         client = gate.client(request)
         key = client_key(client["client_ip"])
@@ -94,13 +107,20 @@ class OtpRoutes:
         if wait is not None:
             return await self._throttled(request, state, "client", wait)
         try:
-            await asyncio.to_thread(self._issue, state, client, now)
+            sent = await asyncio.to_thread(self._issue, state, client, now)
         except ResendTooSoon as refused:
             self._per_client.release(key)
             return await self._throttled(request, state, "link", refused.retry_at - now)
+        except CodesLocked:
+            self._per_client.release(key)
+            return await self._codes_locked(request, state)
         except BaseException:
             self._per_client.release(key)
             raise
+        if not sent:  # this request found the budget spent and locked the link
+            self._per_client.release(key)
+            self._wake_outbox()
+            return await self._codes_locked(request, state, just_now=True)
         self._wake_outbox()
         return gate.see_landing(request)
 
@@ -116,10 +136,15 @@ class OtpRoutes:
         typed = normalize_code(form.get("code", ""))
         # Anything that is not six digits cannot match, and costs a try all the same.
         typed_hash = otp_mac(self._secret, link_id, typed) if typed else ""
-        max_attempts = self._settings.otp_max_attempts
         outcome = await asyncio.to_thread(
-            self._controls.settle_otp, link_id, typed_hash, now, max_attempts
+            self._settle, state, typed_hash, gate.client(request), now
         )
+        if outcome == "budget_spent":
+            self._wake_outbox()
+            await gate.audit("otp.failed", request, state, {})
+            return await self._codes_locked(request, state, just_now=True)
+        if outcome == "link_locked":
+            return await self._codes_locked(request, state)
         if outcome == "verified":
             await gate.audit("otp.verified", request, state, {})
             response = gate.see_landing(request)
@@ -129,8 +154,9 @@ class OtpRoutes:
 
     # -- sending --------------------------------------------------------------------------
 
-    def _issue(self, state: LinkState, client: dict[str, str], now: datetime) -> None:
-        """Store the new code's MAC, queue the mail with the sealed code, audit: one commit."""
+    def _issue(self, state: LinkState, client: dict[str, str], now: datetime) -> bool:
+        """Store the new code's MAC, queue the mail with the sealed code, audit: one commit.
+        False when the link's budget of codes was spent: it is locked instead (same commit)."""
         assert state.link is not None and self._seal is not None
         link, settings = state.link, self._settings
         code = new_code()
@@ -138,10 +164,14 @@ class OtpRoutes:
         item_id = new_outbox_id()
         sealed = self._seal(item_id, json.dumps({"code": code}).encode())
         with self._db.transaction():
-            sends = self._controls.issue_otp(
-                link.id, otp_mac(self._secret, link.id, code), now, expires_at,
-                settings.otp_resend_interval,
-            )
+            try:
+                sends = self._controls.issue_otp(
+                    link.id, otp_mac(self._secret, link.id, code), now, expires_at,
+                    settings.otp_resend_interval, settings.otp_max_sends_per_link,
+                )
+            except CodeBudgetSpent:
+                self._lock(state, "sends", client, now)
+                return False
             # A code not yet mailed is stale now: only the newest may go out.
             self._outbox.cancel(link_id=link.id, kinds=("otp",))
             self._outbox.enqueue(
@@ -154,6 +184,64 @@ class OtpRoutes:
                 recipient=link.recipient,
                 detail={**client, "expires_at": expires_at.isoformat(), "sends": sends},
             )
+        return True
+
+    # -- the link's budget ----------------------------------------------------------------
+
+    def _settle(self, state: LinkState, typed_hash: str, client: dict[str, str],
+                now: datetime) -> str:
+        """Check the typed code; when that try spent the link's budget, lock it in the same
+        commit (settle_otp's outcomes)."""
+        assert state.link is not None
+        settings = self._settings
+        with self._db.transaction():
+            outcome = self._controls.settle_otp(
+                state.link.id, typed_hash, now, settings.otp_max_attempts,
+                settings.otp_max_failures_per_link,
+            )
+            if outcome == "budget_spent":
+                self._tell_sender(state, "failures", client, now)
+            return outcome
+
+    def _lock(self, state: LinkState, reason: str, client: dict[str, str],
+              now: datetime) -> None:
+        """Inside the caller's commit: lock the link for codes and tell the sender, once."""
+        assert state.link is not None
+        if self._controls.lock_otp(state.link.id, now, reason):
+            self._tell_sender(state, reason, client, now)
+
+    def _tell_sender(self, state: LinkState, reason: str, client: dict[str, str],
+                     now: datetime) -> None:
+        """Inside the commit that locked the link: the audit event and the sender's notice
+        (none for the null sender: nothing is ever sent to <>)."""
+        link, transfer = state.link, state.transfer
+        assert link is not None and transfer is not None
+        settings = self._settings
+        self._db.append_event(
+            "otp.link_locked", now, transfer_id=link.transfer_id, link_id=link.id,
+            recipient=link.recipient,
+            detail={**client, "reason": reason, "max_sends": settings.otp_max_sends_per_link,
+                    "max_failures": settings.otp_max_failures_per_link},
+        )
+        if is_null_sender(transfer.sender):
+            return
+        self._outbox.enqueue(
+            kind="otp-locked", now=now, due_at=now, transfer_id=link.transfer_id,
+            link_id=link.id,
+            payload={"recipient": link.recipient, "reason": reason, "at": now.isoformat()},
+        )
+
+    async def _codes_locked(self, request: web.Request, state: LinkState,
+                            just_now: bool = False) -> web.Response:
+        """The landing page of a link locked for codes: it says the sender has been told.
+        A request that `just_now` locked it was audited as the lock (otp.link_locked)."""
+        gate = self._gate
+        assert state.link is not None
+        gate.emit("refusal", {"reason": "otp_link_locked"})
+        if not just_now:
+            await gate.audit("otp.refused", request, state, {"reason": "link_locked"})
+        otp = await asyncio.to_thread(self._controls.otp_state, state.link.id)
+        return self._landing.render(request, replace(state, otp=otp), 403)
 
     async def _throttled(self, request: web.Request, state: LinkState, scope: str,
                          wait: timedelta) -> web.Response:

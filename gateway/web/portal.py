@@ -102,6 +102,7 @@ def build_portal_app(
     app.router.add_post("/m/{token}/revoke", manage.revoke)
     app.router.add_post("/m/{token}/extend", manage.extend)
     app.router.add_post("/m/{token}/unlock", manage.unlock)
+    app.router.add_post("/m/{token}/unlock-codes", manage.unlock_codes)
     app.router.add_static("/static/", templates_dir / "web" / "static", follow_symlinks=False)
     return app
 

@@ -2,13 +2,16 @@
 PPAP_GATEWAY_CRASH_AT), restarted on the same data directory, and the sending MTA retries the
 same bytes. Then: the recipient has the mail exactly once — or twice, only where the next hop
 had accepted before we could record it (better twice than lost, as Postfix does) — every link
-that can be opened appears in a delivered mail, the stored file is intact, and no blob, temp
-file or half-purged transfer survives the restart's clean-up."""
+a delivered mail carries opens (the first copy's too), the sender gets one receipt with a
+working management link, a notice cut off before its record goes at most once more with the
+same Message-ID, the stored file is intact, and no blob, temp file or half-purged transfer
+survives the restart's clean-up."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import smtplib
 import sqlite3
@@ -18,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
@@ -26,8 +30,9 @@ import pytest
 from gateway.store.blobs import TEMP_PREFIX, BlobStore
 from gateway.store.keys import load_or_create_master_key
 from gateway.store.passwords import hash_token
+from gateway.store.rows import to_text
 from tests.support.processes import ROOT, free_port, wait_listening
-from tests.support.received import links_in
+from tests.support.received import body_text, links_in
 from tests.support.running import corpus_mail
 from tests.support.sink import ReceivedMessage
 
@@ -162,25 +167,41 @@ def assert_nothing_orphaned_and_file_intact(data: Path) -> None:
             assert hashlib.sha256(b"".join(reader)).hexdigest() == expected
 
 
+def active_links(data: Path) -> dict[str, str]:
+    """Token hash → recipient of every link that opens."""
+    return dict(rows(data, "SELECT token_hash, recipient FROM links WHERE state = 'active'"))
+
+
 def assert_only_delivered_links_open(serve: Serve, delivered: set[str]) -> None:
-    active = {row[0] for row in rows(serve.data, "SELECT token_hash FROM links WHERE state = 'active'")}
-    assert active <= {hash_token(token) for token in delivered}, "a link no mail carries is live"
-    opening = {token for token in delivered if portal_status(serve, token) == 200}
-    assert len(opening) == 1, "the recipient has exactly one working link"
-    assert {hash_token(token) for token in opening} == active
+    active = active_links(serve.data)
+    assert set(active) == {hash_token(token) for token in delivered}, "a link no mail carries is live"
+    assert {token: portal_status(serve, token) for token in delivered} == dict.fromkeys(delivered, 200)
 
 
-# point, link mails the recipient ends up with, and why
+def assert_every_delivered_link_opens(serve: Serve, delivered: set[str]) -> None:
+    """Every link a mail carries opens, as a crashed attempt's copy's link must; a live link no
+    mail carries can only be an earlier attempt's to the same recipient (its token died with
+    the process that made it)."""
+    assert {token: portal_status(serve, token) for token in delivered} == dict.fromkeys(delivered, 200)
+    active = active_links(serve.data)
+    assert {hash_token(token) for token in delivered} <= set(active)
+    assert set(active.values()) == {RECIPIENT}, "a live link to someone else"
+
+
+# point, link mails the recipient ends up with, links that open, and why
 WINDOWS = [
-    ("store.blobs_written", 1, "blobs without metadata: orphans, removed at start-up"),
-    ("store.committed", 1, "a pending transfer: the retry reuses its files, new link"),
-    ("deliver.accepted", 2, "the next hop had it, we had not recorded it: sent again"),
-    ("relay.recorded", 1, "recorded: the retry is recognised and answered 'already'"),
+    ("store.blobs_written", 1, 1, "blobs without metadata: orphans, removed at start-up"),
+    ("store.committed", 1, 2, ("a pending transfer: the retry reuses its files, new link; the "
+                               "first attempt's link opens too (no mail carries it: its token "
+                               "died with the process)")),
+    ("deliver.accepted", 2, 2, ("the next hop had it, we had not recorded it: sent again, and "
+                                "the first copy's link opens as well as the retry's")),
+    ("relay.recorded", 1, 1, "recorded: the retry is recognised and answered 'already'"),
 ]
 
 
-@pytest.mark.parametrize("point, copies, why", WINDOWS, ids=[w[0] for w in WINDOWS])
-def test_sigkill_at_commit_point_then_retry_loses_nothing(serve, sink, point, copies, why):
+@pytest.mark.parametrize("point, copies, live, why", WINDOWS, ids=[w[0] for w in WINDOWS])
+def test_sigkill_at_commit_point_then_retry_loses_nothing(serve, sink, point, copies, live, why):
     first = serve().start(crash_at=point)
     assert try_send(first.smtp_port) is None, "the client must get no reply from a dead gateway"
     first.wait_killed()
@@ -191,7 +212,8 @@ def test_sigkill_at_commit_point_then_retry_loses_nothing(serve, sink, point, co
     mails = link_mails(sink.wait_for(copies))
     time.sleep(0.3)  # a third copy would arrive now
     assert len(link_mails(sink.messages)) == copies, why
-    assert_only_delivered_links_open(second, tokens_in(mails))
+    assert_every_delivered_link_opens(second, tokens_in(mails))
+    assert len(active_links(second.data)) == live, why
     second.stop()
     assert_nothing_orphaned_and_file_intact(second.data)
     if point == "relay.recorded":
@@ -217,6 +239,93 @@ def test_sigkill_after_a_notice_was_sent_sends_it_again_with_the_same_message_id
     assert_only_delivered_links_open(second, tokens_in(link_mails(sink.messages)))
     second.stop()
     assert rows(second.data, "SELECT state FROM outbox") == [("sent",)]
+
+
+def make_receipt_due(data: Path) -> None:
+    """As if the receipt's minute (RECEIPT_DELAY) had passed while the gateway was stopped;
+    the recipient's password notice stays later, so the receipt is the one item due."""
+    connection = sqlite3.connect(data / "gw.sqlite3")
+    try:
+        with connection:
+            connection.execute("UPDATE outbox SET due_at = ? WHERE kind = 'receipt'",
+                               (to_text(datetime.now(timezone.utc)),))
+    finally:
+        connection.close()
+
+
+def receipts(messages: list[ReceivedMessage]) -> list[ReceivedMessage]:
+    return [m for m in messages if m.rcpt_tos == [MAIL.mail_from]]
+
+
+def wait_for_receipts(sink, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
+    deadline = time.monotonic() + timeout
+    while len(receipts(sink.messages)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # one more would arrive now
+    return receipts(sink.messages)
+
+
+def manage_token_in(receipt: ReceivedMessage) -> str:
+    (token,) = re.findall(re.escape(PUBLIC_URL) + r"/m/([A-Za-z0-9_-]+)", body_text(receipt.data))
+    return token
+
+
+def management_page(serve: Serve, token: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{serve.portal_port}/m/{token}", timeout=10
+        ) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+
+
+@pytest.mark.parametrize("point, copies", [("store.committed", 1), ("deliver.accepted", 2)])
+def test_retry_after_a_crash_before_any_link_was_recorded_still_gives_the_sender_a_receipt(
+    serve, sink, point, copies
+):
+    """The first attempt's management token lived only in its memory: the retry that reuses
+    the transfer issues a fresh one with the one receipt."""
+    first = serve().start(crash_at=point)
+    assert try_send(first.smtp_port) is None
+    first.wait_killed()
+    second = serve().start()
+    assert try_send(second.smtp_port) == 250
+    sink.wait_for(copies)
+    second.stop()
+    make_receipt_due(second.data)
+
+    third = serve().start()
+    (receipt,) = wait_for_receipts(sink, 1)
+    status, page = management_page(third, manage_token_in(receipt))
+    assert status == 200 and RECIPIENT in page, "the sender can manage what was sent"
+    third.stop()
+    assert rows(third.data, "SELECT state FROM outbox WHERE kind = 'receipt'") == [("sent",)]
+
+
+def test_sigkill_while_the_receipt_is_sent_sends_it_at_most_twice_with_one_message_id(
+    serve, sink
+):
+    first = serve().start()
+    assert try_send(first.smtp_port) == 250
+    sink.wait_for(1)
+    first.stop()
+    make_receipt_due(first.data)
+
+    second = serve()
+    second.launch(crash_at="notify.sent")  # the receipt is due at start: sent, then the kill
+    second.wait_killed()
+    assert len(receipts(sink.messages)) == 1
+
+    third = serve().start()
+    sent = wait_for_receipts(sink, 2)
+    assert len(sent) == 2, "at least once: the unmarked receipt goes again, and only once more"
+    assert len({message_id(m) for m in sent}) == 1, "one Message-ID: the copy can be dropped"
+    assert sent[0].data == sent[1].data
+    status, _ = management_page(third, manage_token_in(sent[1]))
+    assert status == 200
+    third.stop()
+    assert rows(third.data, "SELECT state FROM outbox WHERE kind = 'receipt'") == [("sent",)]
 
 
 def test_sigkill_in_purge_between_blobs_and_rows_is_finished_by_the_restart(serve, sink):

@@ -131,6 +131,27 @@ def test_pool_keeps_at_most_pool_size_idle_connections_and_close_ends_them(
     assert one_idle and none_open
 
 
+def test_deliver_answers_before_a_connection_it_retires_has_said_goodbye(
+    sink: RecordingSink,
+) -> None:
+    """The caller records the acceptance the moment deliver() returns; a crash before that
+    record sends the message twice, so a slow QUIT must not stand in between."""
+    hop = smtp_hop(sink.port, pool_size=0, timeout=10.0)  # every connection is retired
+    sink.hold_quit_next(3.0)
+
+    async def steps() -> tuple[DeliveryResult, float, bool]:
+        started = time.monotonic()
+        result = await hop.deliver(simple_message())
+        took = time.monotonic() - started
+        await hop.close()  # waits for the goodbye
+        return result, took, await eventually(lambda: sink.open_connections == 0)
+
+    result, took, none_open = run(hop, steps)
+    assert result.accepted and len(sink.messages) == 1
+    assert took < 1.5, f"deliver() waited {took:.1f} s for QUIT"
+    assert none_open
+
+
 def test_sink_wait_for_blocks_until_a_message_from_another_thread_arrives(
     sink: RecordingSink,
 ) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.store.outbox import OutboxItem, OutboxStore, new_outbox_id
 from tests.support.clock import FakeClock
 from tests.support.delivery import run  # a fresh loop that always closes the hop
 from tests.support.sink import RecordingSink
+from tests.support.sqlite_lock import locked_by_another_process
 
 MASTER_KEY = bytes(range(32))
 GATEWAY_FROM = "ppap-gateway@city.example.lg.jp"
@@ -359,6 +361,36 @@ def test_crash_right_after_mark_sent_sends_nothing_more_after_restart(
     assert once(OutboxStore(db), hop_to(sink.port), clock) == 0
     assert len(sink.messages) == 1
     assert outbox.get(item_id).state == "sent"
+
+
+def test_an_acceptance_a_locked_database_kept_from_its_record_is_recorded_later_not_resent(
+    tmp_path: Path, clock: FakeClock, sink: RecordingSink
+) -> None:
+    """No crash, only a database locked by another process (an admin's shell) when mark_sent
+    commits: the worker keeps the acceptance and records it once the lock is gone."""
+    locks, sends = ExitStack(), []
+
+    def lock_the_database_once(item: OutboxItem) -> None:
+        sends.append(item.id)
+        if len(sends) == 1:  # only in the first send's window
+            locks.enter_context(locked_by_another_process(tmp_path / "short.sqlite3"))
+
+    with Database(tmp_path / "short.sqlite3", busy_timeout_ms=200) as db:
+        outbox = OutboxStore(db)
+        item_id = enqueue(outbox, clock)
+        hop = hop_to(sink.port)
+        the_worker = worker(outbox, hop, clock, after_send=lock_the_database_once)
+
+        async def two_rounds() -> tuple[int, int]:
+            locked_round = await the_worker.run_once()
+            locks.close()  # the other process lets go
+            clock.advance(seconds=3)
+            return locked_round, await the_worker.run_once()
+
+        assert run(hop, two_rounds) == (0, 1)
+        assert len(sink.messages) == 1, "accepted once, so sent once"
+        assert outbox.get(item_id).state == "sent" and outbox.get(item_id).sealed is None
+        assert kinds_of_events(db) == ["outbox.sent.password-recipient"]
 
 
 def test_an_item_another_worker_already_sent_is_not_sent_again(

@@ -41,16 +41,18 @@ def verified_link(harness: ChannelHarness, **options) -> Issued:
     return harness.controlled(verify_recipient=True, **options)[1][0]
 
 
-async def ask_for_code(client, issued: Issued, headers: dict | None = None):
-    csrf = await csrf_of(client, issued)
+async def ask_for_code(client, issued: Issued, headers: dict | None = None,
+                       csrf: str | None = None):
+    """`csrf`: a token kept from an earlier page (a locked link's page has no form)."""
+    csrf = csrf or await csrf_of(client, issued)
     response = await client.post(f"{issued.path}/otp", data={"csrf": csrf},
                                  headers={**SAME_ORIGIN, **(headers or {})},
                                  allow_redirects=False)
     return response, await response.text()
 
 
-async def type_code(client, issued: Issued, code: str):
-    csrf = await csrf_of(client, issued)
+async def type_code(client, issued: Issued, code: str, csrf: str | None = None):
+    csrf = csrf or await csrf_of(client, issued)
     response = await client.post(f"{issued.path}/otp/verify", data={"csrf": csrf, "code": code},
                                  headers=SAME_ORIGIN, allow_redirects=False)
     return response, await response.text()
@@ -291,6 +293,146 @@ def test_one_client_network_may_ask_only_so_often_per_hour(harness):
     throttled = harness.events("otp.throttled")
     assert [e.detail["scope"] for e in throttled] == ["client"]
     assert throttled[0].detail["client_ip"] == "2001:db8:1:2::99"
+
+
+# -- the link's budget, whatever network asks ------------------------------------------------
+
+BEHIND_PROXY = (ipaddress.ip_network("127.0.0.0/8"),)  # the test client is the trusted proxy
+LOCKED_JA = "このリンクでは確認コードを使えなくなりました。送信者（somu@city.example.lg.jp）にはお知らせしました。"
+LOCKED_EN = "Codes for this link are locked"
+
+
+def from_network(number: int) -> dict[str, str]:
+    """A client on a network of its own (a /64 each): the per-network limit never applies."""
+    return {"X-Forwarded-For": f"2001:db8:{number:x}::1"}
+
+
+async def unlock_codes(client, manage_token: str, link_id: str, with_csrf: bool = True):
+    page = await (await client.get(f"/m/{manage_token}")).text()
+    csrf = CSRF_FIELD.search(page).group(1) if with_csrf else ""
+    response = await client.post(f"/m/{manage_token}/unlock-codes",
+                                 data={"csrf": csrf, "link": link_id}, headers=SAME_ORIGIN,
+                                 allow_redirects=False)
+    return response, page
+
+
+def test_codes_asked_from_many_networks_lock_the_link_after_its_budget_and_the_sender_is_told_once(
+    harness,
+):
+    harness.settings = PortalSettings(public_url=PUBLIC_URL, trusted_proxies=BEHIND_PROXY)
+    issued = verified_link(harness)
+
+    async def scenario(client):
+        csrf = await csrf_of(client, issued)
+        asked = []
+        for number in range(12):  # the default budget is 10 codes; each from a new network
+            asked.append(await ask_for_code(client, issued, from_network(number), csrf))
+            harness.clock.advance(seconds=60)
+        last_code = harness.items("otp")[-1]
+        typed, _ = await type_code(client, issued, json.loads(
+            open_small(MASTER_KEY, last_code.id.encode(), last_code.sealed))["code"], csrf)
+        page = await (await client.get(issued.path)).text()
+        english = await (await client.get(issued.path, headers={"Accept-Language": "en"})).text()
+        return asked, typed, page, english
+
+    asked, typed, page, english = harness.run(scenario)
+
+    assert [r.status for r, _ in asked] == [303] * 10 + [403, 403]
+    assert LOCKED_JA in asked[10][1] and LOCKED_JA in page and LOCKED_EN in english
+    assert f'action="{issued.path}/otp"' not in page  # no send button while locked
+    assert typed.status == 403 and "ppap_verified" not in set_cookies(typed)  # the 10th code is void
+    assert len(harness.items("otp")) == 10
+    (notice,) = harness.items("otp-locked")
+    assert (notice.transfer_id, notice.link_id, notice.state) == (
+        issued.transfer_id, issued.link_id, "pending")
+    assert notice.payload["reason"] == "sends" and notice.payload["recipient"] == RECIPIENT
+    (locked,) = harness.events("otp.link_locked")
+    assert locked.detail["reason"] == "sends" and locked.detail["client_ip"] == "2001:db8:a::1"
+    assert harness.controls.otp_state(issued.link_id).locked_at == locked.at
+
+
+def test_wrong_codes_from_many_networks_lock_the_link_after_its_budget(harness):
+    harness.settings = PortalSettings(public_url=PUBLIC_URL, trusted_proxies=BEHIND_PROXY)
+    issued = verified_link(harness)
+
+    async def scenario(client):
+        csrf = await csrf_of(client, issued)
+        statuses = []
+        for round_ in range(5):  # 5 tries per code; the link's budget is 20 wrong tries
+            await ask_for_code(client, issued, from_network(round_), csrf)
+            harness.clock.advance(seconds=60)
+            code = mailed_code(harness)
+            wrong = f"{(int(code) + 1) % 10**6:06d}"
+            for _ in range(5):
+                response, body = await type_code(client, issued, wrong, csrf)
+                statuses.append(response.status)
+        asked_again, after = await ask_for_code(client, issued, from_network(99), csrf)
+        return statuses, body, asked_again, after
+
+    statuses, last_body, asked_again, after = harness.run(scenario)
+
+    assert statuses == [403] * 25
+    assert LOCKED_JA in last_body
+    assert asked_again.status == 403 and LOCKED_JA in after
+    assert len(harness.items("otp")) == 4  # no code for the fifth round: the link was locked
+    assert harness.events("otp.failed").__len__() == 20
+    (notice,) = harness.items("otp-locked")
+    assert notice.payload["reason"] == "failures"
+    assert [e.detail["reason"] for e in harness.events("otp.link_locked")] == ["failures"]
+    assert harness.controls.otp_state(issued.link_id).total_failures == 20
+
+
+def test_the_sender_unlocks_codes_on_the_management_page_and_the_budget_starts_again(harness):
+    harness.settings = PortalSettings(public_url=PUBLIC_URL, otp_max_sends_per_link=1)
+    manage_token, (issued,) = harness.controlled(verify_recipient=True)
+
+    async def scenario(client):
+        csrf = await csrf_of(client, issued)
+        await ask_for_code(client, issued, csrf=csrf)
+        harness.clock.advance(seconds=60)
+        locked, _ = await ask_for_code(client, issued, csrf=csrf)
+        forged, locked_page = await unlock_codes(client, manage_token, issued.link_id,
+                                                 with_csrf=False)
+        unlocked, _ = await unlock_codes(client, manage_token, issued.link_id)
+        after = await (await client.get(f"/m/{manage_token}")).text()
+        asked, _ = await ask_for_code(client, issued)
+        verified, _ = await type_code(client, issued, mailed_code(harness))
+        again, _ = await unlock_codes(client, manage_token, issued.link_id)
+        return locked, forged, locked_page, unlocked, after, asked, verified, again
+
+    locked, forged, locked_page, unlocked, after, asked, verified, again = harness.run(scenario)
+
+    assert locked.status == 403
+    assert "ロック中" in locked_page and "確認コードのロックを解除する" in locked_page
+    assert f'action="/m/{manage_token}/unlock-codes"' in locked_page
+    assert forged.status == 403  # no CSRF token: nothing unlocked
+    assert unlocked.status == 303 and unlocked.headers["Location"].endswith("?done=codes_unlocked")
+    assert "確認コードのロックを解除しました" not in after  # only after the redirect's ?done
+    assert "ロック中" not in after and "/unlock-codes" not in after
+    assert asked.status == 303 and verified.status == 303
+    assert again.status == 303 and again.headers["Location"].endswith("?done=unchanged")
+    (event,) = harness.events("otp.link_unlocked")
+    assert event.link_id == issued.link_id and event.detail["by"] == "sender"
+    assert [e.detail["reason"] for e in harness.events("manage.refused")] == ["csrf_missing"]
+    assert len(harness.items("otp-locked")) == 1
+
+
+def test_a_verified_code_renews_the_links_budget(harness):
+    harness.settings = PortalSettings(public_url=PUBLIC_URL, otp_max_sends_per_link=2)
+    issued = verified_link(harness)
+
+    async def scenario(client):
+        statuses = []
+        for _ in range(3):  # two codes and a verification, three times: never locked
+            await ask_for_code(client, issued)
+            harness.clock.advance(seconds=60)
+            statuses.append((await ask_for_code(client, issued))[0].status)
+            harness.clock.advance(seconds=60)
+            statuses.append((await type_code(client, issued, mailed_code(harness)))[0].status)
+        return statuses
+
+    assert harness.run(scenario) == [303, 303] * 3
+    assert harness.items("otp-locked") == [] and harness.events("otp.link_locked") == []
 
 
 def test_code_forms_need_csrf_and_same_origin(harness):

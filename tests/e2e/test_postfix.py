@@ -6,6 +6,7 @@ swaks → Postfix (content_filter) → gateway → Postfix re-injection port →
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from dataclasses import replace
@@ -15,8 +16,15 @@ import pytest
 
 from gateway.store.passwords import hash_token
 from tests.support.postfix import PostfixInstance, free_port, missing_programs, program
+from tests.support.raw_sink import RawClient
 from tests.support.received import assert_no_zip_bytes, links_in, texts_of
-from tests.support.running import CORPUS, RunningGateway, corpus_mail, make_config
+from tests.support.running import (
+    CORPUS,
+    RunningGateway,
+    corpus_mail,
+    make_config,
+    send_exact,
+)
 
 MAIL = "01_outlook_jis_aes256"
 # Only the relayed copies reach the sink: no receipts or download notices to the sender.
@@ -121,3 +129,62 @@ def test_documented_lines_are_what_the_private_instance_runs(sink):
     assert f"127.0.0.1:{instance.reinject_port} inet" in master_cf
     assert "  -o content_filter=\n" in master_cf, "re-injected mail is not filtered again"
     assert "10025" not in main_cf + master_cf and "10026" not in main_cf + master_cf
+
+
+# -- outbound smuggling: what we relay is one message to a strict Postfix next hop -----------
+
+SMUGGLED = (
+    b"MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<victim@partner.example.com>\r\nDATA\r\n"
+    b"From: ceo@city.example.lg.jp\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n"
+)
+
+
+def send_verbatim(port: int, body: bytes) -> int:
+    """One message whose DATA bytes are body exactly as given (no dot-stuffing); the reply code."""
+    with RawClient(port) as client:
+        for command in (None, b"EHLO client.test", b"MAIL FROM:<somu@city.example.lg.jp>",
+                        b"RCPT TO:<tanaka@partner.example.com>", b"DATA"):
+            client.reply() if command is None else client.command(command)
+        client.send(body + b".\r\n")
+        code = client.reply()[0]
+        client.command(b"QUIT")
+    return code
+
+
+@pytest.mark.parametrize("fake_end", [b"\r\n.\r\r\n", b"\r\r\n.\r\r\n"],
+                         ids=["crlf-dot-cr-crlf", "cr-crlf-dot-cr-crlf"])
+@pytest.mark.parametrize("written", ["dot-stuffed", "verbatim"])
+def test_fake_ends_with_cr_before_crlf_reach_a_strict_postfix_as_one_message(
+    fake_end, written, tmp_path, sink
+):
+    """A next hop that took CR CR LF for a line end would see CRLF.CRLF in the fake end. Written
+    dot-stuffed by the client, the content carries it, dot and all; written verbatim, the dot is
+    SMTP transparency and goes. Either way we relay CRLF lines, a dot line stuffed, to a Postfix
+    that rejects bare newlines, and one message arrives with the commands as its content."""
+    head = (b"From: somu@city.example.lg.jp\r\nTo: tanaka@partner.example.com\r\n"
+            b"Subject: smuggling probe\r\nMessage-ID: <probe-cr@city.example.lg.jp>\r\n\r\n"
+            b"the real message")
+    body = head + fake_end + SMUGGLED
+    content_end = {"dot-stuffed": b"the real message\r\n.\r\n",
+                   "verbatim": b"the real message\r\n\r\n"}[written] + SMUGGLED
+    postfix = PostfixInstance.relay(sink.port, main_cf=("smtpd_forbid_bare_newline = reject",))
+    with postfix, RunningGateway(make_config(
+            tmp_path, f"smtp://127.0.0.1:{postfix.listen_port}", QUIET_POLICY)) as gateway:
+        assert "smtpd_forbid_bare_newline = reject" in (postfix.config_dir / "main.cf").read_text()
+        if written == "dot-stuffed":
+            code, _ = send_exact(gateway.port, "somu@city.example.lg.jp",
+                                 ["tanaka@partner.example.com"], body)
+        else:
+            code = send_verbatim(gateway.port, body)
+        assert code == 250
+        (message,) = sink.wait_for(1, timeout=30)
+        postfix.wait_until_empty(timeout=30)
+        time.sleep(1.0)  # room for a smuggled second message to show up, if there were one
+        log = postfix.log()
+
+    assert len(sink.messages) == 1, "one message, nothing smuggled"
+    assert (message.mail_from, message.rcpt_tos) == ("somu@city.example.lg.jp",
+                                                     ["tanaka@partner.example.com"])
+    assert message.data.endswith(content_end), "the fake end and the commands stay content"
+    assert "bare <LF>" not in log and "reject" not in log, log
+    assert len(re.findall(r"status=sent", log)) == 1

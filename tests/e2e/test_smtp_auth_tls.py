@@ -1,17 +1,21 @@
 """STARTTLS, AUTH and relay tricks over raw sockets (test_auth_and_startup.py has the basics).
 
 Commands pipelined with STARTTLS are dropped, not run inside TLS (CVE-2011-0411 class); AUTH
-guessing locks the client out; no address trick makes us an open relay.
+guessing locks the client out, and guesses for one account from many clients lock that
+account; a password check does not hold the other sessions; no address trick makes us an
+open relay.
 """
 
 from __future__ import annotations
 
 import base64
 import ssl
+import threading
+import time
 
 import pytest
 
-from gateway.smtp.access import AUTH_LOCKED_REPLY
+from gateway.smtp.access import AUTH_TRY_LATER_REPLY, AUTH_LOCKED_REPLY
 from gateway.store.passwords import hash_password
 from tests.support.raw_sink import RawClient
 from tests.support.tls import write_self_signed
@@ -20,6 +24,7 @@ INTERNAL_SENDER = "somu@city.example.lg.jp"
 EXTERNAL = "tanaka@partner.example.com"
 GOOD_PLAIN = base64.b64encode(b"\x00scanner\x00correct horse")
 BAD_PLAIN = base64.b64encode(b"\x00scanner\x00wrong guess")
+UNKNOWN_PLAIN = base64.b64encode(b"\x00nobody\x00correct horse")
 
 
 @pytest.fixture
@@ -91,8 +96,8 @@ def test_auth_login_without_tls_is_refused_538_before_any_challenge(tls_gateway)
 # -- AUTH guessing -------------------------------------------------------------------------------
 
 
-def tls_session(running, context: ssl.SSLContext) -> RawClient:
-    client = RawClient(running.port)
+def tls_session(running, context: ssl.SSLContext, source: str | None = None) -> RawClient:
+    client = RawClient(running.port, source=source)
     greet(client)
     upgrade(client, context)
     assert client.command(b"EHLO client.test")[0] == 250
@@ -136,6 +141,58 @@ def test_a_successful_auth_still_relays_after_fewer_failures_than_the_limit(tls_
         assert client.command(b"AUTH PLAIN " + GOOD_PLAIN)[0] == 235
         assert client.command(f"MAIL FROM:<{INTERNAL_SENDER}>".encode())[0] == 250
         assert client.command(f"RCPT TO:<{EXTERNAL}>".encode())[0] == 250
+
+
+def test_failures_for_one_account_from_many_clients_lock_that_account_known_or_not(tls_gateway,
+                                                                                   sink):
+    running, context = tls_gateway
+    # Ten clients, two failures each (under the per-client limit of 5): ten for "scanner", an
+    # existing account, and ten for "nobody", which does not exist.
+    for number in range(10):
+        with tls_session(running, context, source=f"127.0.0.{number + 2}") as client:
+            assert client.command(b"AUTH PLAIN " + BAD_PLAIN)[0] == 535
+            assert client.command(b"AUTH PLAIN " + UNKNOWN_PLAIN)[0] == 535
+    with tls_session(running, context, source="127.0.0.50") as client:  # a fresh client
+        locked = AUTH_TRY_LATER_REPLY.encode()
+        assert client.command(b"AUTH PLAIN " + GOOD_PLAIN) == (454, locked)  # not even checked
+        assert client.command(b"AUTH PLAIN " + UNKNOWN_PLAIN) == (454, locked)  # the same answer
+        other = base64.b64encode(b"\x00printer\x00guess")
+        assert client.command(b"AUTH PLAIN " + other)[0] == 535  # other names are not locked
+        assert client.command(b"NOOP")[0] == 250  # a temporary refusal: the session goes on
+    running.clock.advance(minutes=15)  # the account window has passed
+    with tls_session(running, context, source="127.0.0.51") as client:
+        assert client.command(b"AUTH PLAIN " + GOOD_PLAIN)[0] == 235
+    assert AUTH_TRY_LATER_REPLY.startswith("454 4.7.0 ")
+    assert sink.messages == []
+
+
+def test_password_checks_do_not_hold_the_other_sessions(tmp_path, start_gateway):
+    """scrypt takes ~100 ms a check: on the event loop, every other session would wait."""
+    running, context = start_tls_gateway(tmp_path, start_gateway, auth_max_failures=1000,
+                                         auth_max_failures_per_account=1000)
+    with tls_session(running, context, source="127.0.0.2") as guesser, \
+            tls_session(running, context, source="127.0.0.3") as bystander:
+        guessing = threading.Event()
+        guessing.set()
+
+        def guess() -> None:
+            try:
+                for _ in range(10):
+                    assert guesser.command(b"AUTH PLAIN " + BAD_PLAIN)[0] == 535
+            finally:
+                guessing.clear()
+
+        worker = threading.Thread(target=guess)
+        worker.start()
+        gaps = []
+        while guessing.is_set():
+            started = time.perf_counter()
+            assert bystander.command(b"NOOP")[0] == 250
+            gaps.append(time.perf_counter() - started)
+            time.sleep(0.002)  # a steady bystander, not a flood of samples waiting for an outlier
+        worker.join()
+    assert max(gaps) < 0.05, f"slowest NOOP {max(gaps) * 1000:.0f} ms of {len(gaps)}"
+    assert len(gaps) >= 20  # ten checks of ~100 ms each: the bystander kept going meanwhile
 
 
 # -- no open relay -------------------------------------------------------------------------------

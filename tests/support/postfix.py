@@ -183,10 +183,12 @@ class PostfixInstance:
         return cls("front", listen_port, main_cf, services, reinject_port)
 
     @classmethod
-    def relay(cls, deliver_port: int, listen_port: int | None = None) -> PostfixInstance:
-        """A plain relay on listen_port: everything it accepts goes to [127.0.0.1]:deliver_port."""
+    def relay(cls, deliver_port: int, listen_port: int | None = None,
+              main_cf: tuple[str, ...] = ()) -> PostfixInstance:
+        """A plain relay on listen_port: everything it accepts goes to [127.0.0.1]:deliver_port;
+        `main_cf` lines are added to its main.cf."""
         listen_port = listen_port or free_port()
-        return cls("relay", listen_port, [f"relayhost = [127.0.0.1]:{deliver_port}"],
+        return cls("relay", listen_port, [f"relayhost = [127.0.0.1]:{deliver_port}", *main_cf],
                    [_smtpd_service(listen_port)])
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -27,7 +27,8 @@ _BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 class RawMessage:
     mail_from: bytes  # the MAIL command line as sent, without CRLF
     rcpt_tos: tuple[bytes, ...]  # the RCPT command lines
-    wire: bytes  # DATA bytes as received, ending with CRLF.CRLF
+    wire: bytes  # DATA bytes as received, ending with CRLF.CRLF (or their head, see RawSink)
+    size: int = 0  # how many DATA bytes arrived, whether or not all were kept
 
     def bare_line_ends(self) -> list[int]:
         """Offsets of every CR not followed by LF and every LF not preceded by CR."""
@@ -43,9 +44,13 @@ class RawMessage:
 
 
 class RawSink:
-    """A loopback SMTP receiver in its own thread; `messages` fills as DATA phases end."""
+    """A loopback SMTP receiver in its own thread; `messages` fills as DATA phases end.
 
-    def __init__(self) -> None:
+    With `keep_head`, only that many bytes of each DATA phase are kept (a test sending hundreds
+    of megabytes through the gateway need not hold them twice)."""
+
+    def __init__(self, keep_head: int | None = None) -> None:
+        self._keep_head = keep_head
         self.messages: list[RawMessage] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -116,8 +121,9 @@ class RawSink:
                 writer.write(b"354 go ahead\r\n")
                 await writer.drain()
                 wire = await reader.readuntil(_END_OF_DATA)
+                size, wire = len(wire), wire[:self._keep_head]
                 with self._lock:
-                    self.messages.append(RawMessage(mail_from, tuple(rcpt_tos), wire))
+                    self.messages.append(RawMessage(mail_from, tuple(rcpt_tos), wire, size))
                 mail_from, rcpt_tos = b"", []
                 writer.write(b"250 ok: kept raw\r\n")
             elif verb == b"QUIT":
@@ -132,8 +138,13 @@ class RawSink:
 class RawClient:
     """One SMTP session on a plain socket; replies are read line by line, never more."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None) -> None:
+        """`source`: the client's own address, e.g. another of 127.0.0.0/8 (Linux answers
+        for all of it), so that one test can be many clients."""
+        self.sock: socket.socket = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout,
+            source_address=(source, 0) if source else None,
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -46,6 +46,7 @@ class _Script:
         self._failures: dict[Stage, list[_ScriptedFailure]] = {stage: [] for stage in _STAGES}
         self._delays: dict[Stage, list[float]] = {stage: [] for stage in _STAGES}
         self._reply_holds: list[float] = []
+        self._quit_holds: list[float] = []
         self._closes = 0
 
     def add_failure(self, stage: Stage, failure: _ScriptedFailure) -> None:
@@ -59,6 +60,10 @@ class _Script:
     def add_reply_hold(self, seconds: float) -> None:
         with self._lock:
             self._reply_holds.append(seconds)
+
+    def add_quit_hold(self, seconds: float) -> None:
+        with self._lock:
+            self._quit_holds.append(seconds)
 
     def add_close(self) -> None:
         with self._lock:
@@ -82,6 +87,10 @@ class _Script:
         with self._lock:
             return self._reply_holds.pop(0) if self._reply_holds else 0.0
 
+    def take_quit_hold(self) -> float:
+        with self._lock:
+            return self._quit_holds.pop(0) if self._quit_holds else 0.0
+
     def take_close(self) -> bool:
         with self._lock:
             if self._closes:
@@ -95,6 +104,7 @@ class _Script:
                 self._failures[stage].clear()
                 self._delays[stage].clear()
             self._reply_holds.clear()
+            self._quit_holds.clear()
             self._closes = 0
 
 
@@ -149,6 +159,10 @@ class _RecordingHandler:
         # The message is ours now (recorded) whether or not the client hears the 250.
         await asyncio.sleep(self._sink._script.take_reply_hold())
         return "250 2.0.0 queued"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(self._sink._script.take_quit_hold())
+        return "221 2.0.0 Bye"
 
 
 class _CountingSMTP(SMTP):
@@ -291,6 +305,10 @@ class RecordingSink:
         """Take the next message (it counts as received at once), then wait `seconds` before
         saying 250: a next hop that has the copy while its client still waits for the answer."""
         self._script.add_reply_hold(seconds)
+
+    def hold_quit_next(self, seconds: float) -> None:
+        """Wait `seconds` before answering the next QUIT: a slow goodbye."""
+        self._script.add_quit_hold(seconds)
 
     def close_next(self) -> None:
         """Hang up, without answering, after receiving the next message content."""

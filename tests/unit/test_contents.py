@@ -3,6 +3,7 @@ opened is never called clean, and every budget ends in its own error."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import bz2
@@ -194,7 +195,7 @@ def test_a_converted_copy_that_still_holds_an_archive_is_not_sent():
     """The last look before delivery: a rewrite that failed to take a file out raises."""
     from gateway.errors import RewriteError
     from gateway.model import Envelope, OutgoingMessage
-    from gateway.pipeline.conversion import verify_converted
+    from gateway.pipeline.conversion import Verify
     from gateway.pipeline.transaction import Transaction
 
     mail = (b"From: a@city.example.lg.jp\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
@@ -203,8 +204,8 @@ def test_a_converted_copy_that_still_holds_an_archive_is_not_sent():
             + base64.encodebytes(AES_ZIP).replace(b"\n", b"\r\n") + b"--B--\r\n")
     tx = Transaction(Envelope("a@city.example.lg.jp", ("t@partner.example.com",)), mail)
     tx.inspector = content_inspector(MimeLimits(), InspectionLimits())
-    tx.outgoing = [OutgoingMessage("a@city.example.lg.jp", ("b@city.example.lg.jp",), mail)]
-    verify_converted(tx)  # the original, for recipients inside: not looked at again
-    tx.outgoing.append(OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1"))
+    tx.copy = OutgoingMessage("a@city.example.lg.jp", ("b@city.example.lg.jp",), mail)
+    asyncio.run(Verify().process(tx))  # the original, for recipients inside: not looked at again
+    tx.copy = OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1")
     with pytest.raises(RewriteError, match="still holds encrypted ZIP entry"):
-        verify_converted(tx)
+        asyncio.run(Verify().process(tx))  # no copy went before it: the message is refused

@@ -274,6 +274,18 @@ def test_receipt_lists_recipients_files_local_expiry_and_the_management_link(
     assert parsed(message)["In-Reply-To"] is None  # only password and code mails thread
 
 
+def test_receipt_names_a_recipient_once_though_a_crashed_attempts_link_opens_too(
+    db, master_key, composer,
+) -> None:
+    transfer = Transfer(db, master_key, locale="en")
+    db.insert_link(id="crashed-attempt", transfer_id=transfer.id, recipient=TANAKA,
+                   token_hash=hash_token(new_token()), created_at=NOW)
+    db.activate_link("crashed-attempt", NOW)  # as a retry's commit does (activate_earlier_links)
+    item = queue(db, master_key, "receipt", transfer, secret={"manage_token": new_token()})
+    body = body_of(composer.compose(item))
+    assert body.count(TANAKA) == 1 and body.count(SUZUKI) == 1
+
+
 # -- download notice --------------------------------------------------------------------
 
 
@@ -305,6 +317,28 @@ def test_download_notice_with_an_unreadable_time_is_a_compose_error(
     item = queue(db, master_key, "download-notice", transfer, payload={"at": "yesterday"})
     with pytest.raises(ComposeError):
         composer.compose(item)
+
+
+@pytest.mark.parametrize(("locale", "expected"), [
+    ("ja", ("【確認コードをロックしました】", "2026年11月27日(金) 09:05 JST", "誤った入力",
+            "確認コードのロックを解除する")),
+    ("en", ("Verification codes locked: ", "Fri, 27 Nov 2026 09:05 JST",
+            "too many wrong verification codes were typed", "Unlock codes")),
+])
+def test_codes_locked_notice_tells_the_sender_which_recipient_when_why_and_how_to_unlock(
+    db, master_key, composer, locale: str, expected: tuple[str, str, str, str],
+) -> None:
+    transfer = Transfer(db, master_key, locale=locale)
+    item = queue(db, master_key, "otp-locked", transfer, link_for=TANAKA, payload={
+        "recipient": TANAKA, "reason": "failures", "at": "2026-11-27T00:05:00+00:00",
+    })
+    message = composer.compose(item)
+    assert message.rcpt_tos == (SENDER,)
+    prefix, when, why, how = expected
+    assert parsed(message)["Subject"] == prefix + SUBJECT
+    body = body_of(message)
+    assert TANAKA in body and when in body and why in body and how in body
+    assert all(token not in body for token in transfer.tokens.values())
 
 
 # -- one-time code ----------------------------------------------------------------------

@@ -102,9 +102,11 @@ def make_harness(tmp_path: Path, scanner=None) -> Harness:
 
 def test_the_stages_run_in_the_declared_order(harness):
     assert harness.relay.pipeline.names == (
-        "frame", "served", "classify", "decide", "password-mail", "scan", "store", "rewrite",
-        "sign", "verify", "deliver", "record", "answer",
+        "frame", "served", "classify", "decide", "password-mail", "scan", "store", "copies",
+        "rewrite", "sign", "verify", "deliver", "record", "answer",
     )
+    assert [stage.name for stage in harness.relay.pipeline.per_copy] == [
+        "rewrite", "sign", "verify", "deliver", "record"]
 
 
 def test_a_converted_mail_goes_out_as_one_copy_per_link_and_the_original_inside(harness):
@@ -123,6 +125,49 @@ def test_each_copy_is_recorded_before_the_next_goes(harness):
     harness.hop.look = lambda: sorted(harness.db.delivered_recipients(fingerprint))
     assert harness.send(data, rcpts=rcpts).reply.code == 250
     assert harness.hop.seen == [[], [INTERNAL]]  # the second copy left after the first's record
+
+
+def test_each_outside_copy_is_made_only_after_the_one_before_was_recorded(harness, monkeypatch):
+    """One copy at a time: a message for many outside recipients never holds all their copies."""
+    from gateway.pipeline import conversion
+
+    rcpts = (ev.EXTERNAL, "suzuki@other.example.net", "sato@third.example.org")
+    fingerprint = message_fingerprint(Envelope(ev.SENDER, rcpts), ev.ordinary())
+    made: list[list[str]] = []  # at each copy's making, who was recorded as served
+    make = conversion.Rewrite._copy_for
+
+    def recording(self, tx: Transaction, link, tree) -> bytes:
+        made.append(sorted(harness.db.delivered_recipients(fingerprint)))
+        return make(self, tx, link, tree)
+
+    monkeypatch.setattr(conversion.Rewrite, "_copy_for", recording)
+    outcome = harness.send(ev.ordinary(), rcpts=rcpts)
+    assert (outcome.reply.code, outcome.links_created) == (250, 3)
+    assert made == [[], sorted(rcpts[:1]), sorted(rcpts[:2])]
+    assert [m.rcpt_tos for m in harness.hop.delivered] == [(r,) for r in rcpts]
+
+
+def test_a_copy_that_cannot_be_made_safe_after_another_went_is_refused_alone(harness, monkeypatch):
+    """Copies differ only by their link, so this shows at the first; should a later one fail,
+    those that went stand: 250, the link never opens, and the sender gets a report."""
+    from gateway.errors import RewriteError
+    from gateway.pipeline import conversion
+
+    make = conversion.Rewrite._copy_for
+
+    def second_fails(self, tx: Transaction, link, tree) -> bytes:
+        if tx.deliveries:
+            raise RewriteError("cannot")
+        return make(self, tx, link, tree)
+
+    monkeypatch.setattr(conversion.Rewrite, "_copy_for", second_fails)
+    other = "suzuki@other.example.net"
+    outcome = harness.send(ev.ordinary(), rcpts=(ev.EXTERNAL, other))
+    assert (outcome.reply.code, outcome.links_created) == (250, 1)
+    assert [m.rcpt_tos for m in harness.hop.delivered] == [(ev.EXTERNAL,)]
+    assert "1 refused for good, reported to the sender" in outcome.notes
+    states = {link.recipient: link.state for link in harness.db.links_of(outcome.transfer_id)}
+    assert states == {ev.EXTERNAL: "active", other: "failed"}
 
 
 def test_a_retry_reaches_only_the_recipients_not_yet_served(harness):
@@ -225,7 +270,9 @@ def test_a_purge_while_a_retry_reuses_a_stale_pending_transfer_spares_it(harness
     retry = harness.send(ev.ordinary())
     assert retry.reply.code == 250 and retry.transfer_id == stale
     assert_live(harness, stale)
-    assert [link.state for link in harness.db.links_of(stale)] == ["pending", "active"]
+    # The first attempt's copy may have reached the recipient before its answer was lost: its
+    # link opens with the retry's (db.activate_earlier_links).
+    assert [link.state for link in harness.db.links_of(stale)] == ["active", "active"]
 
 
 def test_a_retry_whose_transfer_the_purge_took_during_delivery_is_a_4xx_then_a_fresh_transfer(

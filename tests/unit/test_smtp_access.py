@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from datetime import timedelta
 
@@ -37,8 +38,9 @@ def _session(host: str) -> Session:
 
 
 def _try(authenticator, host: str, password: str, login: str = "scanner"):
+    """One AUTH, awaited as GatewaySMTP awaits it (the check runs in a worker thread)."""
     credentials = LoginPassword(login.encode(), password.encode())
-    return authenticator(None, _session(host), Envelope(), "PLAIN", credentials)
+    return asyncio.run(authenticator(None, _session(host), Envelope(), "PLAIN", credentials))
 
 
 def test_defaults_are_five_failures_in_ten_minutes_and_config_can_change_them():
@@ -151,3 +153,16 @@ def test_an_unknown_user_costs_the_same_scrypt_as_a_wrong_password(users, monkey
     assert not _try(authenticator, "192.0.2.1", "wrong", login="scanner").success
     assert not _try(authenticator, "192.0.2.2", "wrong", login="nobody").success
     assert len(checked) == 2 and all(stored.startswith("scrypt$n=") for stored in checked)
+
+
+def test_attempts_still_being_checked_count_against_the_limit_until_they_end():
+    """The check runs off the event loop, so one client's sessions can overlap: no burst of
+    parallel attempts may get more tries than the limit."""
+    throttle = AuthFailureThrottle(2, WINDOW, FakeClock())
+    assert throttle.admit("192.0.2.7") and throttle.admit("192.0.2.7")
+    assert not throttle.admit("192.0.2.7")  # two in flight: a third waits for their outcome
+    throttle.settle("192.0.2.7", failed=False)
+    assert throttle.admit("192.0.2.7")  # one ended well: its place is free again
+    throttle.settle("192.0.2.7", failed=True)
+    throttle.settle("192.0.2.7", failed=True)
+    assert throttle.locked("192.0.2.7") and not throttle.admit("192.0.2.7")

@@ -19,6 +19,7 @@ from gateway.store.blobs import (
     BlobMissingError,
     BlobReader,
     BlobStore,
+    BlobView,
     StorageError,
 )
 
@@ -242,3 +243,61 @@ def test_50_mb_blob_is_written_and_read_back_with_bounded_memory(tmp_path: Path)
     assert digest.hexdigest() == info.sha256 == hashlib.sha256(piece * 50).hexdigest()
     assert write_peak < 4 * 1024 * 1024
     assert read_peak < 4 * 1024 * 1024
+
+
+# -- read in place (BlobView): a ZIP is opened where it lies ---------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 17])
+def test_view_slices_finds_and_reads_exactly_as_bytes_do(store: BlobStore, size: int) -> None:
+    data = os.urandom(size) + b"PK\x05\x06" + os.urandom(size // 3) + b"PK\x05\x06"
+    info = store.write([data])
+    bounds = [None, 0, 1, -1, 3, -5, CHUNK - 2, CHUNK, CHUNK + 3, len(data), len(data) + 9, -len(data) - 9]
+    with store.view(info.blob_id, info.wrapped_key) as view:
+        assert len(view) == len(data)
+        for start in bounds:
+            for stop in bounds:
+                assert view[start:stop] == data[start:stop], (start, stop)
+                assert view.find(b"PK\x05\x06", start or 0, stop) == data.find(b"PK\x05\x06", start or 0, stop)
+                assert view.rfind(b"PK\x05\x06", start or 0, stop) == data.rfind(b"PK\x05\x06", start or 0, stop)
+        assert view[-1] == data[-1]
+        file = view.file()
+        file.seek(-7, os.SEEK_END)
+        assert file.read() == data[-7:]
+
+
+def test_view_keeps_only_a_few_chunks_of_a_large_blob(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs", MASTER, chunk_size=64 * 1024)
+    info = store.write(os.urandom(64 * 1024) for _ in range(160))  # 10 MiB
+    with store.view(info.blob_id, info.wrapped_key) as view:
+        tracemalloc.start()
+        try:
+            for start in range(0, len(view), 100_000):
+                view[start:start + 4096]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    # the cached chunks, the one coming in (sealed, then opened) and one being sliced
+    assert peak < (BlobView.CACHED_CHUNKS + 3) * 64 * 1024
+
+
+def test_view_of_a_truncated_blob_fails_on_its_last_chunk_not_before(store: BlobStore) -> None:
+    info = store.write([b"a" * (3 * CHUNK)])
+    path = store.path_of(info.blob_id)
+    sealed = path.read_bytes()
+    path.write_bytes(sealed[: len(sealed) - (CHUNK + 16)])  # the last chunk cut off
+    with store.view(info.blob_id, info.wrapped_key) as view:
+        assert view[:CHUNK] == b"a" * CHUNK  # chunk 0 is authentic as chunk 0
+        with pytest.raises(BlobIntegrityError):
+            view[-10:]  # chunk 1 was sealed as "not the last": the cut shows
+
+
+def test_view_of_a_tampered_chunk_releases_nothing_of_it(store: BlobStore) -> None:
+    info = store.write([b"b" * (2 * CHUNK)])
+    path = store.path_of(info.blob_id)
+    sealed = bytearray(path.read_bytes())
+    sealed[-20] ^= 1
+    path.write_bytes(bytes(sealed))
+    with store.view(info.blob_id, info.wrapped_key) as view:
+        with pytest.raises(BlobIntegrityError):
+            view.find(b"x")

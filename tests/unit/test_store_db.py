@@ -360,6 +360,28 @@ def test_a_link_becomes_active_with_its_transfer_only_while_the_transfer_has_its
         assert db.transfer(transfer_id).state == transfer_id
 
 
+def test_a_retry_link_activates_the_pending_links_earlier_attempts_gave_its_recipient(
+    db: Database,
+) -> None:
+    add_transfer(db, "t1")
+    add_transfer(db, "t2")
+    tanaka = "tanaka@example.com"
+    add_link(db, "crashed", recipient=tanaka)  # an attempt killed after the next hop's 250
+    add_link(db, "refused", recipient=tanaka, state="failed")
+    add_link(db, "other", recipient="suzuki@example.com")
+    add_link(db, "elsewhere", transfer_id="t2", recipient=tanaka)
+    add_link(db, "retry", recipient=tanaka)
+    assert db.activate_earlier_links("retry", T0) == [], "nothing while the retry's link is pending"
+    assert db.activate_link("retry", T0)
+    assert db.activate_earlier_links("retry", T0 + timedelta(seconds=1)) == ["crashed"]
+    states = {link.id: link.state for link in db.links_of("t1")}
+    assert states == {"crashed": "active", "refused": "failed", "other": "pending",
+                      "retry": "active"}
+    assert db.link("crashed").activated_at == T0 + timedelta(seconds=1)
+    assert [link.state for link in db.links_of("t2")] == ["pending"]
+    assert db.activate_earlier_links("retry", T0) == []
+
+
 def test_claim_for_purge_takes_only_what_is_still_due(db: Database) -> None:
     now, cutoff = T0 + timedelta(hours=2), T0 + timedelta(hours=1)
     add_transfer(db, "stale", created_at=T0)

@@ -1,4 +1,5 @@
-"""prove_password and extract_members on real archives and on hostile ones built byte by byte."""
+"""prove_password and extract_members on real archives and on hostile ones built byte by byte;
+extract_members_into a store, reading the archive in place."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import pytest
 import pyzipper
 from pyzipper.zipfile import CRCZipDecrypter
 
+from gateway.store.blobs import BlobStore
 from gateway.unlock.extract import (
     ExtractLimits,
     ExtractRefused,
     display_path,
     extract_members,
+    extract_members_into,
     prove_password,
 )
+from gateway.unlock.opening import BlobSink
 
 CORPUS_FILES = Path(__file__).resolve().parents[1] / "corpus" / "files"
 LIMITS = ExtractLimits()
@@ -466,3 +470,57 @@ def test_damaged_copies_of_real_archives_are_refused_or_extracted_never_crash() 
             extract_members(bytes(damaged), password, LIMITS)
         except ExtractRefused:
             pass
+
+
+# --- streaming into a store: the archive read in place, each member stored as it inflates -----
+
+
+def stored_archive(store, data: bytes):
+    info = store.write([data])
+    return store.view(info.blob_id, info.wrapped_key)
+
+
+def test_members_stream_from_a_stored_zip_into_the_store_holding_a_chunk_not_a_member(tmp_path):
+    store = BlobStore(tmp_path / "blobs", bytes(32))
+    mostly_a = bytes(0x61 if value < 252 else 0x62 + (value & 3) for value in range(256))
+    member = random.Random(7).randbytes(20 * 1024 * 1024).translate(mostly_a)  # deflates 1:19
+    with stored_archive(store, aes_zip({"big.bin": member}, b"pw")) as archive:
+        result = None
+
+        def extract():
+            nonlocal result
+            result = extract_members_into(archive, "pw", LIMITS, BlobSink(store))
+
+        peak = measured_peak(extract)
+    (extracted,) = result.files
+    with store.open(extracted.kept.blob_id, extracted.kept.wrapped_key) as reader:
+        assert hashlib.sha256(b"".join(reader)).digest() == hashlib.sha256(member).digest()
+    assert (extracted.size, extracted.sha256) == (len(member), hashlib.sha256(member).hexdigest())
+    assert peak < 2 * 1024 * 1024  # before streaming: the member and its pieces, 40 MiB
+
+
+def test_a_zip_inside_is_opened_from_its_stored_blob_which_then_goes(tmp_path):
+    store = BlobStore(tmp_path / "blobs", bytes(32))
+    inner = plain_zip({"a.txt": b"alpha", "b/c.txt": b"gamma"})
+    with stored_archive(store, aes_zip({"inner.zip": inner, "d.txt": b"delta"}, b"pw")) as archive:
+        result = extract_members_into(archive, "pw", LIMITS, BlobSink(store))
+    names = {f.display_name: f.kept for f in result.files}
+    assert set(names) == {"inner.zip/a.txt", "inner.zip/b/c.txt", "d.txt"}
+    with store.open(names["inner.zip/b/c.txt"].blob_id,
+                    names["inner.zip/b/c.txt"].wrapped_key) as reader:
+        assert b"".join(reader) == b"gamma"
+    # the archive itself, and one blob per file: the inner ZIP's own blob was deleted
+    assert len(list(store.iter_blob_ids())) == 1 + 3
+
+
+def test_a_refusal_half_way_leaves_nothing_stored(tmp_path):
+    store = BlobStore(tmp_path / "blobs", bytes(32))
+    inner = plain_zip({"x.txt": b"x"})
+    deep = plain_zip({"inner.zip": plain_zip({"deeper.zip": plain_zip({"y.zip": inner})})})
+    archive_data = aes_zip({"first.txt": b"stored before the refusal", "nest.zip": deep}, b"pw")
+    with stored_archive(store, archive_data) as archive:
+        with pytest.raises(ExtractRefused, match="nested too deep"):
+            extract_members_into(archive, "pw", LIMITS, BlobSink(store))
+        with pytest.raises(ExtractRefused, match="wrong password"):
+            extract_members_into(archive, "not it", LIMITS, BlobSink(store))
+    assert len(list(store.iter_blob_ids())) == 1  # the archive alone
