@@ -13,7 +13,8 @@ import binascii
 import email.policy
 import io
 import re
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterator, Sequence
 from email import errors
 from email.generator import BytesGenerator
 from email.message import Message
@@ -31,14 +32,72 @@ STDLIB_PARSER_CRASHES = (TypeError, AttributeError, IndexError, LookupError)
 
 
 
-def parse_message(raw: bytes) -> Message:
+def parse_message(raw: bytes, opaque: Sequence[tuple[int, int]] = ()) -> Message:
     """Parse DATA bytes. Malformed MIME is recorded as defects on the parts; the few inputs on
     which the standard library itself crashes (e.g. `boundary*0=a; boundary*=b`, a CPython
-    bug) raise UnparseableMessage so the caller can decide."""
+    bug) raise UnparseableMessage so the caller can decide.
+
+    `opaque`: spans of leaf bodies (gateway.pipeline.parse.check_limits finds them) that the
+    parser need not read. The feedparser splits every body into lines and holds them as
+    strings until the part ends: about eight times a large attachment's size at its peak.
+    Each span is replaced by a token, the rest is parsed, and each token must come back as
+    the whole body of one part, which then gets its span as its body, as the parser would
+    have made it. If any does not, the message is parsed again whole: the tree is the same
+    either way, only the memory differs."""
+    if opaque:
+        tree = _parse_around(raw, opaque)
+        if tree is not None:
+            return tree
+    return _parse(raw)
+
+
+def _parse(raw: bytes) -> Message:
     try:
         return BytesParser(policy=_POLICY).parsebytes(raw)
     except (*STDLIB_PARSER_CRASHES, RecursionError) as error:
         raise UnparseableMessage(f"{type(error).__name__}: {error}") from error
+
+
+def _parse_around(raw: bytes, opaque: Sequence[tuple[int, int]]) -> Message | None:
+    prefix = f"ppap-gateway-body-{secrets.token_hex(16)}-"
+    pieces: list[bytes | memoryview] = []
+    view, position = memoryview(raw), 0
+    for index, (start, end) in enumerate(opaque):
+        pieces += [view[position:start], f"{prefix}{index}".encode("ascii")]
+        position = end
+    pieces.append(view[position:])
+    tree = _parse(b"".join(pieces))
+    in_multipart = {id(kid) for part in tree.walk() if part.get_content_maintype() == "multipart"
+                    for kid in children(part)}
+    found: dict[int, Message] = {}
+    for part in tree.walk():
+        payload = payload_of(part)
+        if not isinstance(payload, str) or prefix not in payload:
+            continue
+        index = payload[len(prefix):] if payload.startswith(prefix) else ""
+        # a token must be the whole body of a leaf that a multipart holds, once: anywhere
+        # else (inside a longer body, in a message/* part the parser reads as fields), the
+        # parser read the bytes differently from the scan
+        if (not index.isdigit() or int(index) in found or int(index) >= len(opaque)
+                or id(part) not in in_multipart or part.get_content_maintype() == "message"):
+            return None
+        found[int(index)] = part
+    if len(found) != len(opaque):
+        return None
+    for index, part in found.items():
+        start, end = opaque[index]
+        part.set_payload(str(view[start:end], "ascii", "surrogateescape"))  # one copy, no bytes
+    return tree
+
+
+def payload_of(part: Message) -> object:
+    """part.get_payload(), without its copy: for a str payload it first encodes the whole
+    body to look for surrogates (8-bit bytes), a transient copy of a large attachment on
+    every call. An ASCII payload is returned as it is, which is what get_payload() returns."""
+    payload = part._payload  # noqa: SLF001 - compat32's one payload attribute
+    if isinstance(payload, str) and payload.isascii():
+        return payload
+    return part.get_payload()
 
 
 def children(part: Message) -> list[Message]:
@@ -91,7 +150,7 @@ def transfer_encoding(part: Message) -> str:
 def body_bytes(part: Message) -> bytes:
     """The part's body before transfer decoding. A multipart or message/* part that the parser
     opened is written back (CRLF) without its own header, so nothing it holds is lost."""
-    payload = part.get_payload()
+    payload = payload_of(part)
     if isinstance(payload, str):
         return text_bytes(payload)
     if isinstance(payload, bytes):
@@ -120,7 +179,9 @@ def text_bytes(text: str) -> bytes:
 
 
 _BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n\t\x0b\x0c "
+_STRAY_IN_BASE64 = re.compile(r"[^A-Za-z0-9+/=\r\n\t\x0b\x0c ]")
 _PADDING_TAIL = re.compile(rb"=[=\s]*\Z")
+_PADDING_TAIL_TEXT = re.compile(r"=[=\s]*\Z")
 
 
 def _base64_body(part: Message, raw: bytes) -> bytes:
@@ -135,6 +196,24 @@ def _base64_body(part: Message, raw: bytes) -> bytes:
             return binascii.a2b_base64(raw)  # skips line ends and stray characters itself
         except binascii.Error:
             pass  # a lone last character, or missing padding: the lenient way below
+    return _lenient_base64(part, raw)
+
+
+def _base64_text(part: Message, text: str) -> bytes:
+    """_base64_body for an ASCII str payload, decoded from the str itself: a large attachment
+    is not first copied into bytes (binascii reads ASCII str as it reads bytes)."""
+    if _STRAY_IN_BASE64.search(text):
+        part.defects.append(errors.InvalidBase64CharactersDefect())
+    first_padding = text.find("=")
+    if first_padding < 0 or _PADDING_TAIL_TEXT.match(text, first_padding):
+        try:
+            return binascii.a2b_base64(text)
+        except binascii.Error:
+            pass
+    return _lenient_base64(part, text.encode("ascii"))
+
+
+def _lenient_base64(part: Message, raw: bytes) -> bytes:
     if len(re.sub(rb"[^A-Za-z0-9+/]", b"", raw)) % 4 == 1:
         part.defects.append(errors.InvalidBase64LengthDefect())
     return decode_base64_leniently(raw)
@@ -143,13 +222,16 @@ def _base64_body(part: Message, raw: bytes) -> bytes:
 def decoded_body(part: Message) -> bytes:
     """The body decoded from its transfer encoding as leniently as mail clients do: base64
     with stray characters ignored, quoted-printable, uuencode; any other label as it is."""
-    raw = body_bytes(part)
     encoding = transfer_encoding(part)
+    payload = payload_of(part)
+    if encoding == "base64" and isinstance(payload, str) and payload.isascii():
+        return _base64_text(part, payload)
+    raw = body_bytes(part)
     if encoding == "base64":
         return _base64_body(part, raw)
     if encoding == "quoted-printable":
         return binascii.a2b_qp(raw)
-    if encoding in _UU_ENCODINGS and isinstance(part.get_payload(), str):
+    if encoding in _UU_ENCODINGS and isinstance(payload, str):
         decoded = part.get_payload(decode=True)
         return decoded if isinstance(decoded, bytes) else raw
     return raw

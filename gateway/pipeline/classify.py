@@ -74,8 +74,7 @@ def parse_and_classify(
     typed error propagates (its reply is in gateway.replies). With an inspector, every
     leaf's content is looked into; without, only the attachments' own bytes are judged (for
     mail that no recipient outside receives)."""
-    check_limits(raw, limits)
-    message = parse_message(raw)
+    message = parse_message(raw, check_limits(raw, limits))
     return message, classify(message, limits, inspector)
 
 
@@ -184,8 +183,7 @@ class _MessageOpener:
 
     def pieces(self, data: bytes, remaining: int) -> Iterator[bytes | ContentReport]:
         try:
-            check_limits(data, self._limits)
-            message = parse_message(data)
+            message = parse_message(data, check_limits(data, self._limits))
             leaves = list(walk_leaves(message, max_depth=self._limits.max_depth,
                                       max_parts=self._limits.max_parts, max_output=remaining))
         except (StructureLimitExceeded, UnparseableMessage) as problem:

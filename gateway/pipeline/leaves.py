@@ -24,6 +24,7 @@ from gateway.mime import (
     children,
     decoded_body,
     header_bytes,
+    payload_of,
     text_bytes,
     transfer_encoding,
 )
@@ -159,10 +160,15 @@ def _padding_mid_way(part: Message) -> bool:
     """Base64 with '=' before its end: decoders differ on what follows the padding."""
     if transfer_encoding(part) != "base64":
         return False
-    payload = part.get_payload()
+    payload = payload_of(part)
     if not isinstance(payload, str):
         return False
-    return "=" in payload.rstrip().rstrip("=")
+    end = len(payload)  # as payload.rstrip().rstrip("="), without copying a large body twice
+    while end and payload[end - 1].isspace():
+        end -= 1
+    while end and payload[end - 1] == "=":
+        end -= 1
+    return payload.find("=", 0, end) >= 0
 
 
 def _outside_text(path, part: Message, signed: bool, in_message: bool) -> Iterator[Leaf]:

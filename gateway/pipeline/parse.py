@@ -1,6 +1,7 @@
 """Check on the raw bytes that a message's structure is within limits the parser can survive
 (MIME depth and part count, part headers and their MIME fields, header lines and fields),
-before it is parsed.
+before it is parsed; and, from the same scan, where the large leaf bodies lie, so that the
+parser need not split them into lines (gateway.mime.parse_message, `opaque`).
 """
 
 from __future__ import annotations
@@ -63,11 +64,20 @@ class MimeLimits:
                    smtp.max_header_fields, smtp.max_mime_field, smtp.max_mime_params)
 
 
-def check_limits(raw: bytes, limits: MimeLimits) -> None:
-    """Raise HeaderLimitExceeded or MimeLimitExceeded when `raw` is over `limits`."""
+# Leaf bodies at least this large are handed to the parser whole, not line by line.
+OPAQUE_BODY_MIN = 64 * 1024
+
+
+def check_limits(raw: bytes, limits: MimeLimits) -> tuple[tuple[int, int], ...]:
+    """Raise HeaderLimitExceeded or MimeLimitExceeded when `raw` is over `limits`. Otherwise
+    the spans [start, end) of the large bodies of leaf parts directly inside a multipart, as
+    the parser will read them (the CRLF before the next delimiter belongs to the delimiter),
+    holding no line that starts with "--": parse_message may keep them out of its line split."""
     header_end = _header_section_end(raw, 0, len(raw))
     _check_header_section(raw[:header_end], limits)
-    _MimeScan(raw, limits).run()
+    scan = _MimeScan(raw, limits)
+    scan.run()
+    return tuple(scan.opaque)
 
 
 def _header_section_end(raw: bytes, start: int, stop: int) -> int:
@@ -133,6 +143,8 @@ class _MimeScan:
         self._stack: list[_Container] = []
         self._parts = 0
         self._delimiters: re.Pattern[bytes] | None = None
+        self._leaf_body: int | None = None  # where the open leaf's body starts, in a multipart
+        self.opaque: list[tuple[int, int]] = []
 
     def run(self) -> None:
         position = self._enter_part(0, "text/plain")
@@ -140,6 +152,7 @@ class _MimeScan:
             found = self._delimiters.search(self._raw, position)
             if found is None:
                 return  # unclosed multiparts: the parser records a defect, nothing deeper
+            self._close_leaf(found.start())
             position = found.end()
             index = self._innermost(found.group(1))
             del self._stack[index + 1:]
@@ -178,9 +191,22 @@ class _MimeScan:
                 self._delimiters = self._pattern()
                 return start  # no header line is a delimiter: searching from here is safe
             if maintype != "message" or subtype == "delivery-status":
+                # a leaf body (message/delivery-status is read as header blocks: not one)
+                if maintype != "message" and self._stack and self._stack[-1].boundary:
+                    self._leaf_body = body
                 return start
             self._stack.append(_Container(None))  # an attached message: its headers follow
             start, default_type = body, "text/plain"
+
+    def _close_leaf(self, delimiter: int) -> None:
+        """The open leaf's body ends at this delimiter line: note it if it is large and plain."""
+        start, self._leaf_body = self._leaf_body, None
+        end = delimiter - 2
+        if (start is None or end - start < OPAQUE_BODY_MIN
+                or self._raw[end:delimiter] != b"\r\n" or self._raw.startswith(b"--", start)
+                or self._raw.find(b"\n--", start, end) >= 0):
+            return
+        self.opaque.append((start, end))
 
     def _part_bounds(self, start: int, stop: int) -> tuple[int, int]:
         """Where a part's headers end and its body starts. The headers end at the empty line,

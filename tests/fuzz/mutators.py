@@ -19,7 +19,7 @@ import tarfile
 import zipfile
 from email.message import Message
 
-from tests.fuzz.oracle import INTERNAL_DOMAIN, is_internal
+from tests.fuzz.addresses import INTERNAL_DOMAIN, is_internal
 from tests.fuzz.seeds import (Slots, attachment, b64, content_entity, dump, load, outer, raw_part,
                               set_body, set_header, split_message, tnef, uuencode, zip_of)
 

@@ -33,11 +33,6 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message
 
-INTERNAL_DOMAIN = "city.example.lg.jp"
-# RFC 5322 atext without "%" and "!" (relay hacks); dots only between atoms.
-_ATOM = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-
 MAX_DEPTH = 6
 MAX_MEMBERS = 200
 MAX_EXTRACT = 50 * 1024 * 1024  # bytes extracted from archives, per copy
@@ -66,13 +61,6 @@ _KNOWN_HEADER = re.compile(rb"(?:from|to|cc|subject|date|message-id|mime-version
                            rb"[ \t]*:", re.I)
 _ENCRYPTED_7Z = re.compile(r"wrong password|cannot open encrypted|encrypted archive", re.I)
 _ENCRYPTED_BSDTAR = re.compile(r"encrypt|passphrase|decryption", re.I)
-
-
-def is_internal(address: str) -> bool:
-    """Internal only if exactly `local@city.example.lg.jp` with a plain dot-atom local part."""
-    local, at, domain = address.rpartition("@")
-    return (bool(at) and domain.isascii() and domain.lower() == INTERNAL_DOMAIN
-            and _DOT_ATOM.fullmatch(local) is not None)
 
 
 @dataclass

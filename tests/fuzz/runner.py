@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fuzz import oracle
+from tests.fuzz.addresses import is_internal
 from tests.fuzz.mutators import mutate
 from tests.fuzz.replies import ENHANCED, Exchange, dot_stuffed, reply_problems
 from tests.fuzz.seeds import all_seeds
@@ -236,14 +237,14 @@ class Campaign:
         leaked_copies = []
         for number, copy in enumerate(copies, 1):
             self.copies["received"] += 1
-            if all(oracle.is_internal(rcpt) for rcpt in copy.rcpt_tos):
+            if all(is_internal(rcpt) for rcpt in copy.rcpt_tos):
                 continue
             self.copies["external"] += 1
             report = oracle.examine(copy.data)
             self.examined_by.update(report.opened_by.keys())
             self.oracle_errors.extend(f"message {case.index}: {e}" for e in report.errors)
             if report.findings:
-                external = [r for r in copy.rcpt_tos if not oracle.is_internal(r)]
+                external = [r for r in copy.rcpt_tos if not is_internal(r)]
                 violations["encrypted-archive-leaked"].append(
                     f"reply {exchange.final}; copy {number} to {external}: " + "; ".join(report.findings[:6]))
                 leaked_copies.append(copy.data)
