@@ -2,7 +2,8 @@
 
 A rewritten message no longer matches the sender's own signature, so the gateway signs it
 again (relaxed/relaxed) for the From domain when it holds a key for that domain.
-Signing is done by dkimpy; this module picks the keys and feeds them in dkimpy's formats.
+Signing is done by dkimpy; this module picks the keys and feeds them in dkimpy's formats, and
+hashes the body itself, a chunk at a time (dkim_body.py).
 The signature time (t=) comes from an injectable clock, so that a signature is reproducible.
 """
 
@@ -23,6 +24,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway.outbound.dkim_body import relaxed_body_hash
 from gateway.outbound.dkim_keys import ALGORITHMS, dns_name, private_key_algorithm
 from gateway.wire import crlf_line_endings
 
@@ -61,16 +63,19 @@ class _SigningKey:
 
 
 class _DKIMAt(dkim.DKIM):
-    """dkimpy's signer with the signature time given instead of read from time.time(): dkimpy
-    takes a timestamp for ARC seals only, so t= is set in the tag list that gen_header() then
-    folds, hashes and signs. Everything else is dkimpy's own signing, byte for byte."""
+    """dkimpy's signer with the signature time and the body hash given: dkimpy takes a
+    timestamp for ARC seals only, and hashes the body it is given after splitting the whole
+    message into lines (several times a large copy's size). It is given the header section
+    only; t= and bh= are set in the tag list that gen_header() then folds, hashes and signs.
+    Everything else is dkimpy's own signing, byte for byte."""
 
-    def __init__(self, message: bytes, *, timestamp: int, **options) -> None:
-        super().__init__(message, **options)
-        self._timestamp = str(timestamp).encode("ascii")
+    def __init__(self, header_section: bytes, *, timestamp: int, body_hash: bytes,
+                 **options) -> None:
+        super().__init__(header_section, **options)
+        self._tags = {b"t": str(timestamp).encode("ascii"), b"bh": body_hash}
 
     def gen_header(self, fields, *args, **kwargs):
-        fields[:] = [(tag, self._timestamp if tag == b"t" else value) for tag, value in fields]
+        fields[:] = [(tag, self._tags.get(tag, value)) for tag, value in fields]
         return super().gen_header(fields, *args, **kwargs)
 
 
@@ -104,11 +109,14 @@ class DkimSigner:
         message = crlf_line_endings(data)
         include = _headers_to_sign(message)
         timestamp = int(self._clock().timestamp() if self._clock else time.time())
+        body_start = _body_start(message)
+        body_hash = relaxed_body_hash(message, body_start)  # every key hashes with SHA-256
         signatures = []
         for key in keys:
             try:
-                # As dkim.sign() does it, with our signature time.
-                signer = _DKIMAt(message, timestamp=timestamp, signature_algorithm=key.algorithm)
+                # As dkim.sign() does it, with our signature time and body hash.
+                signer = _DKIMAt(message[:body_start], timestamp=timestamp, body_hash=body_hash,
+                                 signature_algorithm=key.algorithm)
                 signatures.append(
                     signer.sign(
                         key.selector,
@@ -164,6 +172,15 @@ def _from_domain(data: bytes) -> str | None:
     }
     # No mailbox, or mailboxes of several domains: no single domain speaks for the message.
     return domains.pop() if len(domains) == 1 else None
+
+
+def _body_start(message: bytes) -> int:
+    """Where dkimpy's reader starts the body of a CRLF message: after its first empty line
+    (the end, if it has none)."""
+    if message.startswith(b"\r\n"):
+        return 2
+    end = message.find(b"\r\n\r\n")
+    return len(message) if end < 0 else end + 4
 
 
 def _header_section(data: bytes) -> bytes:
