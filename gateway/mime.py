@@ -22,6 +22,7 @@ from email.parser import BytesParser
 
 from gateway.errors import UnparseableMessage
 from gateway.filenames import decode_base64_leniently
+from gateway.mime_spans import SpanPart, body_view
 
 # Deeper trees than this are not walked for attachments (and cannot hit the recursion limit).
 MAX_DEPTH = 50
@@ -41,8 +42,8 @@ def parse_message(raw: bytes, opaque: Sequence[tuple[int, int]] = ()) -> Message
     parser need not read. The feedparser splits every body into lines and holds them as
     strings until the part ends: about eight times a large attachment's size at its peak.
     Each span is replaced by a token, the rest is parsed, and each token must come back as
-    the whole body of one part, which then gets its span as its body, as the parser would
-    have made it. If any does not, the message is parsed again whole: the tree is the same
+    the whole body of one part, which then keeps its span as its body (mime_spans.SpanPart:
+    read as the string the parser would have made, without holding a copy). If any does not, the message is parsed again whole: the tree is the same
     either way, only the memory differs."""
     if opaque:
         tree = _parse_around(raw, opaque)
@@ -51,9 +52,9 @@ def parse_message(raw: bytes, opaque: Sequence[tuple[int, int]] = ()) -> Message
     return _parse(raw)
 
 
-def _parse(raw: bytes) -> Message:
+def _parse(raw: bytes, part_class: type[Message] = Message) -> Message:
     try:
-        return BytesParser(policy=_POLICY).parsebytes(raw)
+        return BytesParser(part_class, policy=_POLICY).parsebytes(raw)
     except (*STDLIB_PARSER_CRASHES, RecursionError) as error:
         raise UnparseableMessage(f"{type(error).__name__}: {error}") from error
 
@@ -66,7 +67,7 @@ def _parse_around(raw: bytes, opaque: Sequence[tuple[int, int]]) -> Message | No
         pieces += [view[position:start], f"{prefix}{index}".encode("ascii")]
         position = end
     pieces.append(view[position:])
-    tree = _parse(b"".join(pieces))
+    tree = _parse(b"".join(pieces), SpanPart)
     in_multipart = {id(kid) for part in tree.walk() if part.get_content_maintype() == "multipart"
                     for kid in children(part)}
     found: dict[int, Message] = {}
@@ -85,8 +86,7 @@ def _parse_around(raw: bytes, opaque: Sequence[tuple[int, int]]) -> Message | No
     if len(found) != len(opaque):
         return None
     for index, part in found.items():
-        start, end = opaque[index]
-        part.set_payload(str(view[start:end], "ascii", "surrogateescape"))  # one copy, no bytes
+        part.keep_span(raw, *opaque[index])  # no copy: read from the received bytes
     return tree
 
 
@@ -150,6 +150,9 @@ def transfer_encoding(part: Message) -> str:
 def body_bytes(part: Message) -> bytes:
     """The part's body before transfer decoding. A multipart or message/* part that the parser
     opened is written back (CRLF) without its own header, so nothing it holds is lost."""
+    view = body_view(part)
+    if view is not None:
+        return bytes(view)
     payload = payload_of(part)
     if isinstance(payload, str):
         return text_bytes(payload)
@@ -182,6 +185,8 @@ _BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+
 _STRAY_IN_BASE64 = re.compile(r"[^A-Za-z0-9+/=\r\n\t\x0b\x0c ]")
 _PADDING_TAIL = re.compile(rb"=[=\s]*\Z")
 _PADDING_TAIL_TEXT = re.compile(r"=[=\s]*\Z")
+_STRAY_IN_BASE64_BYTES = re.compile(rb"[^A-Za-z0-9+/=\r\n\t\x0b\x0c ]")
+_EQUALS = re.compile(rb"=")
 
 
 def _base64_body(part: Message, raw: bytes) -> bytes:
@@ -199,18 +204,27 @@ def _base64_body(part: Message, raw: bytes) -> bytes:
     return _lenient_base64(part, raw)
 
 
-def _base64_text(part: Message, text: str) -> bytes:
-    """_base64_body for an ASCII str payload, decoded from the str itself: a large attachment
-    is not first copied into bytes (binascii reads ASCII str as it reads bytes)."""
-    if _STRAY_IN_BASE64.search(text):
+def _base64_text(part: Message, text: str | memoryview) -> bytes:
+    """_base64_body for an ASCII str payload or a body kept as a span, decoded from it as it
+    is: a large attachment is not first copied into bytes (binascii reads both)."""
+    stray, padding = (_STRAY_IN_BASE64, _PADDING_TAIL_TEXT) if isinstance(text, str) else (
+        _STRAY_IN_BASE64_BYTES, _PADDING_TAIL)
+    if stray.search(text):
         part.defects.append(errors.InvalidBase64CharactersDefect())
-    first_padding = text.find("=")
-    if first_padding < 0 or _PADDING_TAIL_TEXT.match(text, first_padding):
+    first_padding = _first_equals(text)
+    if first_padding < 0 or padding.match(text, first_padding):
         try:
             return binascii.a2b_base64(text)
         except binascii.Error:
             pass
-    return _lenient_base64(part, text.encode("ascii"))
+    return _lenient_base64(part, text.encode("ascii") if isinstance(text, str) else bytes(text))
+
+
+def _first_equals(text: str | memoryview) -> int:
+    if isinstance(text, str):
+        return text.find("=")
+    found = _EQUALS.search(text)
+    return -1 if found is None else found.start()
 
 
 def _lenient_base64(part: Message, raw: bytes) -> bytes:
@@ -223,6 +237,9 @@ def decoded_body(part: Message) -> bytes:
     """The body decoded from its transfer encoding as leniently as mail clients do: base64
     with stray characters ignored, quoted-printable, uuencode; any other label as it is."""
     encoding = transfer_encoding(part)
+    view = body_view(part)
+    if view is not None and encoding == "base64":
+        return _base64_text(part, view)  # decoded from the received bytes themselves
     payload = payload_of(part)
     if encoding == "base64" and isinstance(payload, str) and payload.isascii():
         return _base64_text(part, payload)

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 from gateway.errors import RewriteError
 from gateway.mime import MAX_DEPTH, children, parse_message, part_at
+from gateway.mime_spans import body_view
 from gateway.wire import crlf_line_endings
 
 GATEWAY_HEADER = "X-PPAP-Gateway"
@@ -347,6 +348,9 @@ def _lf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+_LONE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
 class _CrlfBodyGenerator(BytesGenerator):
     """BytesGenerator that writes a body whose line ends are all CRLF already (the relay made
     the message CRLF before parsing) as it is: the stdlib splits every body into a list of
@@ -359,6 +363,17 @@ class _CrlfBodyGenerator(BytesGenerator):
             self.write(lines)
         else:
             super()._write_lines(lines)
+
+    def _handle_text(self, msg: Message) -> None:
+        """A body kept as a span of the received bytes (gateway.mime_spans) is written from
+        them: what the generator would write for it, without making it a string first."""
+        view = body_view(msg)
+        if view is not None and self._NL == "\r\n" and not _LONE_CR_OR_LF.search(view):
+            self._fp.write(view)
+        else:
+            super()._handle_text(msg)
+
+    _writeBody = _handle_text  # the generator's fallback for types without their own handler
 
 
 def _serialise(root: Message) -> bytes:
