@@ -18,6 +18,7 @@ InspectionTimedOut (the sender retries later).
 from __future__ import annotations
 
 import bz2
+import hashlib
 import lzma
 import re
 import struct
@@ -112,7 +113,7 @@ class ContentInspector:
         self._clock = clock
         self._deadline = clock() + limits.timeout
         self._expanded = 0
-        self._seen: dict[tuple[int, int], list[tuple[bytes, ContentReport]]] = {}
+        self._seen: dict[bytes, ContentReport] = {}
 
     def inspect(self, data: bytes, depth: int = 0) -> ContentReport:
         """The heaviest finding in data and everything it holds."""
@@ -120,15 +121,15 @@ class ContentInspector:
         if depth > self._limits.max_nesting:
             raise InspectionLimit(f"files nested more than {self._limits.max_nesting} deep")
         # A file seen before in this message (the parts a converted copy keeps are looked at
-        # again before it leaves) is not opened twice. Only whole leaves are remembered, so the
-        # memo holds no bytes the message does not hold anyway; equal bytes, not a hash, match.
-        key = (len(data), zlib.crc32(data)) if depth == 0 and len(data) >= _MEMO_MIN else None
-        for seen, report in self._seen.get(key, ()) if key else ():
-            if seen == data:
-                return report
+        # again before it leaves) is not opened twice. Only whole leaves are remembered, by
+        # their SHA-256 (no sender can make two files share one), not by their bytes: the
+        # message lets go of its decoded files once they are stored.
+        key = hashlib.sha256(data).digest() if depth == 0 and len(data) >= _MEMO_MIN else None
+        if key is not None and key in self._seen:
+            return self._seen[key]
         report = _heaviest(self._findings(data, depth))
         if key is not None:
-            self._seen.setdefault(key, []).append((data, report))
+            self._seen[key] = report
         return report
 
     def allow_time(self) -> None:

@@ -43,6 +43,7 @@ class Store:
 
     async def process(self, tx: Transaction) -> None:
         if not tx.decision.converting:
+            tx.let_go_of_decoded_files()
             return
         facts = MessageFacts(tx.fingerprint, header_value(tx.message, "Message-ID"),
                              header_value(tx.message, "Subject"))
@@ -53,6 +54,7 @@ class Store:
             await self._writer.discard(transfer)
 
         tx.rollbacks.append(discard)
+        tx.let_go_of_decoded_files()
         outcome = tx.outcome
         outcome.transfer_id = transfer.transfer_id
         outcome.converted_files = len(transfer.files)

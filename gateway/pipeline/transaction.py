@@ -9,7 +9,7 @@ only when its turn comes, and dropped once it went) and, per copy, the next hop'
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.message import Message
 
@@ -89,3 +89,16 @@ class Transaction:
     rollbacks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # What the transaction holds until it ends, however it ends.
     releases: list[Callable[[], None]] = field(default_factory=list)
+
+    def let_go_of_decoded_files(self) -> None:
+        """The files are stored, or nothing is to be stored: keep what the attachments are,
+        not their decoded bytes (a kept attachment's were held until the answer, beside every
+        copy made). Their `size` is 0 from here on; the stored files keep theirs."""
+        def emptied(attachments):
+            return tuple(replace(a, data=b"") for a in attachments)
+
+        if self.classification is not None:
+            self.classification = replace(
+                self.classification, attachments=emptied(self.classification.attachments))
+        if self.decision is not None:
+            self.decision = replace(self.decision, to_convert=emptied(self.decision.to_convert))

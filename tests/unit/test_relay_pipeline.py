@@ -315,3 +315,32 @@ def test_a_retry_that_finds_its_transfer_purged_before_it_commits_stores_the_fil
     assert retry.reply.code == 250 and retry.transfer_id != stale
     assert_live(harness, retry.transfer_id)
     assert harness.db.transfer(stale).state == "purged"
+
+
+# -- what a message holds while its copies go out ---------------------------------------------
+
+
+def test_while_copies_go_out_the_message_holds_no_decoded_file(harness):
+    """The received mail stays (its large bodies are spans of it); what was decoded from it is
+    let go once the files are stored (the inspector remembers leaves by SHA-256, not by
+    their bytes), so each copy in flight costs the copy, not the mail's files again."""
+    import base64
+    import tracemalloc
+
+    csv = base64.encodebytes(b"2026-12-07,city hall,invoice,12345,paid\n" * 100_000)
+    kept = (b"Content-Type: text/csv; name=\"ledger.csv\"\r\nContent-Transfer-Encoding: base64\r\n"
+            b"Content-Disposition: attachment; filename=\"ledger.csv\"\r\n\r\n"
+            + csv.replace(b"\n", b"\r\n"))
+    data = ev.mixed(ev.TEXT, ev.zip_part(), kept)
+    held: list[int] = []
+    # less what the recording next hop itself keeps of the copies before this one
+    harness.hop.look = lambda: held.append(tracemalloc.get_traced_memory()[0] - sum(
+        len(m.data) for m in harness.hop.delivered[:-1]))
+    tracemalloc.start()
+    try:
+        result = harness.send(data, rcpts=(ev.EXTERNAL, "kato@example.co.jp"))
+    finally:
+        tracemalloc.stop()
+    assert result.reply.code == 250 and len(held) == 2
+    print(f"held while a copy is delivered: {[round(h / len(data), 2) for h in held]} x the mail")
+    assert max(held) < 1.4 * len(data)  # the copy (~1) and the copy's signature; was 1.75
