@@ -47,3 +47,8 @@ def body_view(part: Message) -> memoryview | None:
         return None
     raw, start, end = span
     return memoryview(raw)[start:end]
+
+
+def body_span(part: Message) -> tuple[bytes, int, int] | None:
+    """(raw, start, end) of a body kept as a span; None for any other body."""
+    return part.__dict__.get("_body_span") if isinstance(part, SpanPart) else None
