@@ -76,11 +76,12 @@ def _parse_around(raw: bytes, opaque: Sequence[tuple[int, int]]) -> Message | No
         if not isinstance(payload, str) or prefix not in payload:
             continue
         index = payload[len(prefix):] if payload.startswith(prefix) else ""
-        # a token must be the whole body of a leaf that a multipart holds, once: anywhere
-        # else (inside a longer body, in a message/* part the parser reads as fields), the
-        # parser read the bytes differently from the scan
+        # a token must be the whole body of a leaf that a multipart holds, or of the message,
+        # once: anywhere else (inside a longer body, in a message/* part the parser reads as
+        # fields), the parser read the bytes differently from the scan
         if (not index.isdigit() or int(index) in found or int(index) >= len(opaque)
-                or id(part) not in in_multipart or part.get_content_maintype() == "message"):
+                or (id(part) not in in_multipart and part is not tree)
+                or part.get_content_maintype() == "message"):
             return None
         found[int(index)] = part
     if len(found) != len(opaque):

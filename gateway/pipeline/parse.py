@@ -70,9 +70,10 @@ OPAQUE_BODY_MIN = 64 * 1024
 
 def check_limits(raw: bytes, limits: MimeLimits) -> tuple[tuple[int, int], ...]:
     """Raise HeaderLimitExceeded or MimeLimitExceeded when `raw` is over `limits`. Otherwise
-    the spans [start, end) of the large bodies of leaf parts directly inside a multipart, as
-    the parser will read them (the CRLF before the next delimiter belongs to the delimiter),
-    holding no line that starts with "--": parse_message may keep them out of its line split."""
+    the spans [start, end) of the large leaf bodies as the parser will read them: of leaf parts
+    directly inside a multipart (the CRLF before the next delimiter belongs to the delimiter),
+    holding no line that starts with "--"; or of the message itself when it is a leaf (to the
+    end). parse_message may keep them out of its line split."""
     header_end = _header_section_end(raw, 0, len(raw))
     _check_header_section(raw[:header_end], limits)
     scan = _MimeScan(raw, limits)
@@ -194,6 +195,8 @@ class _MimeScan:
                 # a leaf body (message/delivery-status is read as header blocks: not one)
                 if maintype != "message" and self._stack and self._stack[-1].boundary:
                     self._leaf_body = body
+                elif maintype != "message" and start == 0:  # the message itself: to the end
+                    self._note_opaque(body, len(self._raw))
                 return start
             self._stack.append(_Container(None))  # an attached message: its headers follow
             start, default_type = body, "text/plain"
@@ -202,11 +205,14 @@ class _MimeScan:
         """The open leaf's body ends at this delimiter line: note it if it is large and plain."""
         start, self._leaf_body = self._leaf_body, None
         end = delimiter - 2
-        if (start is None or end - start < OPAQUE_BODY_MIN
-                or self._raw[end:delimiter] != b"\r\n" or self._raw.startswith(b"--", start)
-                or self._raw.find(b"\n--", start, end) >= 0):
+        if (start is None or self._raw[end:delimiter] != b"\r\n"
+                or self._raw.startswith(b"--", start) or self._raw.find(b"\n--", start, end) >= 0):
             return
-        self.opaque.append((start, end))
+        self._note_opaque(start, end)
+
+    def _note_opaque(self, start: int, end: int) -> None:
+        if end - start >= OPAQUE_BODY_MIN:
+            self.opaque.append((start, end))
 
     def _part_bounds(self, start: int, stop: int) -> tuple[int, int]:
         """Where a part's headers end and its body starts. The headers end at the empty line,
