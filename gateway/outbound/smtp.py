@@ -17,6 +17,7 @@ from aiosmtplib import SMTPResponse
 
 from gateway.crashpoints import crash_point
 from gateway.model import DeliveryResult, OutgoingMessage
+from gateway.outbound.data_stream import send_data
 from gateway.outbound.hop import failure
 from gateway.wire import crlf_line_endings
 
@@ -300,8 +301,9 @@ class SmtpNextHop:
         self, client: aiosmtplib.SMTP, data: bytes, rejected: dict[str, tuple[int, str]]
     ) -> DeliveryResult:
         try:
-            # aiosmtplib does the dot-stuffing (and would fix line ends too; ours is the promise).
-            reply = await client.data(data)
+            # dot-stuffed and written a chunk at a time (data_stream.py); the line ends are
+            # CRLF already (ours is the promise)
+            reply = await send_data(client, data, client.timeout)
         except aiosmtplib.SMTPDataError as refused:
             return _refusal(SMTPResponse(refused.code, refused.message), rejected)
         crash_point("deliver.accepted")
