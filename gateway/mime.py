@@ -81,7 +81,7 @@ def _parse_around(raw: bytes, opaque: Sequence[tuple[int, int]]) -> Message | No
         # fields), the parser read the bytes differently from the scan
         if (not index.isdigit() or int(index) in found or int(index) >= len(opaque)
                 or (id(part) not in in_multipart and part is not tree)
-                or part.get_content_maintype() == "message"):
+                or part.get_content_maintype() in ("message", "multipart")):
             return None
         found[int(index)] = part
     if len(found) != len(opaque):
@@ -92,13 +92,12 @@ def _parse_around(raw: bytes, opaque: Sequence[tuple[int, int]]) -> Message | No
 
 
 def payload_of(part: Message) -> object:
-    """part.get_payload(), without its copy: for a str payload it first encodes the whole
-    body to look for surrogates (8-bit bytes), a transient copy of a large attachment on
-    every call. An ASCII payload is returned as it is, which is what get_payload() returns."""
-    payload = part._payload  # noqa: SLF001 - compat32's one payload attribute
-    if isinstance(payload, str) and payload.isascii():
-        return payload
-    return part.get_payload()
+    """The payload as the parser stored it: for a body, the received bytes as a str (8-bit
+    bytes as surrogates, which text_bytes turns back into those bytes). Not get_payload():
+    it encodes the whole body on every call to look for surrogates (a transient copy of a
+    large attachment), and for a body that has them it returns the text decoded by the part's
+    charset with replacement characters, bytes no client ever sees."""
+    return part._payload  # noqa: SLF001 - compat32's one payload attribute
 
 
 def children(part: Message) -> list[Message]:

@@ -195,8 +195,8 @@ class _MimeScan:
                 # a leaf body (message/delivery-status is read as header blocks: not one)
                 if maintype != "message" and self._stack and self._stack[-1].boundary:
                     self._leaf_body = body
-                elif maintype != "message" and start == 0:  # the message itself: to the end
-                    self._note_opaque(body, len(self._raw))
+                elif maintype not in ("message", "multipart") and start == 0:
+                    self._note_plain(body, len(self._raw))  # the message itself, to the end
                 return start
             self._stack.append(_Container(None))  # an attached message: its headers follow
             start, default_type = body, "text/plain"
@@ -205,13 +205,14 @@ class _MimeScan:
         """The open leaf's body ends at this delimiter line: note it if it is large and plain."""
         start, self._leaf_body = self._leaf_body, None
         end = delimiter - 2
-        if (start is None or self._raw[end:delimiter] != b"\r\n"
-                or self._raw.startswith(b"--", start) or self._raw.find(b"\n--", start, end) >= 0):
-            return
-        self._note_opaque(start, end)
+        if start is not None and self._raw[end:delimiter] == b"\r\n":
+            self._note_plain(start, end)
 
-    def _note_opaque(self, start: int, end: int) -> None:
-        if end - start >= OPAQUE_BODY_MIN:
+    def _note_plain(self, start: int, end: int) -> None:
+        """Note [start, end) if it is large and has no line starting with "--" (so no reading
+        of the boundaries can find a delimiter in it)."""
+        if (end - start >= OPAQUE_BODY_MIN and not self._raw.startswith(b"--", start)
+                and self._raw.find(b"\n--", start, end) < 0):
             self.opaque.append((start, end))
 
     def _part_bounds(self, start: int, stop: int) -> tuple[int, int]:

@@ -191,3 +191,22 @@ def test_fuzzed_mails_parse_to_the_same_tree_around_their_bodies(monkeypatch):
             for p in around.walk())
     print(f"{compared} fuzzed mails compared, {fast} with spans")
     assert compared >= 250 and fast >= 150
+
+
+def test_an_8bit_body_is_read_as_its_bytes_not_as_text_with_replacement_characters():
+    """compat32's get_payload() decodes a body holding 8-bit bytes by its charset, with
+    U+FFFD for what does not decode: a ZIP sent `Content-Transfer-Encoding: binary` read that
+    way is not the ZIP the recipient saves. The body is read as the bytes that arrived, small
+    (parsed) or large (a span) alike."""
+    archive = ev.AES_ZIP
+    assert any(byte >= 0x80 for byte in archive)
+    part = (b"Content-Type: application/zip; name=\"a.zip\"\r\nContent-Transfer-Encoding: binary\r\n"
+            b"Content-Disposition: attachment; filename=\"a.zip\"\r\n\r\n")
+    raw = ev.mixed(ev.TEXT, part + archive)
+    for threshold in (1, 10**9):  # a span, and the parser's own string
+        parse_module.OPAQUE_BODY_MIN, saved = threshold, parse_module.OPAQUE_BODY_MIN
+        try:
+            tree = parse_message(raw, check_limits(raw, MimeLimits()))
+        finally:
+            parse_module.OPAQUE_BODY_MIN = saved
+        assert mime_module.decoded_body(tree.get_payload()[1]) == archive, threshold
