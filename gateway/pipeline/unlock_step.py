@@ -137,14 +137,11 @@ class PasswordMailUnlocker:
 
     def _waiting(self, envelope: Envelope, policy: Policy, now: datetime) -> list[_Waiting]:
         rcpts = {r.lower(): r for r in envelope.rcpt_tos}
-        found = []
         since = now - policy.password_mail_window
-        for transfer in self._unlocks.waiting_for_password(envelope.mail_from, since, now):
-            linked = {l.recipient.lower() for l in self._db.links_of(transfer.id)
-                      if l.state == "active"}
+        found = []
+        for transfer, linked in self._unlocks.waiting_for_password(
+                envelope.mail_from, tuple(rcpts.values()), since, now):
             overlap = tuple(rcpts[r] for r in rcpts if r in linked)
-            if not overlap:
-                continue
             locked = self._opener.locked(transfer)
             if locked is not None:
                 found.append(_Waiting(locked, overlap, self._opener.policy_of(transfer)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.store.db import Database, FileRow, TransferRow, from_text, to_text
+from gateway.store.db import Database, FileRow, TransferRow, from_text, to_text, transfer_row
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,35 @@ class UnlockStore:
         ]
         return extracted + (originals if unlock.keep_original else []), False
 
-    def waiting_for_password(self, sender: str, since: datetime, now: datetime) -> list[TransferRow]:
-        """The sender's live transfers from `since` on that are still locked, newest first."""
-        transfers = [
-            t for t in self._db.transfers_since(since, sender)
-            if t.state == "active" and t.expires_at > now
-        ]
-        locked = [t for t in transfers if self.of(t.id) is None]
-        return sorted(locked, key=lambda t: t.created_at, reverse=True)
+    def waiting_for_password(self, sender: str, recipients: tuple[str, ...], since: datetime,
+                             now: datetime) -> list[tuple[TransferRow, frozenset[str]]]:
+        """The sender's live transfers from `since` on that are still locked and hold an active
+        link to one of `recipients`, newest first, each with those recipients (lower case).
+        One query, driven by the recipients' links (links_by_recipient): the sender's other
+        transfers, however many, are never read."""
+        wanted = sorted({r.lower() for r in recipients})
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        rows = self._db.query(
+            # CROSS JOIN: SQLite keeps this order, from the recipients' links to their
+            # transfers, instead of walking the sender's transfers (transfers_by_sender)
+            "SELECT t.*, lower(l.recipient) AS linked FROM links l"
+            " CROSS JOIN transfers t ON t.id = l.transfer_id"
+            f" WHERE lower(l.recipient) IN ({marks}) AND l.state = 'active'"
+            " AND lower(t.sender) = lower(?) AND t.created_at >= ? AND t.state = 'active'"
+            " AND t.expires_at > ?"
+            " AND NOT EXISTS (SELECT 1 FROM unlocks u WHERE u.transfer_id = t.id)"
+            " ORDER BY t.created_at DESC, t.id",
+            (*wanted, sender, to_text(since), to_text(now)),
+        )
+        found: dict[str, tuple[TransferRow, set[str]]] = {}
+        for row in rows:
+            fields = dict(row)
+            linked = fields.pop("linked")
+            entry = found.setdefault(fields["id"], (transfer_row(fields), set()))
+            entry[1].add(linked)
+        return [(transfer, frozenset(linked)) for transfer, linked in found.values()]
 
     def record(
         self, transfer_id: str, state: str, source: str, now: datetime, *,
