@@ -21,8 +21,9 @@ from email.utils import getaddresses
 from typing import Callable, Sequence
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from gateway.outbound.dkim_body import relaxed_body_hash
 from gateway.outbound.dkim_keys import ALGORITHMS, dns_name, private_key_algorithm
@@ -60,23 +61,53 @@ class _SigningKey:
     selector: bytes
     secret: bytes  # in the form dkimpy's sign() takes for the algorithm
     algorithm: bytes
+    rsa_key: rsa.RSAPrivateKey | None  # an RSA key as `cryptography` signs with it
 
 
 class _DKIMAt(dkim.DKIM):
-    """dkimpy's signer with the signature time and the body hash given: dkimpy takes a
-    timestamp for ARC seals only, and hashes the body it is given after splitting the whole
-    message into lines (several times a large copy's size). It is given the header section
-    only; t= and bh= are set in the tag list that gen_header() then folds, hashes and signs.
-    Everything else is dkimpy's own signing, byte for byte."""
+    """dkimpy's signer with the signature time, the body hash and the RSA signing given:
+    dkimpy takes a timestamp for ARC seals only, hashes the body it is given after splitting
+    the whole message into lines (several times a large copy's size), and computes RSA in
+    Python (about 6.5 ms a signature here; `cryptography`, about 0.25 ms). It is given the
+    header section only; t= and bh= are set in the tag list that gen_header() then folds,
+    hashes and signs; an RSA key signs the header hash through `cryptography` (PKCS #1 v1.5
+    is deterministic: the same bytes dkimpy would write). Everything else is dkimpy's."""
 
     def __init__(self, header_section: bytes, *, timestamp: int, body_hash: bytes,
-                 **options) -> None:
+                 rsa_key: rsa.RSAPrivateKey | None = None, **options) -> None:
         super().__init__(header_section, **options)
         self._tags = {b"t": str(timestamp).encode("ascii"), b"bh": body_hash}
+        self._rsa_key = rsa_key
 
-    def gen_header(self, fields, *args, **kwargs):
+    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, *args,
+                   **kwargs):
         fields[:] = [(tag, self._tags.get(tag, value)) for tag, value in fields]
-        return super().gen_header(fields, *args, **kwargs)
+        if self._rsa_key is None or self.signature_algorithm != b"rsa-sha256":
+            return super().gen_header(fields, include_headers, canon_policy, header_name, pk,
+                                      *args, **kwargs)
+        # dkimpy's digest-signing branch (its ed25519 one: pk.sign(digest).signature), with
+        # an RSA signer; a= is already in `fields`, and the hash is SHA-256 either way
+        self.signature_algorithm = b"ed25519-sha256"
+        try:
+            return super().gen_header(fields, include_headers, canon_policy, header_name,
+                                      _RsaDigestSigner(self._rsa_key), *args, **kwargs)
+        finally:
+            self.signature_algorithm = b"rsa-sha256"
+
+
+@dataclass(frozen=True)
+class _Signature:
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class _RsaDigestSigner:
+    """Signs a SHA-256 digest with RSASSA-PKCS1-v1_5, shaped as dkimpy's ed25519 key is."""
+
+    key: rsa.RSAPrivateKey
+
+    def sign(self, digest: bytes) -> _Signature:
+        return _Signature(self.key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256())))
 
 
 class DkimSigner:
@@ -94,6 +125,7 @@ class DkimSigner:
                     dns_name(key.selector, "selector").encode("ascii"),
                     dkimpy_private_key(key.private_key),
                     key.algorithm.encode("ascii"),
+                    _rsa_key(key.private_key),
                 )
             )
 
@@ -116,7 +148,7 @@ class DkimSigner:
             try:
                 # As dkim.sign() does it, with our signature time and body hash.
                 signer = _DKIMAt(message[:body_start], timestamp=timestamp, body_hash=body_hash,
-                                 signature_algorithm=key.algorithm)
+                                 rsa_key=key.rsa_key, signature_algorithm=key.algorithm)
                 signatures.append(
                     signer.sign(
                         key.selector,
@@ -148,6 +180,11 @@ def dkimpy_private_key(pem: bytes) -> bytes:
     return loaded.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def _rsa_key(pem: bytes) -> rsa.RSAPrivateKey | None:
+    loaded = serialization.load_pem_private_key(pem, password=None)
+    return loaded if isinstance(loaded, rsa.RSAPrivateKey) else None
 
 
 def _headers_to_sign(message: bytes) -> list[bytes]:

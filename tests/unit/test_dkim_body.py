@@ -1,5 +1,6 @@
-"""The body hash the signer computes a chunk at a time is dkimpy's relaxed body hash, whatever
-the chunks; and signing a large copy costs a small multiple of it, not dkimpy's line list."""
+"""What the signer does itself around dkimpy: the body hash, a chunk at a time, is dkimpy's
+relaxed body hash whatever the chunks; signing a large copy costs the copy, not dkimpy's line
+list; RSA signatures come from `cryptography`, the same bytes dkimpy's would be."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import hashlib
 import random
 import tracemalloc
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dkim
@@ -64,3 +66,26 @@ def test_a_large_copy_is_signed_holding_a_chunk_not_its_lines(tmp_path: Path):
     assert signed.endswith(message) and signed.startswith(b"DKIM-Signature:")
     assert peak < 1.5 * len(message)  # the signed copy (1); dkimpy's own way: 3.6
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: key.txt_value.encode())
+
+
+def test_rsa_signatures_are_made_by_cryptography_and_are_the_ones_dkimpy_makes(tmp_path: Path,
+                                                                                monkeypatch):
+    """dkimpy's RSA is pure Python (about 6.5 ms a signature); the signer hands the header hash
+    to `cryptography` instead. PKCS #1 v1.5 is deterministic, so the header is the one dkimpy
+    writes byte for byte (the golden files hold one), and it verifies."""
+    key = generate_dkim_key("city.example.lg.jp", "rsa", tmp_path, "rsa-sha256")
+    pem = load_private_key(key.key_path)
+    message = ev.mixed(ev.TEXT, ev.zip_part(), head=(
+        b"From: <somu@city.example.lg.jp>\r\nTo: <t@partner.example.com>\r\nSubject: s\r\n"
+        b"MIME-Version: 1.0\r\n"))
+    signer = DkimSigner([DkimKey("city.example.lg.jp", "rsa", pem, "rsa-sha256")],
+                        clock=lambda: datetime(2026, 12, 7, tzinfo=timezone.utc))
+    ours = signer.sign(message)
+
+    def dkimpy_rsa(*args):
+        raise AssertionError("dkimpy's own RSA was used")
+
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_sign", dkimpy_rsa)
+    assert signer.sign(message) == ours  # made without dkimpy's RSA
+    monkeypatch.undo()
+    assert dkim.verify(ours, dnsfunc=lambda name, timeout=5: key.txt_value.encode())
