@@ -344,3 +344,28 @@ def test_while_copies_go_out_the_message_holds_no_decoded_file(harness):
     assert result.reply.code == 250 and len(held) == 2
     print(f"held while a copy is delivered: {[round(h / len(data), 2) for h in held]} x the mail")
     assert max(held) < 1.4 * len(data)  # the copy (~1) and the copy's signature; was 1.75
+
+
+# -- what a message costs the database ------------------------------------------------------
+
+
+def test_no_statement_a_message_runs_scans_a_table(harness):
+    """A plain mail (6 statements) and a converted one (about 36) look everything up through an
+    index, so their cost does not grow with what the database already holds (issue 14 point 2;
+    the unlock lookup: test_unlock_waiting.py)."""
+    plain = (b"From: <somu@city.example.lg.jp>\r\nTo: <t@partner.example.com>\r\nSubject: hi\r\n"
+             b"\r\nhello\r\n")
+    connection = harness.db._conn  # noqa: SLF001 - the connection the store uses
+    for data, rcpts in ((ev.ordinary(), (ev.EXTERNAL,)), (plain, ("t@partner.example.com",))):
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        try:
+            assert harness.send(data, rcpts=rcpts).reply.code == 250
+        finally:
+            connection.set_trace_callback(None)
+        scans = []
+        for statement in statements:
+            if statement.split(None, 1)[0].upper() in ("SELECT", "UPDATE", "DELETE", "INSERT"):
+                plan = [str(row[-1]) for row in connection.execute("EXPLAIN QUERY PLAN " + statement)]
+                scans += [f"{statement[:80]} => {step}" for step in plan if step.startswith("SCAN")]
+        assert statements and scans == []
