@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect clean
+.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect bench-pending clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,9 @@ bench-load: $(STAMP) system-deps
 # with BASELINE=PATH).
 bench-inspect: $(STAMP)
 	$(BIN)/python bench/inspect_cost.py $(if $(BASELINE),--baseline $(BASELINE)) --write-docs docs/benchmarks.md
+
+bench-pending: $(STAMP)
+	$(BIN)/python bench/pending_work.py --write-docs docs/benchmarks.md
 
 bench-unlock: $(STAMP) system-deps
 	$(BIN)/python bench/unlock_time.py --write-docs docs/benchmarks.md
