@@ -16,22 +16,18 @@ import asyncio
 import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
+from gateway.wire import line_pieces
+
 CHUNK = 256 * 1024
 _NEEDED = ("write", "read_response", "_drain_helper", "_command_lock")
 
 
 def stuffed_chunks(data: bytes, chunk: int = CHUNK):
     """data (CRLF line ends only) as dot-stuffed pieces of whole lines, ending with CRLF."""
-    position, end = 0, len(data)
-    while position < end:
-        stop = min(end, position + chunk)
-        if stop < end:  # on to the end of the line the chunk ends in
-            line_end = data.find(b"\r\n", stop - 1)
-            stop = end if line_end < 0 else line_end + 2
+    for position, stop in line_pieces(data, 0, chunk):
         piece = data[position:stop]
         # every piece starts a line: a "." there is stuffed as one after a CRLF inside it
         yield (b"." if piece.startswith(b".") else b"") + piece.replace(b"\r\n.", b"\r\n..")
-        position = stop
     if not data.endswith(b"\r\n"):
         yield b"\r\n"
 

@@ -14,6 +14,8 @@ import base64
 import hashlib
 import re
 
+from gateway.wire import line_pieces
+
 CHUNK = 1024 * 1024
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP = re.compile(rb"[\t ]+")
@@ -26,12 +28,7 @@ def relaxed_body_hash(message: bytes, start: int, chunk: int = CHUNK) -> bytes:
     digest = hashlib.sha256()
     held = b""  # line ends not yet known to be followed by content
     content = False
-    position, end = start, len(message)
-    while position < end:
-        stop = min(end, position + chunk)
-        if stop < end:  # on to the end of the line the chunk ends in
-            line_end = message.find(b"\r\n", stop - 1)
-            stop = end if line_end < 0 else line_end + 2
+    for position, stop in line_pieces(message, start, chunk):
         canonical = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", message[position:stop]))
         text = canonical.rstrip(b"\r\n")
         if text:
@@ -40,7 +37,6 @@ def relaxed_body_hash(message: bytes, start: int, chunk: int = CHUNK) -> bytes:
             held, content = canonical[len(text):], True
         else:
             held += canonical
-        position = stop
     if content:
         digest.update(b"\r\n")  # the last line's end; the empty lines after it are ignored
     return base64.b64encode(digest.digest())

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 from gateway.errors import RewriteError
 from gateway.mime import MAX_DEPTH, children, parse_message, part_at
 from gateway.mime_spans import body_span
-from gateway.wire import crlf_line_endings
+from gateway.wire import crlf_line_endings, crlf_only
 
 GATEWAY_HEADER = "X-PPAP-Gateway"
 MAX_LINE_OCTETS = 998
@@ -348,12 +348,6 @@ def _lf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _crlf_only(raw: bytes, start: int, end: int) -> bool:
-    """Whether raw[start:end] has no line end but CRLF (three C-speed counts, no copy)."""
-    crlf = raw.count(b"\r\n", start, end)
-    return raw.count(b"\r", start, end) == crlf == raw.count(b"\n", start, end)
-
-
 class _CrlfBodyGenerator(BytesGenerator):
     """BytesGenerator that writes a body whose line ends are all CRLF already (the relay made
     the message CRLF before parsing) as it is: the stdlib splits every body into a list of
@@ -371,7 +365,7 @@ class _CrlfBodyGenerator(BytesGenerator):
         """A body kept as a span of the received bytes (gateway.mime_spans) is written from
         them: what the generator would write for it, without making it a string first."""
         span = body_span(msg)
-        if span is not None and self._NL == "\r\n" and _crlf_only(*span):
+        if span is not None and self._NL == "\r\n" and crlf_only(*span):
             raw, start, end = span
             self._fp.write(memoryview(raw)[start:end])
         else:
