@@ -19,6 +19,7 @@ import pyzipper
 
 from gateway.outbound.dkim_keys import generate_dkim_key
 from tests.support import evasions as ev
+from tests.support.memory import memory_kib
 from tests.support.processes import free_port, wait_listening
 from tests.support.raw_sink import RawSink
 from tests.support.sink import RecordingSink
@@ -69,13 +70,6 @@ listen = "127.0.0.1:{free_port()}"
 {extra}
 """, encoding="utf-8")
     return config
-
-
-def memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
 
 
 def attempt(port: int, index: int, announce_size: bool) -> tuple[int, str]:
