@@ -134,20 +134,21 @@ class DkimSigner:
 
     def sign(self, data: bytes) -> bytes:
         """data with one DKIM-Signature per key of its From domain prepended; unchanged if none."""
-        keys = self._by_domain.get(_from_domain(data) or "", [])
-        if not keys:
-            return data
         # dkimpy splits lines on LF only; a receiver reads bare CR and LF as CRLF.
         message = crlf_line_endings(data)
-        include = _headers_to_sign(message)
-        timestamp = int(self._clock().timestamp() if self._clock else time.time())
         body_start = _body_start(message)
+        header = message[:body_start]  # all that is read of the message but its body hash
+        keys = self._by_domain.get(_from_domain(header) or "", [])
+        if not keys:
+            return data
+        include = _headers_to_sign(header)
+        timestamp = int(self._clock().timestamp() if self._clock else time.time())
         body_hash = relaxed_body_hash(message, body_start)  # every key hashes with SHA-256
         signatures = []
         for key in keys:
             try:
                 # As dkim.sign() does it, with our signature time and body hash.
-                signer = _DKIMAt(message[:body_start], timestamp=timestamp, body_hash=body_hash,
+                signer = _DKIMAt(header, timestamp=timestamp, body_hash=body_hash,
                                  rsa_key=key.rsa_key, signature_algorithm=key.algorithm)
                 signatures.append(
                     signer.sign(
@@ -187,18 +188,17 @@ def _rsa_key(pem: bytes) -> rsa.RSAPrivateKey | None:
     return loaded if isinstance(loaded, rsa.RSAPrivateKey) else None
 
 
-def _headers_to_sign(message: bytes) -> list[bytes]:
+def _headers_to_sign(header: bytes) -> list[bytes]:
     """Each listed header once per occurrence, plus From once more so none can be added."""
-    head = message.split(b"\r\n\r\n", 1)[0]
-    present = [name.lower() for name in _HEADER_NAME.findall(head)]
+    present = [name.lower() for name in _HEADER_NAME.findall(header)]
     names = [name.encode() for name in SIGNED_HEADERS for _ in range(present.count(name.encode()))]
     return names + [b"from"]
 
 
-def _from_domain(data: bytes) -> str | None:
-    # Only the header section: given the whole message, the parser splits the body into
-    # lines too (about eight times a large copy's size, once per copy signed).
-    headers = BytesHeaderParser(policy=compat32).parsebytes(_header_section(data))
+def _from_domain(header: bytes) -> str | None:
+    """The one domain of the From field of a header section (given the whole message, the
+    parser would split the body into lines too: eight times a large copy's size)."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(header)
     value = headers.get("From")
     if value is None:
         return None
@@ -218,12 +218,6 @@ def _body_start(message: bytes) -> int:
         return 2
     end = message.find(b"\r\n\r\n")
     return len(message) if end < 0 else end + 4
-
-
-def _header_section(data: bytes) -> bytes:
-    """The header section up to its empty line (CRLF or bare LF), or all of `data`."""
-    ends = [end for end in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if end >= 0]
-    return data[:min(ends) + 2] if ends else data
 
 
 def _normal_domain(domain: str) -> str:

@@ -19,6 +19,8 @@ from gateway.errors import StructureLimitExceeded, UnparseableMessage
 from gateway import mime as mime_module
 from gateway.mime import parse_message
 from gateway.outbound import dkim as dkim_module
+from gateway.outbound.dkim import DkimKey, DkimSigner
+from gateway.outbound.dkim_keys import generate_dkim_key, load_private_key
 from gateway.pipeline import parse as parse_module
 from gateway.pipeline import rewrite as rewrite_module
 from gateway.pipeline.classify import content_inspector, parse_and_classify
@@ -148,11 +150,16 @@ def test_a_copy_is_written_as_the_stdlib_writes_it_without_its_line_list(monkeyp
     assert peak_of(lambda: rewrite_module._serialise(tree)) < 2.5 * len(raw)  # was 2.9 + 1
 
 
-def test_finding_the_signing_domain_reads_only_the_header_section():
+def test_finding_the_signing_domain_reads_only_the_header_section(tmp_path):
+    """A copy whose From domain has no key is not signed, and finding that out reads its header
+    section only (the header parser given the whole message split the body into lines: 8 x)."""
     raw = large_ppap(4 * 1024 * 1024)
-    peak = peak_of(lambda: dkim_module._from_domain(raw))
-    assert dkim_module._from_domain(raw) == "city.example.lg.jp"
-    assert peak < 0.05 * len(raw)  # was 8 x: the header parser read the body as lines too
+    key = generate_dkim_key("other.example.jp", "s", tmp_path, "ed25519-sha256")
+    signer = DkimSigner([DkimKey("other.example.jp", "s", load_private_key(key.key_path),
+                                 "ed25519-sha256")])
+    assert dkim_module._from_domain(raw[:raw.index(b"\r\n\r\n") + 4]) == "city.example.lg.jp"
+    assert signer.sign(raw) is raw
+    assert peak_of(lambda: signer.sign(raw)) < 0.05 * len(raw)
 
 
 def serialised(tree) -> bytes | str:
