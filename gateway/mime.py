@@ -233,6 +233,31 @@ def _lenient_base64(part: Message, raw: bytes) -> bytes:
     return decode_base64_leniently(raw)
 
 
+def padding_mid_way(part: Message) -> bool:
+    """Base64 with '=' before its end: decoders differ on what follows the padding."""
+    if transfer_encoding(part) != "base64":
+        return False
+    view = body_view(part)
+    payload = view if view is not None else payload_of(part)
+    if not isinstance(payload, (str, memoryview)):
+        return False
+    # as payload.rstrip().rstrip("="), without copying a large body twice
+    end = len(payload)
+    while end and _is_space(payload[end - 1]):
+        end -= 1
+    while end and payload[end - 1] in ("=", 0x3D):
+        end -= 1
+    if isinstance(payload, str):
+        return payload.find("=", 0, end) >= 0
+    return _EQUALS.search(payload, 0, end) is not None
+
+
+def _is_space(char: str | int) -> bool:
+    """str.isspace() of a character, or of the one a byte is in a compat32 body (8-bit bytes
+    are surrogates there, never space)."""
+    return char.isspace() if isinstance(char, str) else char < 0x80 and chr(char).isspace()
+
+
 def decoded_body(part: Message) -> bytes:
     """The body decoded from its transfer encoding as leniently as mail clients do: base64
     with stray characters ignored, quoted-printable, uuencode; any other label as it is."""

@@ -12,7 +12,6 @@ holds a real OpenPGP message. A fake shell is an ordinary multipart or file.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
@@ -25,11 +24,10 @@ from gateway.mime import (
     children,
     decoded_body,
     header_bytes,
-    payload_of,
+    padding_mid_way,
     text_bytes,
     transfer_encoding,
 )
-from gateway.mime_spans import body_view
 
 _PKCS7_MIME = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 _PKCS7_SIGNATURE = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
@@ -137,7 +135,7 @@ def _leaf(path, part: Message, signed: bool, in_message: bool, max_output: int) 
             # opaque signing or compression: the MIME entity inside is what a client shows
             covered = signed or cms.kind == "signed-data"
             return _content(path, part, cms.content, b"", covered, in_message)
-    raw = body_bytes(part) if _padding_mid_way(part) else b""
+    raw = body_bytes(part) if padding_mid_way(part) else b""
     return _content(path, part, data, raw, signed, in_message)
 
 
@@ -156,34 +154,6 @@ def _genuine_signature(part: Message) -> bool:
         found = read_pgp(data)
         return found is not None and found.kind == "signature"
     return False
-
-
-def _padding_mid_way(part: Message) -> bool:
-    """Base64 with '=' before its end: decoders differ on what follows the padding."""
-    if transfer_encoding(part) != "base64":
-        return False
-    view = body_view(part)
-    payload = view if view is not None else payload_of(part)
-    if not isinstance(payload, (str, memoryview)):
-        return False
-    # as payload.rstrip().rstrip("="), without copying a large body twice
-    end = len(payload)
-    while end and _is_space(payload[end - 1]):
-        end -= 1
-    while end and payload[end - 1] in ("=", 0x3D):
-        end -= 1
-    if isinstance(payload, str):
-        return payload.find("=", 0, end) >= 0
-    return _EQUALS.search(payload, 0, end) is not None
-
-
-_EQUALS = re.compile(rb"=")
-
-
-def _is_space(char: str | int) -> bool:
-    """str.isspace() of a character, or of the one a byte is in a compat32 body (8-bit bytes
-    are surrogates there, never space)."""
-    return char.isspace() if isinstance(char, str) else char < 0x80 and chr(char).isspace()
 
 
 def _outside_text(path, part: Message, signed: bool, in_message: bool) -> Iterator[Leaf]:
