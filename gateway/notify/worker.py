@@ -91,6 +91,8 @@ class OutboxWorker:
         try:
             handled = await self._record_unrecorded()
             items = await asyncio.to_thread(self._outbox.due, self._clock())
+            if items:  # queued by a relay, perhaps in another process: on disk before it leaves
+                await self._outbox.synced()
         except MetadataError as error:
             return self._stop_round(error)
         for item in items:

@@ -103,7 +103,10 @@ class TransferWriter:
     async def store(
         self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime
     ) -> StoredTransfer:
-        return await asyncio.to_thread(self._store, envelope, decision, facts, now)
+        stored = await asyncio.to_thread(self._store, envelope, decision, facts, now)
+        # Its links go out next: the transfer behind them must survive a power cut first.
+        await self._db.barrier.flush_deferred()
+        return stored
 
     def _store(
         self, envelope: Envelope, decision: Decision, facts: MessageFacts, now: datetime

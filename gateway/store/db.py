@@ -4,6 +4,10 @@ All SQL lives here and in migrations/sqlite/*.sql, so another backend can implem
 MetadataStore without touching callers. One connection is shared by all threads and
 guarded by an RLock; a transaction() holds the lock until it ends. Timestamps come in
 as aware datetimes (the caller owns the clock) and are stored as fixed-width UTC text.
+
+Every commit is on disk when transaction() returns, as with `synchronous=FULL`, except inside
+store.durability.deferring_commits() (the relay): there it waits for the barrier's next flush
+(group commit), which the relay awaits before it answers or hands a link on.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
+from gateway.store.durability import (
+    DurabilityBarrier,
+    Sync,
+    SyncedAtCommit,
+    WalFile,
+    deferred_commits,
+)
 from gateway.store.rows import (  # re-exported: the store's row types are imported from here
     EventRow,
     FileRow,
@@ -49,6 +60,8 @@ class MetadataError(Exception):
 
 class MetadataStore(Protocol):
     """What the gateway needs from a metadata backend."""
+
+    barrier: DurabilityBarrier | SyncedAtCommit  # awaited where deferred commits must be on disk
 
     def transaction(self) -> AbstractContextManager[None]: ...
     def insert_transfer(self, *, id: str, fingerprint: str, message_id: str, sender: str,
@@ -150,7 +163,11 @@ def _cause(exc: sqlite3.Error) -> BaseException:
 
 
 class Database:
-    """The SQLite MetadataStore. Safe to share between threads."""
+    """The SQLite MetadataStore. Safe to share between threads.
+
+    `group_commit=False` runs the connection at `synchronous=FULL` instead, every commit synced
+    by SQLite itself and none deferred (the old way, kept for comparison: bench/commit_cost.py).
+    `fsync` syncs the -wal file (tests count or hold it)."""
 
     def __init__(
         self,
@@ -158,21 +175,29 @@ class Database:
         *,
         busy_timeout_ms: int = 5000,
         migrations: Traversable | Path | None = None,
+        group_commit: bool = True,
+        fsync: Sync = os.fdatasync,
     ):
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0
-        self._conn = self._connect(path, busy_timeout_ms)
+        self._group_commit = group_commit
+        self._conn = self._connect(path, busy_timeout_ms, "NORMAL" if group_commit else "FULL")
+        # SQLite names the WAL after the database's real path (symbolic links resolved).
+        self._wal = WalFile(Path(os.path.realpath(path) + "-wal"), fsync)
+        self.barrier: DurabilityBarrier | SyncedAtCommit = (
+            DurabilityBarrier(self._wal.sync) if group_commit else SyncedAtCommit()
+        )
         try:
             self._migrate(migrations if migrations is not None else _bundled_migrations())
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
 
     # -- connection and transactions -------------------------------------------------
 
     @staticmethod
-    def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    def _connect(path: Path, busy_timeout_ms: int, synchronous: str) -> sqlite3.Connection:
         try:
             # Create the file 0600 ourselves; SQLite gives -wal and -shm the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -187,7 +212,9 @@ class Database:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise MetadataError(f"{path}: database refuses WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
+            # NORMAL: a commit is in the WAL (safe if the process dies) and is synced after
+            # it (_synced) or by the barrier; SQLite itself syncs at checkpoints.
+            conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             # Overwrite deleted rows, so purged wrapped keys do not linger in free pages.
@@ -231,6 +258,29 @@ class Database:
             except BaseException:
                 self._undo(outer, savepoint)
                 raise
+        if outer:
+            self._synced()  # outside the lock: other threads may read and write meanwhile
+
+    def _synced(self) -> None:
+        """A commit just ended: sync it now, or leave it to the flush of the work deferring it."""
+        if not self._group_commit:
+            return  # synchronous=FULL: SQLite synced the WAL in COMMIT
+        deferred = deferred_commits()
+        if deferred is not None:
+            deferred.last = self.barrier.mark()
+            return
+        try:
+            self.barrier.sync_now()
+        except OSError as exc:
+            raise MetadataError(f"{self.path}: committed, but cannot sync the WAL: {exc}") from exc
+
+    async def synced(self) -> None:
+        """Return once every commit made before the call, by any process, is on disk: before
+        something a deferred commit wrote leaves the gateway. MetadataError if the sync fails."""
+        try:
+            await self.barrier.flush(self.barrier.mark())
+        except OSError as exc:
+            raise MetadataError(f"{self.path}: cannot sync the WAL: {exc}") from exc
 
     def _undo(self, outer: bool, savepoint: str) -> None:
         try:
@@ -249,8 +299,10 @@ class Database:
             self._execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
+        self.barrier.close()
         with self._lock:
             self._conn.close()
+        self._wal.close()
 
     def __enter__(self) -> Database:
         return self

@@ -73,6 +73,10 @@ class OutboxStore:
         """Whether an item with this dedupe key was ever queued (whatever became of it)."""
         return bool(self._db.query("SELECT 1 FROM outbox WHERE dedupe_key = ?", (dedupe_key,)))
 
+    async def synced(self) -> None:
+        """What due() returned is on disk (a relay's commit waits for a shared fsync)."""
+        await self._db.synced()
+
     def due(self, now: datetime, limit: int = 50) -> list[OutboxItem]:
         rows = self._db.query(
             "SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id"

@@ -75,9 +75,10 @@ def test_database_satisfies_the_metadata_store_protocol(db: Database) -> None:
     assert callable(store.transaction)
 
 
-def test_pragmas_are_wal_full_sync_and_foreign_keys(db: Database) -> None:
+def test_pragmas_are_wal_normal_sync_and_foreign_keys(db: Database) -> None:
+    # NORMAL: every commit is synced by the Database or its barrier (tests/unit/test_durability.py)
     assert db._query("PRAGMA journal_mode")[0][0] == "wal"
-    assert db._query("PRAGMA synchronous")[0][0] == 2  # FULL
+    assert db._query("PRAGMA synchronous")[0][0] == 1  # NORMAL
     assert db._query("PRAGMA foreign_keys")[0][0] == 1
     assert db._query("PRAGMA busy_timeout")[0][0] == 5000
     assert db._query("PRAGMA secure_delete")[0][0] == 1
@@ -148,14 +149,14 @@ def test_unopenable_path_is_a_metadata_error(tmp_path: Path) -> None:
         Database(tmp_path / "missing-dir" / "meta.db")
 
 
-def test_wal_and_full_sync_hold_again_when_an_existing_database_is_reopened(
+def test_wal_and_normal_sync_hold_again_when_an_existing_database_is_reopened(
     tmp_path: Path,
 ) -> None:
     Database(tmp_path / "meta.db").close()
     with sqlite3.connect(tmp_path / "meta.db") as raw:  # WAL is a property of the file
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with Database(tmp_path / "meta.db") as reopened:  # synchronous is per connection
-        assert reopened._query("PRAGMA synchronous")[0][0] == 2
+        assert reopened._query("PRAGMA synchronous")[0][0] == 1
 
 
 def test_full_database_is_reported_as_disk_full_and_recovers_when_space_returns(
