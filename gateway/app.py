@@ -12,7 +12,9 @@ import contextlib
 import fcntl
 import logging
 import os
-from dataclasses import replace
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from gateway.config import Config, ConfigError
 from gateway.inflight import DataBudget
+from gateway.ledger import LedgerRow, SharedDataBudget, SharedRelayingNow, SharedSessionSlots
 from gateway.log import MessageLogger
 from gateway.notify.compose import NoticeComposer
 from gateway.notify.webhook import WebhookSender
@@ -44,6 +47,7 @@ from gateway.smtp.access import (
     load_users,
 )
 from gateway.smtp.handler import GatewayHandler
+from gateway.smtp.drain import SmtpListener
 from gateway.smtp.server import RelaysInFlight, start_smtp_server
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
@@ -145,11 +149,33 @@ def clean_up_after_crash(
     return report
 
 
-async def start_web(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_web(
+    app: web.Application, host: str, port: int, socks: tuple[socket.socket, ...] = ()
+) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    sites = [web.SockSite(runner, sock) for sock in socks] or [web.TCPSite(runner, host, port)]
+    for site in sites:
+        await site.start()
     return runner, runner.addresses[0][1]
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """How a Gateway runs as one worker of `serve` (gateway/supervisor.py): on listening sockets
+    the supervisor bound, counting its sessions and bytes in flight with the other workers in
+    the shared ledger. Only the leader serves the admin listener and runs the timers
+    (housekeeping) and the notice worker; the supervisor has already cleaned up after a crash."""
+
+    smtp_sockets: tuple[socket.socket, ...]
+    portal_sockets: tuple[socket.socket, ...]
+    admin_sockets: tuple[socket.socket, ...]
+    ledger_row: LedgerRow
+    leader: bool
+    # A pipe every worker writes a byte to when it queues a notice, and the leader reads: its
+    # notice worker wakes whichever worker relayed the message.
+    notice_wake: tuple[int, int]
+    metrics_dir: Path  # where each worker keeps its counts, for the leader's /metrics to sum
 
 
 class Gateway:
@@ -159,17 +185,22 @@ class Gateway:
         clock: Callable[[], datetime] = utc_now,
         next_hop: NextHop | None = None,
         open_storage: StoreOpener = open_store,
+        role: WorkerRole | None = None,
     ):
-        """`open_storage` exists so tests can hand in a store whose disk fails on demand."""
+        """`open_storage` exists so tests can hand in a store whose disk fails on demand;
+        `role`: run as a worker of `serve`'s supervisor (else on its own, binding its ports)."""
         self.config = config
+        self.role = role
         self._open_storage = open_storage
         self._data_dir_lock: int | None = None
         self.clock = clock
-        self.metrics = GatewayMetrics(refusal_reasons=tuple(REFUSAL_STATUS))
+        self.metrics = GatewayMetrics(
+            refusal_reasons=tuple(REFUSAL_STATUS), shared_dir=role.metrics_dir if role else None
+        )
         self._next_hop = next_hop
         self.db: Database | None = None
         self.blobs: BlobStore | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._server: SmtpListener | None = None
         self._relays = RelaysInFlight()
         self._runners: list[web.AppRunner] = []
         self._purger: asyncio.Task | None = None
@@ -187,13 +218,15 @@ class Gateway:
         config = self.config
         master_key = load_master_key(config)
         self.db, self.blobs = await asyncio.to_thread(self._open_storage, config, master_key)
-        self._data_dir_lock = claim_data_dir(config)
-        if self._data_dir_lock is None:
-            log.warning("another gateway uses %s: start-up clean-up keeps its grace period",
-                        config.storage.data_dir)
-        await asyncio.to_thread(
-            clean_up_after_crash, self.db, self.blobs, self.clock(), self._data_dir_lock is not None
-        )
+        if self.role is None:  # a worker's supervisor has done this before starting it
+            self._data_dir_lock = claim_data_dir(config)
+            if self._data_dir_lock is None:
+                log.warning("another gateway uses %s: start-up clean-up keeps its grace period",
+                            config.storage.data_dir)
+            await asyncio.to_thread(
+                clean_up_after_crash, self.db, self.blobs, self.clock(),
+                self._data_dir_lock is not None,
+            )
         if self._next_hop is None:
             hop = config.next_hop
             self._next_hop = make_next_hop(
@@ -204,16 +237,26 @@ class Gateway:
         # One opener for both ways a ZIP password arrives: the password mail and the sender's form.
         # Unlocking charges what it holds to the budget the SMTP listener charges DATA to.
         self._scanner = make_scanner(config)
-        self.in_flight = DataBudget(config.smtp.max_data_in_flight)
+        role = self.role
+        self.in_flight = (
+            SharedDataBudget(role.ledger_row, config.smtp.max_data_in_flight) if role
+            else DataBudget(config.smtp.max_data_in_flight)
+        )
         self._opener = TransferOpener(config, self.db, self.blobs, self._scanner, self.in_flight)
         await self._start_smtp(master_key, signer)
-        self._start_notifier(master_key, signer)
+        leader = role is None or role.leader
+        if leader:
+            self._start_notifier(master_key, signer)
         await self._start_portal(master_key)
-        await self._start_admin()
-        self._purger = asyncio.create_task(run_periodically(
-            config.housekeeping.purge_interval, self.purge_now,
-            logging.getLogger("gateway.housekeeping"),
-        ))
+        if leader:
+            await self._start_admin()
+            self._purger = asyncio.create_task(run_periodically(
+                config.housekeeping.purge_interval, self.purge_now,
+                logging.getLogger("gateway.housekeeping"),
+            ))
+        if role is not None:
+            log.info("worker ready (pid %d%s)", os.getpid(), ", leader" if leader else "")
+            return
         log.info(
             "ready: smtp=%s:%s portal=%s:%s admin=%s:%s next_hop=%s data=%s"
             " logs=stderr (one line per message)",
@@ -224,14 +267,15 @@ class Gateway:
 
     async def _start_smtp(self, master_key: bytes, signer: DkimSigner) -> None:
         config = self.config
-        for domain in unsigned_domains(config):
+        for domain in unsigned_domains(config) if self.role is None or self.role.leader else ():
             log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
         writer = TransferWriter(self.db, self.blobs, master_key, config.storage.chunk_size)
         relay = Relay(
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
-            NoticeQueue(self.db, master_key), self.notify_wake.set,
+            NoticeQueue(self.db, master_key), self.wake_notices,
             PasswordMailUnlocker(self.db, self._opener, self.clock), self._scanner,
+            SharedRelayingNow(self.role.ledger_row) if self.role else None,
         )
         authenticator = None
         if config.smtp.auth_users_file:
@@ -249,11 +293,16 @@ class Gateway:
             relay, RelayAccess(config.smtp.allowed_clients), config.smtp.max_recipients,
             MessageLogger(config.gateway.log_format), self.metrics,
         )
+        role = self.role
         self._server = await start_smtp_server(
             handler, config.smtp, config.gateway.hostname, authenticator, self._relays,
             budget=self.in_flight,
+            slots=SharedSessionSlots(
+                role.ledger_row, config.smtp.max_sessions, config.smtp.max_sessions_per_client
+            ) if role else None,
+            socks=role.smtp_sockets if role else (),
         )
-        self.smtp_port = self._server.sockets[0].getsockname()[1]
+        self.smtp_port = self._server.port
 
     def _start_notifier(self, master_key: bytes, signer: DkimSigner) -> None:
         """The worker that sends what the outbox holds: passwords, receipts, codes, webhooks."""
@@ -274,6 +323,25 @@ class Gateway:
         )
         self._notifier_stop.clear()
         self._notifier = asyncio.create_task(worker.run(self._notifier_stop))
+        if self.role is not None:
+            read_end = self.role.notice_wake[0]
+            asyncio.get_running_loop().add_reader(read_end, self._woken_by_a_worker, read_end)
+
+    def wake_notices(self) -> None:
+        """A notice was queued: wake the notice worker, in whichever process it runs."""
+        self.notify_wake.set()
+        if self.role is not None and not self.role.leader:
+            try:
+                os.write(self.role.notice_wake[1], b"!")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups the leader has not read yet: it will
+
+    def _woken_by_a_worker(self, read_end: int) -> None:
+        try:
+            os.read(read_end, 4096)
+        except BlockingIOError:
+            return  # another leader (a reload's old one) read it first
+        self.notify_wake.set()
 
     async def _start_portal(self, master_key: bytes) -> None:
         config = self.config
@@ -284,11 +352,12 @@ class Gateway:
             events_hook=self._count_portal_event,
             outbox=OutboxStore(self.db), controls=ControlsStore(self.db),
             seal=lambda item_id, data: seal_small(master_key, item_id.encode(), data),
-            wake_outbox=self.notify_wake.set, opener=self._opener,
+            wake_outbox=self.wake_notices, opener=self._opener,
             password_key=derive_key(master_key, DOWNLOAD_PASSWORD_KEY),
         )
         runner, self.portal_port = await start_web(
-            app, config.portal.listen_host, config.portal.listen_port
+            app, config.portal.listen_host, config.portal.listen_port,
+            self.role.portal_sockets if self.role else (),
         )
         self._runners.append(runner)
 
@@ -306,7 +375,8 @@ class Gateway:
         ]
         app = build_admin_app(metrics=self.metrics, health_checks=checks)
         runner, self.admin_port = await start_web(
-            app, config.admin.listen_host, config.admin.listen_port
+            app, config.admin.listen_host, config.admin.listen_port,
+            self.role.admin_sockets if self.role else (),
         )
         self._runners.append(runner)
 
@@ -315,16 +385,32 @@ class Gateway:
             purge, self.db, self.blobs, self.clock(), retention=self.config.retention
         )
 
+    async def drain(self, refuse_new: bool) -> None:
+        """Before stop(): let the messages under way finish, up to gateway.stop_timeout, closing
+        idle sessions with 421. `refuse_new` (stopping): new clients are answered 421; else
+        (a reload's old worker) this worker stops accepting and the new workers take them."""
+        if self._server is None:
+            return
+        timeout = self.config.gateway.stop_timeout.total_seconds()
+        if not refuse_new:
+            for runner in self._runners:
+                for site in list(runner.sites):
+                    await site.stop()  # requests under way go on until runner.cleanup()
+        if not await self._server.drain(refuse_new, timeout):
+            log.warning("stopping: %d session(s) still open after %s",
+                        len(self._server.sessions), self.config.gateway.stop_timeout)
+
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            await self._server.close()
             self._server = None
         await self._finish_relays()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
         if self._notifier is not None:
+            if self.role is not None:
+                asyncio.get_running_loop().remove_reader(self.role.notice_wake[0])
             self._notifier_stop.set()
             self.notify_wake.set()
             with contextlib.suppress(asyncio.CancelledError):

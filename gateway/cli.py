@@ -7,11 +7,9 @@ Configuration problems exit with status 2 and one line naming the key and the pr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import logging
 import os
-import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -102,13 +100,20 @@ def _config(args) -> Config:
     return load_config(getattr(args, "config", None), tuple(getattr(args, "overrides", ())))
 
 
-def cmd_check_config(args) -> int:
-    from gateway.app import load_signer, unsigned_domains
+def check_startable(config: Config) -> None:
+    """What a gateway needs beyond a valid file: usable keys, readable templates."""
+    from gateway.app import load_signer
     from gateway.pipeline.notice import make_template_env
 
-    config = _config(args)
     load_signer(config)  # a key file that is not a usable key is a config error too
     make_template_env(config.gateway.templates_dir).get_template("mail/notice.ja.txt")
+
+
+def cmd_check_config(args) -> int:
+    from gateway.app import unsigned_domains
+
+    config = _config(args)
+    check_startable(config)
     print(f"configuration OK: {config.source}")
     print(f"  smtp listen      {config.smtp.listen_host}:{config.smtp.listen_port}")
     print(f"  allowed clients  {', '.join(map(str, config.smtp.allowed_clients))}")
@@ -245,7 +250,6 @@ def cmd_send_sample(args) -> int:
 
 def cmd_serve(args) -> int:
     from gateway.allocator import return_large_blocks
-    from gateway.app import Gateway
     from gateway.crashpoints import arm
     from gateway.log import setup_logging
 
@@ -260,15 +264,10 @@ def cmd_serve(args) -> int:
             crash_at,
         )
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await Gateway(config).serve_forever(stop)
+    from gateway.supervisor import Supervisor
 
-    asyncio.run(run())
-    return 0
+    read_again = lambda: _config(args)  # noqa: E731
+    return Supervisor(config, read_config=read_again, check_config=check_startable).run()
 
 
 COMMANDS = {

@@ -82,6 +82,11 @@ class GatewaySettings:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Tokyo"))
     log_format: str = "kv"
     templates_dir: Path = BUNDLED_TEMPLATES
+    # Worker processes under `serve` (0: one per core the process may run on).
+    workers: int = 0
+    # How long a stopping (SIGTERM) or retiring (SIGHUP) worker lets its sessions in DATA and
+    # their relays finish before it cancels them (what they stored is rolled back).
+    stop_timeout: timedelta = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -287,6 +292,8 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "timezone": check.timezone,
         "log_format": check.choice(("kv", "json")),
         "templates_dir": check.file_path,
+        "workers": check.workers,
+        "stop_timeout": check.duration,
     },
     "smtp": {
         "listen": check.listen,
@@ -537,6 +544,8 @@ def build_config(
     values = {s: _check_table(s, document.get(s, {}), keys) for s, keys in SECTION_KEYS.items()}
 
     gateway = GatewaySettings(**values["gateway"])
+    if gateway.stop_timeout <= timedelta(0):
+        raise ConfigError("gateway.stop_timeout", "must be longer than zero")
     smtp = SmtpSettings(**_split_listen(values["smtp"]))
     if (smtp.tls_cert is None) != (smtp.tls_key is None):
         raise ConfigError("smtp.tls_key", "tls_cert and tls_key must be set together")

@@ -31,6 +31,13 @@ def integer(minimum: int, maximum: int) -> Callable[[Any], int]:
     return convert
 
 
+def workers(value: Any) -> int:
+    """"auto" (0: one per core) or a number of worker processes."""
+    if value == "auto":
+        return 0
+    return integer(1, 256)(value)
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")

@@ -25,13 +25,17 @@ class _Armed:
     """Holds the one armed point; a class attribute so the check is a plain attribute load."""
 
     name: str | None = None
+    whole_service: int | None = None  # the supervisor, killed first: a power cut takes all
 
 
-def arm(name: str | None) -> None:
-    """Arm `name` (None or "" disarms); ValueError for a name that is not a point."""
+def arm(name: str | None, whole_service: int | None = None) -> None:
+    """Arm `name` (None or "" disarms); ValueError for a name that is not a point.
+    `whole_service`: the pid of `serve`'s supervisor; a worker dying at the point takes it (and
+    with it, by PR_SET_PDEATHSIG, every other worker) along, as a power cut would."""
     if name and name not in POINTS:
         raise ValueError(f"unknown crash point {name!r}; known: {', '.join(POINTS)}")
     _Armed.name = name or None
+    _Armed.whole_service = whole_service
 
 
 def armed() -> str | None:
@@ -41,4 +45,6 @@ def armed() -> str | None:
 def crash_point(name: str) -> None:
     """Die here, without clean-up, flush or atexit, if `name` is the armed point."""
     if _Armed.name == name:
+        if _Armed.whole_service not in (None, os.getpid()):
+            os.kill(_Armed.whole_service, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

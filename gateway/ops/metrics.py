@@ -7,7 +7,12 @@ at zero, so dashboards and alerts see them before the first event.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable
+
+from prometheus_client import values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,7 +50,12 @@ def _bounded(value: str, allowed: Iterable[str]) -> str:
 class GatewayMetrics:
     """The gateway's counters and histogram; safe to call from any thread."""
 
-    def __init__(self, refusal_reasons: Iterable[str] = REFUSAL_REASONS) -> None:
+    def __init__(
+        self, refusal_reasons: Iterable[str] = REFUSAL_REASONS, shared_dir: Path | None = None
+    ) -> None:
+        """`shared_dir`: the directory where every worker of `serve` keeps its counts
+        (count_across_processes); /metrics then shows their sums."""
+        self._shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self._refusal_reasons = tuple(dict.fromkeys((*refusal_reasons, OTHER)))
         self._messages = Counter(
@@ -102,4 +112,17 @@ class GatewayMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its Content-Type, for a /metrics response."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self._shared_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=str(self._shared_dir))
+        return generate_latest(every_worker), CONTENT_TYPE_LATEST
+
+
+def count_across_processes(directory: Path) -> None:
+    """From now on, in this process and the ones it forks, every count is kept in `directory`
+    (prometheus_client's multiprocess mode, one memory-mapped file per process), so that any
+    worker's /metrics can sum all of them; counts of a worker that died stay in the sums.
+    Call before the first metric is made."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # read by the library when it writes
+    values.ValueClass = values.MultiProcessValue()

@@ -47,19 +47,35 @@ class FrameBytes:
         tx.raw = crlf_line_endings(tx.raw)
 
 
+class RelayingNow:
+    """The fingerprints of the messages this process is relaying now (gateway.ledger has the
+    one the workers of `serve` share)."""
+
+    def __init__(self) -> None:
+        self._fingerprints: set[str] = set()
+
+    def claim(self, fingerprint: str) -> bool:
+        if fingerprint in self._fingerprints:
+            return False
+        self._fingerprints.add(fingerprint)
+        return True
+
+    def release(self, fingerprint: str) -> None:
+        self._fingerprints.discard(fingerprint)
+
+
 class SkipServed:
     name = "served"
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, relaying: RelayingNow | None = None):
         self._db = db
-        self._relaying: set[str] = set()  # fingerprints of the messages being relayed now
+        self._relaying = relaying or RelayingNow()
 
     async def process(self, tx: Transaction) -> None:
         tx.fingerprint = fingerprint = message_fingerprint(tx.envelope, tx.raw)
-        if fingerprint in self._relaying:
+        if not self._relaying.claim(fingerprint):
             raise TempFail(STILL_RELAYING, "deferred", "same message still relaying")
-        self._relaying.add(fingerprint)
-        tx.releases.append(lambda: self._relaying.discard(fingerprint))
+        tx.releases.append(lambda: self._relaying.release(fingerprint))
         served = await asyncio.to_thread(self._db.delivered_recipients, tx.fingerprint)
         remaining = tuple(r for r in tx.envelope.rcpt_tos if r not in served)
         if not remaining:

@@ -26,16 +26,20 @@ from gateway.errors import (
 from gateway.model import Envelope
 from gateway.outbound.dkim import DkimSigner
 from gateway.outbound.hop import NextHop
+from gateway.pipeline.admission import RelayingNow
 from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.stages import Pipeline, RelayServices, relay_pipeline
 from gateway.pipeline.store_step import TransferWriter
 from gateway.pipeline.transaction import Outcome, Transaction
 from gateway.pipeline.unlock_step import PasswordMailUnlocker
-from gateway.replies import reply_for_exception
+from gateway.replies import OK, reply_for_exception
 from gateway.scan.clamd import ClamdScanner
 from gateway.store.db import Database
+from gateway.store.durability import DeferredCommits, deferring_commits
 
 __all__ = ["Outcome", "Relay"]
+
+_PASSED_THROUGH = frozenset({"pass", "internal"})  # decisions for which nothing was stored
 
 log = logging.getLogger("gateway.relay")
 
@@ -58,14 +62,48 @@ class Relay:
         wake_notices: Callable[[], None] = lambda: None,
         unlocker: PasswordMailUnlocker | None = None,
         scanner: ClamdScanner | None = None,
+        relaying: RelayingNow | None = None,
     ):
+        """`relaying`: the messages being relayed now, shared by the workers of `serve`."""
         self._clock = clock
+        self._barrier = db.barrier
         self.pipeline: Pipeline = relay_pipeline(RelayServices(
             config, db, writer, next_hop, signer, templates, clock, notices, wake_notices,
-            unlocker, scanner,
+            unlocker, scanner, relaying or RelayingNow(),
         ))
 
     async def handle(self, envelope: Envelope, raw: bytes) -> Outcome:
+        # The message's commits are synced together with other sessions' (group commit),
+        # once, before the answer: not one fsync per commit.
+        with deferring_commits() as deferred:
+            outcome = await self._relay(envelope, raw)
+            await self._on_disk_before_answer(outcome, deferred)
+        return outcome
+
+    async def _on_disk_before_answer(self, outcome: Outcome, deferred: DeferredCommits) -> None:
+        """What the answer tells the client is on disk first: the message's own commits; for
+        a 250 it committed nothing for (already delivered), the records it read, which may be
+        another process's commit not yet synced. A failed sync is a 4xx, never a 250."""
+        if outcome.reply == OK and outcome.decision in _PASSED_THROUGH:
+            # Passed on as it came, and the next hop has said yes: the message is the next
+            # hop's now, and our record of it only spares a retry a duplicate. That record
+            # rides on the next fsync anyone makes; a power cut before it can only mean a
+            # duplicate, and only if this 250 never reached the client.
+            return
+        mark = deferred.last
+        if not mark and outcome.reply.code < 300:
+            mark = self._barrier.mark()
+        if not mark:
+            return
+        try:
+            await self._barrier.flush(mark)
+        except OSError as error:
+            log.error("cannot sync the database before answering: %s", error)
+            outcome.reply = reply_for_exception(error)
+            outcome.decision = "deferred"
+            outcome.notes.append(f"sync failed: {error}")
+
+    async def _relay(self, envelope: Envelope, raw: bytes) -> Outcome:
         tx = Transaction(envelope, raw, received_at=self._clock())
         outcome = tx.outcome
         try:

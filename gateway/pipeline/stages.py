@@ -12,14 +12,14 @@ gateway.pipeline.errors.Stop (or TempFail, PermFail).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from gateway.config import Config
 from gateway.outbound.dkim import DkimSigner
 from gateway.outbound.hop import NextHop
-from gateway.pipeline.admission import FrameBytes, SkipServed
+from gateway.pipeline.admission import FrameBytes, RelayingNow, SkipServed
 from gateway.pipeline.classify import Classify
 from gateway.pipeline.conversion import PlanCopies, Rewrite, Sign, Store, Verify
 from gateway.pipeline.delivery import Answer, Deliver, Record
@@ -67,6 +67,7 @@ class RelayServices:
     wake_notices: Callable[[], None] = lambda: None
     unlocker: PasswordMailUnlocker | None = None
     scanner: ClamdScanner | None = None
+    relaying: RelayingNow = field(default_factory=RelayingNow)
 
 
 def relay_pipeline(services: RelayServices) -> Pipeline:
@@ -74,7 +75,7 @@ def relay_pipeline(services: RelayServices) -> Pipeline:
     return Pipeline(
         per_message=(
             FrameBytes(),  # one reading of the bytes: NUL refused, line ends made CRLF
-            SkipServed(s.db),  # a retry reaches only the recipients not yet served
+            SkipServed(s.db, s.relaying),  # a retry reaches only the recipients not yet served
             Classify(s.config),  # every leaf looked into, where a copy leaves the organisation
             Decide(s.config),  # per recipient: pass or convert; or refuse the whole message
             HoldPasswordMail(s.unlocker, s.db, s.clock, s.wake_notices),  # PPAP's second mail

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from gateway.config import SmtpSettings
 from gateway.inflight import DataBudget
+from gateway.smtp.drain import SHUTTING_DOWN, LiveSessions, SmtpListener
 from gateway.replies import DATA_IN_FLIGHT_FULL, LINE_TOO_LONG, MESSAGE_TOO_BIG
 
 _FIXED_REPLIES = {
@@ -70,7 +72,8 @@ _REFUSAL_LINE = re.compile(r"([45]\d\d)([ -]?)(.*)", re.S)
 _HAS_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BUDGET_STEP = 64 * 1024  # DATA bytes are charged to the budget in steps, not per line
-_IDLE_RESETS_PER_TIMEOUT = 4  # during DATA the idle timer restarts at most this often
+_IDLE_RESETS_PER_TIMEOUT = 4
+_QUIT_GRACE = 2.0  # draining: seconds a client whose message is answered has to say QUIT  # during DATA the idle timer restarts at most this often
 
 log = logging.getLogger("gateway.smtp")
 
@@ -170,12 +173,13 @@ class _CheckToAwait:
 class GatewaySMTP(SMTP):
     def __init__(
         self, handler: Any, *, line_length_limit: int, slots: SessionSlots, budget: DataBudget,
-        data_timeout: float, relays: RelaysInFlight, **kwargs: Any,
+        data_timeout: float, relays: RelaysInFlight, sessions: LiveSessions, **kwargs: Any,
     ):
         # Read by SMTP.__init__ for the stream limit; real clients do send long lines.
         self.line_length_limit = line_length_limit
         self._slots, self._budget, self._data_timeout = slots, budget, data_timeout
-        self._relays = relays
+        self._relays, self._sessions = relays, sessions
+        self._close_after_reply = False  # draining: 421 once the message under way is answered
         self._relaying: asyncio.Task | None = None  # this session's latest relay
         self._client: str | None = None  # set while this session holds a slot
         self._refused = False  # over a session limit: greeted with 421, never served
@@ -219,6 +223,10 @@ class GatewaySMTP(SMTP):
         first = self.transport is None and self._original_transport is None  # not STARTTLS
         if first:
             client = _client_address(transport)
+            if self._sessions.refuse_new:
+                self._refused = True
+                self._say_and_close(SHUTTING_DOWN.format(host=self.hostname), transport)
+                return
             if not self._slots.admit(client):
                 self._refused = True
                 self._say_and_close(
@@ -227,6 +235,8 @@ class GatewaySMTP(SMTP):
                 return
             self._client = client
         super().connection_made(transport)
+        if first:
+            self._sessions.opened(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -235,7 +245,37 @@ class GatewaySMTP(SMTP):
             client, self._client = self._client, None
             # A relay still running holds the slot: leaving must not let a client start more.
             self._after_relay(lambda: self._slots.release(client))
+            self._sessions.closed(self)
         super().connection_lost(error)
+
+    def drain(self) -> None:
+        """Stop or reload: 421 now, unless a message is under way (MAIL given, or its relay
+        running); then 421 as soon as that message is answered."""
+        relaying = self._relaying is not None and not self._relaying.done()
+        if relaying or getattr(self.envelope, "mail_from", None) is not None:
+            self._close_after_reply = True
+        else:
+            self._say_and_close(SHUTTING_DOWN.format(host=self.hostname))
+
+    def _message_answered(self) -> None:
+        """Draining: the message under way has its reply. Its client may QUIT as usual; any
+        other command is answered 421 (RFC 5321 §3.8), and silence too, after a moment."""
+        if not self._close_after_reply:
+            return
+        shutting_down = SHUTTING_DOWN.format(host=self.hostname)
+
+        async def refuse(_arg: str) -> None:
+            self._say_and_close(shutting_down)
+
+        self._smtp_methods = {
+            name: method if name == "QUIT" else refuse
+            for name, method in self._smtp_methods.items()
+        }
+        self.loop.call_later(_QUIT_GRACE, self._say_and_close, shutting_down)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        self._message_answered()
 
     def _after_relay(self, release: Callable[[], None]) -> None:
         """Call `release` once this session's relay has ended (now, if none is running)."""
@@ -289,6 +329,7 @@ class GatewaySMTP(SMTP):
         if not self._budget.take(reserved):
             self._set_post_data_state()
             await self.push(DATA_IN_FLIGHT_FULL.render())
+            self._message_answered()
             return
         self._data_held = reserved
         try:
@@ -320,6 +361,7 @@ class GatewaySMTP(SMTP):
         if isinstance(received, str):
             self._set_post_data_state()
             await self.push(received)
+            self._message_answered()
             return
         self.envelope.content = self.envelope.original_content = received
         # the relay's time is ours, not the client's idleness (its own timeout still runs)
@@ -331,6 +373,7 @@ class GatewaySMTP(SMTP):
             self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+        self._message_answered()
 
     async def _relay(self) -> Any:
         """The DATA hook, run as its own task that the session's cancellation does not reach."""
@@ -439,8 +482,20 @@ def _may_hold_a_line_over(run: bytes, open_line: int, limit: int) -> bool:
     if not ends:
         return open_line + len(run) > limit
     first, last = min(ends), max(run.rfind(b"\r"), run.rfind(b"\n"))
-    # every line between them, with its end, is at most as long as the span between them
-    return open_line + first + 2 > limit or last - first + 1 > limit or len(run) - last - 1 > limit
+    return (open_line + first + 2 > limit or len(run) - last - 1 > limit
+            or _line_end_free_block(run, first, last, limit))
+
+
+def _line_end_free_block(run: bytes, first: int, last: int, limit: int) -> bool:
+    """Whether some block of (limit - 2) // 2 bytes between `first` and `last` holds no line
+    end: a line longer than `limit` (its CRLF counted) between them would hold one, so where
+    every block has one, none is. A few finds per block, not a list of every line."""
+    block = max(1, (limit - 2) // 2)
+    for start in range(first + 1, last - block + 1, block):
+        end = start + block
+        if run.find(b"\n", start, end) < 0 and run.find(b"\r", start, end) < 0:
+            return True
+    return False
 
 
 def _longest_line(run: bytes, open_line: int) -> int:
@@ -472,14 +527,18 @@ def make_tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
 async def start_smtp_server(
     handler: Any, settings: SmtpSettings, hostname: str, authenticator: Any = None,
     relays: RelaysInFlight | None = None, budget: DataBudget | None = None,
-) -> asyncio.base_events.Server:
+    slots: SessionSlots | None = None, socks: tuple[socket.socket, ...] = (),
+) -> SmtpListener:
     """`relays`: where the listener's relays run, for the owner to wait on at stop; `budget`:
-    the bytes in flight, shared with whatever else charges it (unlocking)."""
+    the bytes in flight, shared with whatever else charges it (unlocking); `slots`: the
+    session caps (shared by the workers of one `serve`); `socks`: listening sockets to serve
+    (a worker's, inherited from the supervisor) instead of binding settings.listen."""
     loop = asyncio.get_running_loop()
     tls_context = make_tls_context(settings)
-    slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
+    slots = slots or SessionSlots(settings.max_sessions, settings.max_sessions_per_client)
     budget = budget if budget is not None else DataBudget(settings.max_data_in_flight)
     relays = relays if relays is not None else RelaysInFlight()
+    sessions = LiveSessions()
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
@@ -489,6 +548,7 @@ async def start_smtp_server(
             budget=budget,
             data_timeout=settings.data_timeout.total_seconds(),
             relays=relays,
+            sessions=sessions,
             data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -503,4 +563,10 @@ async def start_smtp_server(
             loop=loop,
         )
 
-    return await loop.create_server(factory, host=settings.listen_host, port=settings.listen_port)
+    if socks:
+        servers = [await loop.create_server(factory, sock=sock) for sock in socks]
+    else:
+        servers = [await loop.create_server(
+            factory, host=settings.listen_host, port=settings.listen_port
+        )]
+    return SmtpListener(servers, sessions)

@@ -19,7 +19,7 @@ import pyzipper
 
 from gateway.outbound.dkim_keys import generate_dkim_key
 from tests.support import evasions as ev
-from tests.support.memory import memory_kib
+from tests.support.memory import memory_kib, serving_worker
 from tests.support.processes import free_port, wait_listening
 from tests.support.raw_sink import RawSink
 from tests.support.sink import RecordingSink
@@ -45,6 +45,7 @@ def write_config(tmp_path: Path, port: int, sink_port: int, *, budget: int = BUD
     config.write_text(f"""
 [gateway]
 hostname = "gw.test"
+workers = 1  # the bound is per process; one worker holds the whole budget
 internal_domains = ["city.example.lg.jp"]
 
 [smtp]
@@ -116,7 +117,8 @@ def test_fifty_clients_sending_20mb_at_once_stay_under_the_budget_derived_bound(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_listening(port, process)
-            baseline_kib = memory_kib(process.pid, "VmRSS")
+            worker = serving_worker(process.pid, port)
+            baseline_kib = memory_kib(worker, "VmRSS")
             results: dict[int, list[tuple[int, str]]] = {}
             start = threading.Barrier(CLIENTS)
             threads = [threading.Thread(target=client, args=(port, i, start, results))
@@ -126,7 +128,7 @@ def test_fifty_clients_sending_20mb_at_once_stay_under_the_budget_derived_bound(
             for thread in threads:
                 thread.join(timeout=90)
             assert process.poll() is None, "the gateway died"
-            peak_kib = memory_kib(process.pid, "VmHWM")
+            peak_kib = memory_kib(worker, "VmHWM")
             accepted = {i for i, tries in results.items() if tries[-1][0] == 250}
             arrived = sink.wait_for(len(accepted), timeout=30)
         finally:
@@ -223,7 +225,7 @@ class Serving:
 
     def kib(self, field: str) -> int:
         assert self.process.poll() is None, "the gateway died"
-        return memory_kib(self.process.pid, field)
+        return memory_kib(self.worker, field)
 
     def stop(self) -> str:
         self.process.terminate()
@@ -265,6 +267,7 @@ def test_a_mail_converted_for_many_outside_recipients_costs_one_copy_at_a_time(t
         serving = Serving(tmp_path, config)
         try:
             wait_listening(port, serving.process)
+            serving.worker = serving_worker(serving.process.pid, port)
             baseline_kib = serving.kib("VmRSS")
             results = run_at_once([lambda r=r, d=d: send_mail(port, r, d) for r, d in mails])
             peak_kib = serving.kib("VmHWM")
@@ -316,6 +319,7 @@ def test_large_ppap_mails_cost_a_small_multiple_of_their_size_not_the_parsers_ei
         serving = Serving(tmp_path, config)
         try:
             wait_listening(port, serving.process)
+            serving.worker = serving_worker(serving.process.pid, port)
             baseline_kib = serving.kib("VmRSS")
             results = run_at_once([lambda d=d: send_mail(port, [RECIPIENT], d) for d in mails])
             peak_kib = serving.kib("VmHWM")

@@ -65,15 +65,14 @@ def test_an_error_escaping_the_handler_is_451_4_3_0_not_aiosmtpds_500(caplog):
     async def session() -> tuple[int, str]:
         server = await start_smtp_server(handler, SmtpSettings(listen_port=0), "gw.test")
         try:
-            port = server.sockets[0].getsockname()[1]
+            port = server.port
             client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
             async with client:
                 await client.sendmail("a@city.example.lg.jp", ["b@partner.example.com"], b"\r\nx\r\n")
         except aiosmtplib.SMTPResponseException as refused:
             return refused.code, refused.message
         finally:
-            server.close()
-            await server.wait_closed()
+            await server.close()
         return 250, "accepted"
 
     with caplog.at_level(logging.ERROR):

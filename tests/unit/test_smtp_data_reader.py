@@ -22,3 +22,19 @@ def test_a_bare_lf_or_cr_ends_a_line_when_measuring_it() -> None:
     assert _longest_line(b"x" * 76 + b"\n" + b"y" * 76 + b"\n", 0) == 78
     assert _open_line_length(b"ab\ncd", 7) == 2 and _open_line_length(b"ab\rcde", 7) == 3
     assert _open_line_length(b"ab\r", 7) == 0 and _open_line_length(b"ab\n", 7) == 0
+
+
+def test_the_quick_look_never_misses_a_line_over_the_limit() -> None:
+    """_may_hold_a_line_over decides whether a run is measured line by line at all: it may say
+    yes wrongly (a measure for nothing), never no wrongly (a long line let through)."""
+    import random
+
+    from gateway.smtp.server import _longest_line, _may_hold_a_line_over
+
+    chance = random.Random(20261207)
+    pieces = [b"a" * 5, b"a" * 17, b"\r\n", b"\n", b"\r", b"b" * 40, b"x"]
+    for _ in range(20000):
+        run = b"".join(chance.choice(pieces) for _ in range(chance.randint(1, 30)))
+        limit, open_line = chance.randint(3, 80), chance.randint(0, 50)
+        if _longest_line(run, open_line) > limit:
+            assert _may_hold_a_line_over(run, open_line, limit), (run, limit, open_line)
