@@ -185,8 +185,6 @@ _BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+
 _STRAY_IN_BASE64 = re.compile(r"[^A-Za-z0-9+/=\r\n\t\x0b\x0c ]")
 _PADDING_TAIL = re.compile(rb"=[=\s]*\Z")
 _PADDING_TAIL_TEXT = re.compile(r"=[=\s]*\Z")
-_STRAY_IN_BASE64_BYTES = re.compile(rb"[^A-Za-z0-9+/=\r\n\t\x0b\x0c ]")
-_EQUALS = re.compile(rb"=")
 
 
 def _base64_body(part: Message, raw: bytes) -> bytes:
@@ -207,9 +205,11 @@ def _base64_body(part: Message, raw: bytes) -> bytes:
 def _base64_text(part: Message, text: str | memoryview) -> bytes:
     """_base64_body for an ASCII str payload or a body kept as a span, decoded from it as it
     is: a large attachment is not first copied into bytes (binascii reads both)."""
-    stray, padding = (_STRAY_IN_BASE64, _PADDING_TAIL_TEXT) if isinstance(text, str) else (
-        _STRAY_IN_BASE64_BYTES, _PADDING_TAIL)
-    if stray.search(text):
+    if isinstance(text, str):
+        stray, padding = _STRAY_IN_BASE64.search(text) is not None, _PADDING_TAIL_TEXT
+    else:
+        stray, padding = _stray_in_span(text), _PADDING_TAIL
+    if stray:
         part.defects.append(errors.InvalidBase64CharactersDefect())
     first_padding = _first_equals(text)
     if first_padding < 0 or padding.match(text, first_padding):
@@ -220,11 +220,22 @@ def _base64_text(part: Message, text: str | memoryview) -> bytes:
     return _lenient_base64(part, text.encode("ascii") if isinstance(text, str) else bytes(text))
 
 
+_SPAN_PIECE = 256 * 1024  # a span is read a piece at a time: C loops, a bounded copy
+
+
+def _stray_in_span(view: memoryview) -> bool:
+    return any(bytes(view[at:at + _SPAN_PIECE]).translate(None, _BASE64_TEXT)
+               for at in range(0, len(view), _SPAN_PIECE))
+
+
 def _first_equals(text: str | memoryview) -> int:
     if isinstance(text, str):
         return text.find("=")
-    found = _EQUALS.search(text)
-    return -1 if found is None else found.start()
+    for at in range(0, len(text), _SPAN_PIECE):
+        found = bytes(text[at:at + _SPAN_PIECE]).find(b"=")
+        if found >= 0:
+            return at + found
+    return -1
 
 
 def _lenient_base64(part: Message, raw: bytes) -> bytes:
@@ -247,9 +258,7 @@ def padding_mid_way(part: Message) -> bool:
         end -= 1
     while end and payload[end - 1] in ("=", 0x3D):
         end -= 1
-    if isinstance(payload, str):
-        return payload.find("=", 0, end) >= 0
-    return _EQUALS.search(payload, 0, end) is not None
+    return 0 <= _first_equals(payload) < end
 
 
 def _is_space(char: str | int) -> bool:

@@ -34,7 +34,7 @@ _PKCS7_SIGNATURE = frozenset({"application/pkcs7-signature", "application/x-pkcs
 # message/* subtypes whose body the parser does not open as one message a client would show
 # shorter header sections cannot hold the smallest encrypted archive a reader opens (some
 # hundred bytes, as base64)
-_HEADER_WORTH_A_LOOK = 128
+HEADER_WORTH_A_LOOK = 128
 _OPAQUE_MESSAGE_TYPES = frozenset({"delivery-status", "partial", "external-body",
                                    "disposition-notification", "feedback-report"})
 
@@ -160,7 +160,7 @@ def _outside_text(path, part: Message, signed: bool, in_message: bool) -> Iterat
     """Text that travels outside any part's body: a long header section (where a line end
     read differently can fold a body in), a multipart's preamble and epilogue."""
     header = header_bytes(part)
-    if len(header) >= _HEADER_WORTH_A_LOOK:
+    if len(header) >= HEADER_WORTH_A_LOOK:
         yield Leaf(path, part, LeafKind.OUTSIDE, header, b"", signed, in_message, "header")
     if part.get_content_maintype() != "multipart":
         return

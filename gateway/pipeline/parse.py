@@ -150,7 +150,7 @@ class _MimeScan:
     def run(self) -> None:
         position = self._enter_part(0, "text/plain")
         while self._delimiters is not None:
-            found = self._delimiters.search(self._raw, position)
+            found = _next_line_match(self._delimiters, self._raw, position)
             if found is None:
                 return  # unclosed multiparts: the parser records a defect, nothing deeper
             self._close_leaf(found.start())
@@ -264,6 +264,32 @@ class _MimeScan:
         # longest first, so that a boundary that extends another is not read as its close
         alternatives = b"|".join(re.escape(b) for b in sorted(boundaries, key=len, reverse=True))
         return re.compile(rb"^--(" + alternatives + rb")(--)?[ \t]*\r?$", re.MULTILINE)
+
+
+def _next_line_match(
+    delimiters: re.Pattern[bytes], raw: bytes, position: int
+) -> re.Match[bytes] | None:
+    """delimiters.search(raw, position), for a pattern of whole lines that start with "--":
+    found by looking only at the lines that hold a "-" (memchr: 0.04 ms for a 2 MB base64
+    attachment, where the regex steps through every byte in 8 ms), and by the regex after
+    _DASHED_LINES such lines, so text full of dashes costs no more than before."""
+    at = position
+    for _ in range(_DASHED_LINES):
+        dash = raw.find(b"-", at)
+        if dash < 0:
+            return None
+        if dash == 0 or raw[dash - 1] == 0x0A:
+            found = delimiters.match(raw, dash)
+            if found is not None:
+                return found
+        line_end = raw.find(b"\n", dash)  # a delimiter starts a line: on to the next one
+        if line_end < 0:
+            return None
+        at = line_end + 1
+    return delimiters.search(raw, at)
+
+
+_DASHED_LINES = 32
 
 
 @functools.lru_cache(maxsize=64)

@@ -36,7 +36,7 @@ class HoldPasswordMail:
             return
         decision = tx.decision
         verdict = await self._unlocker.handle(
-            tx.envelope, tx.message, tx.classification, decision.policy
+            tx.envelope, lambda: tx.message, tx.classification, decision.policy
         )
         if verdict is None:
             return  # not a password mail for anything waiting (the usual case)

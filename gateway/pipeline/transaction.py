@@ -74,7 +74,10 @@ class Transaction:
     fingerprint: str = ""
     limits: MimeLimits = field(default_factory=MimeLimits)
     inspector: ContentInspector | None = None  # set when the files must be looked into
-    message: Message | None = None
+    parsed: Message | None = None  # the tree; read it as `message`
+    # How to parse, when classify vouched for the message without parsing it: done only if a
+    # later stage reads `message` (a password mail's text, a failure report's subject)
+    parse_later: Callable[[], Message] | None = None
     classification: Classification | None = None
     decision: Decision | None = None
     transfer: StoredTransfer | None = None
@@ -89,6 +92,17 @@ class Transaction:
     rollbacks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # What the transaction holds until it ends, however it ends.
     releases: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def message(self) -> Message | None:
+        """The parsed tree; parsed now if classify left it for later."""
+        if self.parsed is None and self.parse_later is not None:
+            self.parsed, self.parse_later = self.parse_later(), None
+        return self.parsed
+
+    @message.setter
+    def message(self, tree: Message | None) -> None:
+        self.parsed, self.parse_later = tree, None
 
     def let_go_of_decoded_files(self) -> None:
         """The files are stored, or nothing is to be stored: keep what the attachments are,

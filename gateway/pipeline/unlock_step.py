@@ -67,7 +67,8 @@ class PasswordMailUnlocker:
         self._outbox = OutboxStore(db)
 
     async def handle(
-        self, envelope: Envelope, message: Message, classification: Classification, policy: Policy
+        self, envelope: Envelope, message: Callable[[], Message], classification: Classification,
+        policy: Policy,
     ) -> UnlockVerdict | None:
         """None when this is not a password mail for anything waiting (the usual case: cheap).
         Never one from the null sender: a bounce or an auto-reply quoting a password mail is
@@ -84,7 +85,8 @@ class PasswordMailUnlocker:
         waiting = await asyncio.to_thread(self._waiting, envelope, policy, now)
         if not waiting:
             return None
-        candidates = await asyncio.to_thread(password_candidates, message)
+        # `message` parses it if classify did not need to (one plain text part)
+        candidates = await asyncio.to_thread(lambda: password_candidates(message()))
         with self._opener.working_memory() as charged:
             if not charged:
                 ids = tuple(entry.locked.transfer.id for entry in waiting)

@@ -24,10 +24,12 @@ from tests.fuzz.addresses import is_internal
 from tests.fuzz.mutators import mutate
 from tests.fuzz.replies import ENHANCED, Exchange, dot_stuffed, reply_problems
 from tests.fuzz.seeds import all_seeds
+from tests.support import prescan_oracle
 from tests.support.running import RunningGateway, make_config
 from tests.support.sink import RecordingSink
 
-PROPERTIES = ("encrypted-archive-leaked", "traceback", "tempfail-without-cause", "5xx-without-reason", "hang")
+PROPERTIES = ("encrypted-archive-leaked", "traceback", "tempfail-without-cause", "5xx-without-reason", "hang",
+              "prescan-vouched-wrongly")
 MESSAGE_TIMEOUT = 60.0
 TOOLS = ("zipfile", "7zz", "bsdtar")
 
@@ -173,6 +175,7 @@ class Campaign:
         self.mutators_applied: Counter = Counter()
         self.examined_by: Counter = Counter()
         self.copies = Counter()
+        self.prescan: Counter = Counter()  # messages classify's shortcut vouched for, or not
         self.oracle_errors: list[str] = []
         self.reproducers: list[dict] = []
         self.sent = 0
@@ -227,6 +230,14 @@ class Campaign:
         violations = defaultdict(list)
         for prop, line in reply_problems(exchange):
             violations[prop].append(line)
+        # classify's shortcut, in-process on the same bytes: what it vouches for, the full
+        # classifier must find nothing in (tests/support/prescan_oracle.py)
+        framed = prescan_oracle.as_framed(case.data)
+        if framed is not None:
+            vouched, wrong = prescan_oracle.check(framed)
+            self.prescan["vouched" if vouched else "full way"] += 1
+            if wrong:
+                violations["prescan-vouched-wrongly"].extend(wrong)
         # Move time on (the receipt falls due, old transfers leave the password-mail window) and
         # let the outbox worker's round finish, so that its trouble is charged to this message.
         gateway.advance(minutes=2)
@@ -294,7 +305,8 @@ class Campaign:
             "violations_by_property": dict(self.by_property), "violations_by_kind": dict(self.by_kind),
             "violations_by_mutator": {k: dict(v) for k, v in sorted(self.by_mutator.items())},
             "violations_by_seed": {k: dict(v) for k, v in sorted(self.by_seed.items())},
-            "copies": dict(self.copies), "external_copies_examined_by": {t: self.examined_by[t] for t in TOOLS},
+            "copies": dict(self.copies), "prescan": dict(self.prescan),
+            "external_copies_examined_by": {t: self.examined_by[t] for t in TOOLS},
             "oracle_errors": len(self.oracle_errors), "oracle_error_examples": self.oracle_errors[:10],
             "mutators_applied": dict(sorted(self.mutators_applied.items())),
             "reproducers_by_kind": smallest, "reproducers": self.reproducers, "out": str(self.out),
@@ -312,6 +324,7 @@ def format_summary(summary: dict) -> str:
         f"({summary['msgs_per_second']} msgs/s)",
         f"replies by class: {summary['replies_by_class']}",
         f"replies by code:  {dict(sorted(summary['replies_by_code'].items()))}",
+        f"classify's shortcut: {summary.get('prescan', {})}",
         f"copies: {summary['copies']}; external copies where an archive was opened by: "
         f"{summary['external_copies_examined_by']}; oracle errors: {summary['oracle_errors']}",
         f"violations: {summary['violations']} {summary['violations_by_property']}",

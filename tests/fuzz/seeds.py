@@ -206,7 +206,18 @@ def built_seeds() -> list[Seed]:
         ("built_encrypted_7z", _mixed("archive", _text("7z attached.\n"), seven,
                                       ("application", "x-7z-compressed"), "archive.7z", one, 7), one),
     ]
+    built += [  # one text part, the shape classify's shortcut vouches for without a parse
+        ("built_one_part_text", _one_part("Thank you for the minutes.\r\n" * 30, 8), one),
+        ("built_one_part_zip_pasted", _one_part("The quote, as text:\r\n\r\n" + b64(aes)
+                                                + "\r\nRegards\r\n", 9), one),
+    ]
     return [Seed(name, data, SENDER, rcpts) for name, data, rcpts in built]
+
+
+def _one_part(text: str, number: int) -> bytes:
+    return (f"From: <{SENDER}>\r\nTo: <{EXTERNAL[0]}>\r\nSubject: one part\r\n"
+            f"Message-ID: <fuzz-seed-{number}@city.example.lg.jp>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n" + text).encode("ascii")
 
 
 def corpus_seeds() -> list[Seed]:
