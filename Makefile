@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-unlock bench-inspect bench-pending clean
+.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-deps bench-unlock bench-inspect bench-pending bench-commit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,9 +76,28 @@ bench: $(STAMP)
 bench-download: $(STAMP)
 	$(BIN)/python bench/download_throughput.py
 
-# smtp-source at 20 and 100 sessions x 1000 mixed messages: direct, via Postfix, via the gateway.
-bench-load: $(STAMP) system-deps
-	$(BIN)/python bench/postfix_load.py
+# Issue 14's table: smtp-source -F (2 MB AES-ZIP PPAP mail, 2 KB plain; 1 and 20 sessions) →
+# {nothing, plain Postfix, Postfix + MIMEDefang, gateway, Postfix → gateway → Postfix} → smtp-sink,
+# medians of 3 alternating rounds, the pending-work row and the targets (bench/README.md).
+# BENCH_LOAD_ARGS adds options, e.g. BENCH_LOAD_ARGS="--rounds 5 --write-docs docs/benchmarks.md".
+bench-load: $(STAMP) system-deps bench-deps
+	$(BIN)/python bench/postfix_load.py $(BENCH_LOAD_ARGS)
+
+# What bench-load alone needs (not `make test`): the MIMEDefang peer (Debian mimedefang and
+# Archive::Zip for its filter, bench/peers/mimedefang/). The bench starts its own multiplexor and
+# milter; the Debian service, which the package may have started, is stopped. py-spy (PyPI, into
+# the venv, bench only) samples the gateway for the profile.
+bench-deps: $(STAMP)
+	@[ -x $(BIN)/py-spy ] || $(BIN)/pip install -q py-spy
+	@missing=""; \
+	command -v mimedefang-multiplexor >/dev/null 2>&1 || [ -x /usr/bin/mimedefang-multiplexor ] || missing="$$missing mimedefang"; \
+	perl -MArchive::Zip -e 1 >/dev/null 2>&1 || missing="$$missing libarchive-zip-perl"; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null && \
+	  { [ ! -x /etc/init.d/mimedefang ] || $$SUDO /etc/init.d/mimedefang stop >/dev/null 2>&1 || true; }; }
 
 # What looking into files costs per kind of mail, against the stdlib parse (and an older tree
 # with BASELINE=PATH).
@@ -87,6 +106,10 @@ bench-inspect: $(STAMP)
 
 bench-pending: $(STAMP)
 	$(BIN)/python bench/pending_work.py --write-docs docs/benchmarks.md
+
+# fsyncs per message and msgs/s, SQLite synchronous=FULL against group commit, in one run (needs cc).
+bench-commit: $(STAMP)
+	$(BIN)/python bench/commit_cost.py $(BENCH_COMMIT_ARGS)
 
 bench-unlock: $(STAMP) system-deps
 	$(BIN)/python bench/unlock_time.py --write-docs docs/benchmarks.md

@@ -1,297 +1,240 @@
-"""Load benchmark with Postfix's own tools: smtp-source → {nothing | Postfix | gateway | both} → smtp-sink.
+"""Load benchmark with Postfix's own tools, MIMEDefang peer included (issue 14's table and targets).
 
-For each session count (20 and 100 by default) it sends the same mixed load (half the corpus mail
-without an attachment, half the Outlook mail with an AES ZIP) over four paths, each into a fresh
-smtp-sink:
-  direct           smtp-source → smtp-sink
-  postfix          smtp-source → plain Postfix relay (private instance, tests/support/postfix.py) → smtp-sink
-  gateway          smtp-source → `python -m gateway serve` (subprocess, fresh data dir) → smtp-sink
-  postfix+gateway  smtp-source → Postfix set up as in docs/postfix.md (content_filter → gateway →
-                   re-injection) → smtp-sink
-and prints a Markdown table: messages/s (first connection → last message at the sink), the
-gateway's peak RSS (VmHWM) and CPU per message. Exit status 1 if any message is refused, lost or
-duplicated, or the gateway logs an error.
+smtp-source -F (a 2 MB AES-ZIP PPAP mail, a 2 KB plain one; 1 and 20 sessions) → path → smtp-sink,
+over five paths (bench/load_paths.py): direct, plain Postfix, Postfix + MIMEDefang
+(replace_with_url; bench/peers/mimedefang/), the gateway alone, Postfix → gateway → Postfix
+(content_filter, docs/postfix.md). Rounds alternate the order of the paths; each figure is the
+median of the rounds. Also: the gateway's CPU per message and peak RSS over its process tree, its
+own time per message from its log, the pending-work row (10,000 transfers of the sender waiting, vs
+none), the targets with ✓/✗, and a py-spy profile of the gateway. Exit status 1 if any message is
+refused, lost or duplicated, or the gateway logs an error.
 
-    .venv/bin/python bench/postfix_load.py [--messages 1000] [--concurrency 20,100]
+    .venv/bin/python bench/postfix_load.py [--rounds 3] [--gateway-workers N]
+        [--write-docs docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 # Run from bench/ (sys.path[0]): the relay benchmark's process plumbing is shared, not copied.
-from relay_throughput import (
-    ROOT,
-    BenchError,
-    Child,
-    data_dir_sizes,
-    gateway_command,
-    machine_line,
-    process_usage,
-    read_gateway_log,
-    spawn,
-    usage_since,
-    wait_for_line,
+import load_profile
+from load_mails import plain_mail, ppap_mail, write_lf
+from load_paths import (
+    PATHS,
+    SINK_PORT,
+    Bench,
+    Cell,
+    Gateway,
+    MimeDefangPeer,
+    Sink,
+    smtp_source,
 )
+from load_report import (
+    Results,
+    gateway_table,
+    pending_lines,
+    rate_table,
+    round_lines,
+    target_table,
+)
+from relay_throughput import BenchError, machine_line, write_docs
 
-sys.path.insert(0, str(ROOT))  # for tests.support.postfix: the private-instance code the tests use
-from tests.support.postfix import PostfixInstance, free_port, missing_programs, program
+from tests.support.postfix import missing_programs, program
 
 SENDER = "hoken@city.example.lg.jp"  # in no department: default policy, no password mails
-KINDS = {"plain": "13_no_attachment", "zip": "01_outlook_jis_aes256"}
-PATHS = ("direct", "postfix", "gateway", "postfix+gateway")
-MiB = 1024 * 1024
-# Only the relayed copies reach the sink; every listener on a free port; all load comes from one
-# client address, so the per-client session cap (20 by default) must allow the 100-session level.
-# smtp-source announces no SIZE, so the gateway reserves max_message_size of its DATA budget for
-# each message in transit: at 1 MiB (the mails are ~15 kB) the 256 MiB budget admits 256 at once.
+PENDING_SENDER = "somu@city.example.lg.jp"  # bench/pending_work.py's sender, whose store it fills
+DOCS_MARKERS = ("<!-- bench:load:begin -->", "<!-- bench:load:end -->")
+# Only the relayed copies reach the sink; all load comes from one client address (the per-client
+# session cap is 20 by default). smtp-source announces no SIZE, so the gateway reserves
+# max_message_size of its 256 MiB DATA budget per message: 4 MiB admits 64 at once.
 GATEWAY_OPTIONS = ["policy.sender_receipt=false", "policy.notify_sender=never",
-                   "portal.listen=127.0.0.1:0", "admin.listen=127.0.0.1:0",
-                   "smtp.max_sessions_per_client=200", "smtp.max_message_size=1MiB"]
+                   "smtp.max_sessions_per_client=200", "smtp.max_message_size=4MiB"]
+MD_MX_OPTS = "-m 10 -q 40"  # all 10 workers kept running, a queue of 40 before them (--md-mx-opts)
+MD_OPTS = "-R 0"  # connections from localhost are let in when every worker is busy (--md-opts)
+# pending_work.fill dates its transfers up to 10 hours back: a window that holds all of them.
+PENDING_OPTIONS = ["policy.password_mail_window=12h"]
 
 
-@dataclass
-class PathResult:
-    path: str
-    sessions: int
-    messages: int
-    accepted_seconds: float = 0.0  # until every smtp-source had its last reply
-    delivered_seconds: float = 0.0  # until the sink counted every message
-    at_sink: int = 0
-    gateway_peak_rss: int | None = None
-    gateway_cpu_seconds: float | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.delivered_seconds if self.delivered_seconds else 0.0
-
-
-# -- the load and the sink -------------------------------------------------------------------
-
-
-def lf_copies(workdir: Path) -> dict[str, Path]:
-    """Corpus mails with LF line ends: smtp-source adds CRLF to every line it reads."""
-    copies = {}
-    for kind, name in KINDS.items():
-        copies[kind] = workdir / f"{kind}.eml"
-        copies[kind].write_bytes((ROOT / "tests" / "corpus" / "mail" / f"{name}.eml").read_bytes()
-                                 .replace(b"\r\n", b"\n"))
-    return copies
+def run_rounds(bench: Bench, args: argparse.Namespace, cells: list[Cell]) -> Results:
+    runs, pending = [], {}
+    for round_ in range(args.rounds):
+        paths = args.path_list if round_ % 2 == 0 else args.path_list[::-1]
+        for cell in cells:
+            for path in paths:
+                runs.append(bench.measure(path, cell, SENDER))
+                print(f"  round {round_ + 1} {cell.mail} c={cell.sessions:<2} {path:15} "
+                      f"{runs[-1].rate:8.1f} msg/s ({runs[-1].at_sink}/{cell.messages} at sink)", flush=True)
+        if args.pending:
+            cell = Cell("2kb", 20, args.messages_2kb)
+            levels = (0, args.pending) if round_ % 2 == 0 else (args.pending, 0)
+            options = bench.gateway_options
+            bench.gateway_options = [*options, *PENDING_OPTIONS]
+            for level in levels:
+                pending.setdefault(level, []).append(bench.measure("gateway", cell, PENDING_SENDER, level))
+                print(f"  round {round_ + 1} pending {level:<6}          {pending[level][-1].rate:8.1f} msg/s",
+                      flush=True)
+            bench.gateway_options = options
+    return Results(cells, args.path_list, runs, pending, {})
 
 
-def start_smtp_sink(workdir: Path, name: str, deadline: float) -> tuple[Child, int]:
-    port = free_port()
-    user = ["-u", "postfix"] if os.geteuid() == 0 else []  # smtp-sink refuses to run as root
-    child = spawn(name, [program("smtp-sink") or "smtp-sink", *user, "-c", f"127.0.0.1:{port}", "1024"],
-                  workdir)
-    while not _accepts(port):
-        if child.process.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"smtp-sink did not start: {child.stdout.read_text(errors='replace')}")
-        time.sleep(0.05)
-    return child, port
-
-
-def sink_count(sink: Child) -> int:
-    """smtp-sink -c rewrites one `sess=N quit=N mesg=N` counter line with CR after each event."""
-    counts = re.findall(r"mesg=(\d+)", sink.stdout.read_text(errors="replace"))
-    return int(counts[-1]) if counts else 0
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def run_load(port: int, sessions: int, messages: int, mails: dict[str, Path], workdir: Path,
-             deadline: float) -> list[str]:
-    """Two smtp-source processes at once, half the sessions and messages each; their failures."""
-    processes = []
-    for index, (kind, eml) in enumerate(mails.items()):
-        share = messages // 2 + (messages % 2 if index == 0 else 0)
-        command = [program("smtp-source") or "smtp-source", "-s", str(max(1, sessions // 2)),
-                   "-m", str(share), "-N", "-d", "-M", "bench.test", "-f", SENDER,
-                   "-t", f"{kind}@partner.example.com", "-F", str(eml), f"127.0.0.1:{port}"]
-        with open(workdir / f"smtp-source-{kind}.out", "wb") as out:  # the child keeps its own copy
-            processes.append((kind, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)))
-    failures = []
-    for kind, process in processes:
+def profile_gateway(bench: Bench, cells: list[Cell]) -> list[str]:
+    """One more gateway-alone run per 20-session cell under py-spy (not timed)."""
+    if load_profile.py_spy() is None:
+        return ["Profile: py-spy is not installed (`.venv/bin/pip install py-spy`)."]
+    lines = []
+    for cell in (c for c in cells if c.sessions == 20):
+        gateway = Gateway(f"profile-{cell.mail}", bench.workdir, SINK_PORT, bench.gateway_options, bench.workers,
+                          bench.deadline)
+        sampler = load_profile.Sampler(gateway.child.process.pid, bench.workdir / f"profile-{cell.mail}.raw")
         try:
-            process.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.returncode != 0:
-            text = (workdir / f"smtp-source-{kind}.out").read_text(errors="replace")[-500:]
-            failures.append(f"smtp-source ({kind}) exited {process.returncode}: {text.strip()}")
-    return failures
-
-
-def wait_for_sink(sink: Child, messages: int, stall: float, deadline: float) -> None:
-    """Until the sink has counted every message, or its count has not moved for `stall` seconds."""
-    last, moved = sink_count(sink), time.monotonic()
-    while last < messages and time.monotonic() < deadline and time.monotonic() - moved < stall:
-        time.sleep(0.05)
-        if (count := sink_count(sink)) != last:
-            last, moved = count, time.monotonic()
-
-
-# -- one path --------------------------------------------------------------------------------
-
-
-def run_path(path: str, sessions: int, args: argparse.Namespace, mails: dict[str, Path],
-             workdir: Path, deadline: float) -> PathResult:
-    result = PathResult(path, sessions, args.messages)
-    sink, sink_port = start_smtp_sink(workdir, f"smtp-sink-{path}-c{sessions}", deadline)
-    relay: PostfixInstance | None = None
-    gateway: Child | None = None
-    data_dir = workdir / f"gateway-data-{path}-c{sessions}"
-    try:
-        port = sink_port
-        if path == "postfix":
-            relay = PostfixInstance.relay(deliver_port=sink_port).start()
-            port = relay.listen_port
-        elif path in ("gateway", "postfix+gateway"):
-            reinject_port = free_port() if path == "postfix+gateway" else sink_port
-            command = gateway_command(data_dir, reinject_port, GATEWAY_OPTIONS, None)
-            gateway = spawn(f"gateway-{path}-c{sessions}", command, workdir)
-            port = int(wait_for_line(gateway, gateway.stderr, r"\bsmtp=\S*:(\d+)(?:\s|$)", deadline).group(1))
-            if path == "postfix+gateway":  # docs/postfix.md's set-up: content_filter and re-injection
-                relay = PostfixInstance.in_front(port, sink_port, reinject_port=reinject_port).start()
-                port = relay.listen_port
-        gateway_start = process_usage(gateway.process.pid) if gateway else None
-        started = time.monotonic()
-        result.problems += run_load(port, sessions, args.messages, mails, workdir, deadline)
-        result.accepted_seconds = time.monotonic() - started
-        wait_for_sink(sink, args.messages, args.stall, deadline)
-        result.delivered_seconds = time.monotonic() - started
-        time.sleep(args.settle)  # a duplicate would arrive now
-        result.at_sink = sink_count(sink)
-        if gateway is not None and gateway_start is not None:
-            usage = usage_since(gateway.process.pid, gateway_start)
-            result.gateway_peak_rss, result.gateway_cpu_seconds = usage.peak_rss_bytes, usage.cpu_seconds
-            result.problems += gateway_problems(gateway, data_dir, args.messages)
-            gateway = None
-    finally:
-        if gateway is not None:
+            time.sleep(1)  # py-spy attaches
+            smtp_source(gateway.port, cell, SENDER, bench.mails[cell.mail],
+                        bench.workdir / f"profile-{cell.mail}.smtp-source", bench.deadline)
+        finally:
+            sampler.stop()
             gateway.stop()
-        if relay is not None:
-            relay.stop()
-        sink.stop()
-    if result.at_sink != args.messages:
-        result.problems.append(f"{path} c={sessions}: the sink counted {result.at_sink} of {args.messages}")
-    return result
-
-
-def gateway_problems(gateway: Child, data_dir: Path, messages: int) -> list[str]:
-    status = gateway.stop()
-    replies, converted, _, trouble = read_gateway_log(gateway.stderr)
-    blobs, _, _ = data_dir_sizes(data_dir)
-    zips = messages // 2
-    problems = [f"gateway: {line}" for line in trouble[:5]]
-    if status != 0:
-        problems.append(f"gateway exited with status {status}")
-    if replies != {"250": messages}:
-        problems.append(f"gateway replies {replies}, wanted {{'250': {messages}}}")
-    if converted != zips or blobs != zips:
-        problems.append(f"gateway converted {converted} and stored {blobs} files, wanted {zips}")
-    return problems
-
-
-# -- report ----------------------------------------------------------------------------------
-
-
-def table(results: list[PathResult]) -> list[str]:
-    lines = [("| path | sessions | messages | at sink | accepted in s | delivered in s | messages/s "
-              "| gateway peak RSS MiB | gateway CPU ms/msg |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        rss = f"{r.gateway_peak_rss / MiB:.0f}" if r.gateway_peak_rss else "—"
-        cpu = f"{1000 * r.gateway_cpu_seconds / r.messages:.1f}" if r.gateway_cpu_seconds else "—"
-        lines.append(f"| {r.path} | {r.sessions} | {r.messages} | {r.at_sink} | {r.accepted_seconds:.1f} "
-                     f"| {r.delivered_seconds:.1f} | {r.rate:.0f} | {rss} | {cpu} |")
+        profile = load_profile.summarise(sampler.out)
+        lines += [*load_profile.markdown(f"Gateway alone, {cell.messages} × {cell.mail.upper()} mail, "
+                                         f"{cell.sessions} sessions", profile), ""]
     return lines
 
 
-def report(results: list[PathResult], argv: list[str], workdir: Path) -> str:
-    problems = [p for r in results for p in r.problems]
+def report(results: Results, args: argparse.Namespace, argv: list[str], workdir: Path,
+           profile: list[str]) -> str:
+    problems = [p for m in [*results.runs, *(m for ms in results.pending.values() for m in ms)] for p in m.problems]
+    workers = f"`-o gateway.workers={args.gateway_workers}`" if args.gateway_workers else "its default worker count"
     return "\n".join([
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on: {machine_line(workdir)}.",
         "",
         f"Command: `.venv/bin/python bench/postfix_load.py {shlex.join(argv)}`".rstrip() + "  ",
-        ("Load: two smtp-source processes at once (half the sessions each, `-d -N`), one sending "
-         f"`{KINDS['plain']}.eml`, the other `{KINDS['zip']}.eml` (AES ZIP: converted by the gateway)."),
+        (f"One `smtp-source -s SESSIONS -m N -d -N -F FILE` per measurement (the file's header and body as "
+         f"they are; -N: each recipient numbered) → path → `smtp-sink -c` on :10226; msgs/s = N / "
+         f"(start → the sink counted the N-th), median of {args.rounds} rounds, the paths' order reversed "
+         f"every other round. N = {args.messages_2mb} (2 MB: {results.mail_bytes['2mb']:,} bytes, "
+         f"AES-256 ZIP of 1.5 MB seeded random bytes, bench/load_mails.py) or {args.messages_2kb} "
+         f"(2 KB plain: {results.mail_bytes['2kb']:,} bytes). Gateway: `config/gateway.toml` with "
+         f"`-o {' -o '.join(GATEWAY_OPTIONS)}`, {workers}, fresh data directory per measurement. "
+         f"MIMEDefang: bench/peers/mimedefang/md_ctl.sh with `MX_OPTS='{args.md_mx_opts}' "
+         f"MD_OPTS='{args.md_opts}'` (--md-mx-opts, --md-opts: without them it tempfails at 20 sessions)."),
         "",
-        *table(results),
+        *rate_table(results),
         "",
+        *gateway_table(results),
+        "",
+        (f"Pending work: the same 2 KB mail from `{PENDING_SENDER}`, whose store was first filled by "
+         f"`bench/pending_work.py`'s `fill` with {args.pending:,} transfers waiting for a password "
+         f"(each linked to another recipient; `-o {PENDING_OPTIONS[0]}` so all are inside the window), "
+         "vs an empty store, restarted the same way:") if args.pending else "",
+        "",
+        *pending_lines(results),
+        "",
+        *target_table(results),
+        "",
+        "Every round (msgs/s, in run order):",
+        *round_lines(results),
+        "",
+        *profile,
         "Result: " + ("every message accepted and counted once at the sink; gateway log clean."
                       if not problems else "PROBLEMS — " + "; ".join(problems[:10])),
     ])
 
 
-# -- main ------------------------------------------------------------------------------------
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=1000, help="messages per path and level (1000)")
-    parser.add_argument("--concurrency", default="20,100", help="comma-separated session counts (20,100)")
-    parser.add_argument("--paths", default=",".join(PATHS), help="which paths (all four)")
-    parser.add_argument("--settle", type=float, default=1.0, help="seconds to wait for stragglers (1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are their medians (3)")
+    parser.add_argument("--sessions", default="1,20", help="comma-separated session counts (1,20)")
+    parser.add_argument("--messages-2mb", type=int, default=100, help="2 MB mails per measurement (100)")
+    parser.add_argument("--messages-2kb", type=int, default=1000, help="2 KB mails per measurement (1000)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"some of {','.join(PATHS)} (all)")
+    parser.add_argument("--pending", type=int, default=10_000,
+                        help="transfers pending for the pending-work row; 0 leaves it out (10000)")
+    parser.add_argument("--gateway-workers", type=int, metavar="N",
+                        help="passed as -o gateway.workers=N (only when given)")
+    parser.add_argument("--gateway-option", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="extra -o for the gateway (repeatable)")
+    # As md_ctl.sh starts it (-m 2 -x 10, no queue, -R -1), MIMEDefang tempfails (451, which ends
+    # smtp-source) a connection or a message that finds no free worker: at 20 sessions, and while
+    # it starts workers after a quiet spell. With the same 10 workers kept running (-m 10), a
+    # request queue (-q 40) and local connections let in when all are busy (-R 0), 20 sessions
+    # wait for a worker instead.
+    parser.add_argument("--md-mx-opts", default=MD_MX_OPTS,
+                        help=f"MX_OPTS for md_ctl.sh, extra mimedefang-multiplexor options ({MD_MX_OPTS!r})")
+    parser.add_argument("--md-opts", default=MD_OPTS,
+                        help=f"MD_OPTS for md_ctl.sh, extra mimedefang (milter) options ({MD_OPTS!r})")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile runs")
     parser.add_argument("--stall", type=float, default=60,
-                        help="give up on a path when the sink's count has not moved for this long (60)")
-    parser.add_argument("--timeout", type=float, default=1800, help="global time limit, seconds (1800)")
+                        help="give up on a measurement when the sink's count has not moved for this long (60)")
+    parser.add_argument("--timeout", type=float, default=3600, help="global time limit, seconds (3600)")
+    parser.add_argument("--write-docs", type=Path, metavar="MD",
+                        help="replace the bench:load block of this file (docs/benchmarks.md)")
     args = parser.parse_args(argv)
-    args.levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
+    args.levels = [int(s) for s in args.sessions.split(",") if s.strip()]
     args.path_list = [p for p in args.paths.split(",") if p]
-    if args.messages < 2 or not args.levels or min(args.levels) < 2:
-        parser.error("--messages and every --concurrency level must be at least 2 (two smtp-sources)")
+    if args.rounds < 1 or not args.levels or min(args.levels) < 1 or min(args.messages_2mb, args.messages_2kb) < 1:
+        parser.error("--rounds, --sessions and --messages-* must be at least 1")
     if not args.path_list or not set(args.path_list) <= set(PATHS):
         parser.error(f"--paths: some of {', '.join(PATHS)}")
     return args
 
 
+def missing() -> str | None:
+    if reason := missing_programs():
+        return reason
+    if program("mimedefang-multiplexor") is None:
+        return "not installed: mimedefang; `make bench-deps` installs it (Debian mimedefang, libarchive-zip-perl)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if reason := missing_programs():
+    if reason := missing():
         print(f"postfix_load: {reason}", file=sys.stderr)
         return 1
-    # SIGTERM ends the run like Ctrl-C: the finally blocks stop the sink, Postfix and the gateway.
+    # SIGTERM ends the run like Ctrl-C: the finally blocks stop the sink, the peer and the gateway.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     deadline = time.monotonic() + args.timeout
+    cells = [Cell(mail, sessions, args.messages_2mb if mail == "2mb" else args.messages_2kb)
+             for mail in ("2mb", "2kb") for sessions in args.levels]
     with tempfile.TemporaryDirectory(prefix="postfix-load-") as temp:
         workdir = Path(temp)
-        mails = lf_copies(workdir)
-        results = []
+        workdir.chmod(0o755)  # the peer's Postfix and MIMEDefang (users postfix, defang) work below it
+        mails = {"2mb": write_lf(workdir / "2mb.eml", ppap_mail(SENDER)),
+                 "2kb": write_lf(workdir / "2kb.eml", plain_mail(SENDER))}
+        peer = MimeDefangPeer(workdir / "peer", args.md_mx_opts, args.md_opts)
+        sink: Sink | None = None
         try:
-            for sessions in args.levels:
-                for path in args.path_list:
-                    results.append(run_path(path, sessions, args, mails, workdir, deadline))
-                    print(f"  {path:8} c={sessions:<3} {results[-1].rate:6.0f} msg/s "
-                          f"({results[-1].at_sink}/{args.messages} at sink)", flush=True)
+            sink = Sink(workdir, deadline)
+            if {"postfix", "postfix+md"} & set(args.path_list):
+                peer.start(deadline)
+            bench = Bench(workdir, sink, mails, [*GATEWAY_OPTIONS, *args.gateway_option],
+                          args.gateway_workers, args.stall, deadline)
+            results = run_rounds(bench, args, cells)
+            # the bytes smtp-source sends: every LF line becomes CRLF
+            results.mail_bytes = {k: len(p.read_bytes().replace(b"\n", b"\r\n")) for k, p in mails.items()}
+            profile = [] if args.no_profile else profile_gateway(bench, cells)
         except BenchError as error:
             print(f"postfix_load: {error}", file=sys.stderr)
             return 1
-        block = report(results, argv, workdir)
+        finally:
+            peer.stop()
+            if sink is not None:
+                sink.stop()
+        block = report(results, args, argv, workdir, profile)
     print()
     print(block)
-    problems = [p for r in results for p in r.problems]
+    if args.write_docs is not None:
+        write_docs(args.write_docs, block, DOCS_MARKERS)
+        print(f"\nwrote the bench:load block of {args.write_docs}")
+    problems = [p for m in [*results.runs, *(m for ms in results.pending.values() for m in ms)] for p in m.problems]
     if problems:
         print(f"\npostfix_load: FAILED, {len(problems)} problem(s)", file=sys.stderr)
         return 1
