@@ -81,7 +81,6 @@ class Sink:
         return int(counts[-1]) if counts else 0
 
     def stop(self) -> None:
-        self.memory.stop()
         self.child.stop()
 
 

@@ -82,14 +82,20 @@ class WorkerLedger:
     def relaying_at(self, key: bytes) -> int | None:
         """The offset of `key` in any row's messages being relayed, or None."""
         for index in range(self.rows):
-            start = index * ROW_BYTES + _RELAYING_AT
-            end = start + RELAYING_SLOTS * _KEY.size
-            found = self._map.find(key, start, end)
-            while found != -1 and (found - start) % _KEY.size:
-                found = self._map.find(key, found + 1, end)  # only whole, aligned slots count
-            if found != -1:
+            found = self._slot_of(index, key)
+            if found is not None:
                 return found
         return None
+
+    def _slot_of(self, index: int, key: bytes) -> int | None:
+        """The offset of the first slot of row `index` holding `key` (a C-speed find; only
+        whole, aligned slots count), or None."""
+        start = index * ROW_BYTES + _RELAYING_AT
+        end = start + RELAYING_SLOTS * _KEY.size
+        found = self._map.find(key, start, end)
+        while found != -1 and (found - start) % _KEY.size:
+            found = self._map.find(key, found + 1, end)
+        return None if found == -1 else found
 
     def _locked(self) -> _RecordLock:
         return _RecordLock(self._lock_file.fileno())
@@ -158,11 +164,8 @@ class LedgerRow:
         with ledger._locked():
             if ledger.relaying_at(key) is not None:
                 return False
-            start = self.index * ROW_BYTES + _RELAYING_AT
-            free = ledger._map.find(_FREE, start, start + RELAYING_SLOTS * _KEY.size)
-            while free != -1 and (free - start) % _KEY.size:
-                free = ledger._map.find(_FREE, free + 1, start + RELAYING_SLOTS * _KEY.size)
-            if free == -1:
+            free = ledger._slot_of(self.index, _FREE)
+            if free is None:
                 return None
             ledger._map[free:free + _KEY.size] = key
             return True
@@ -170,12 +173,8 @@ class LedgerRow:
     def end_relaying(self, key: bytes) -> None:
         ledger = self._ledger
         with ledger._locked():
-            start = self.index * ROW_BYTES + _RELAYING_AT
-            end = start + RELAYING_SLOTS * _KEY.size
-            found = ledger._map.find(key, start, end)
-            while found != -1 and (found - start) % _KEY.size:
-                found = ledger._map.find(key, found + 1, end)
-            if found != -1:
+            found = ledger._slot_of(self.index, key)
+            if found is not None:
                 ledger._map[found:found + _KEY.size] = _FREE
 
 

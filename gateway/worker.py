@@ -18,6 +18,7 @@ import sys
 
 from gateway.app import Gateway, WorkerRole
 from gateway.config import Config, ConfigError
+from gateway.eventloop import new_event_loop
 
 READY = b"ready\n"
 EXIT_START_FAILED = 2  # as `serve` exits for a configuration it cannot start with
@@ -40,7 +41,8 @@ def run_worker(config: Config, role: WorkerRole, ready_fd: int) -> int:
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        asyncio.run(_serve(config, role, ready_fd))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_serve(config, role, ready_fd))
     except ConfigError as error:
         print(f"ppap-gateway: config error: {error}", file=sys.stderr)
         return EXIT_START_FAILED

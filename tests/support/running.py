@@ -14,6 +14,7 @@ import threading
 
 from gateway.app import Gateway
 from gateway.config import Config
+from gateway.eventloop import new_event_loop
 from tests.support.clock import FakeClock
 from tests.support.config import INTERNAL, PUBLIC_URL, make_config
 from tests.support.corpus import CORPUS, Corpus, corpus_mail
@@ -28,7 +29,7 @@ class RunningGateway:
     def __init__(self, config: Config, clock: FakeClock | None = None):
         self.clock = clock or FakeClock()
         self.gateway = Gateway(config, clock=self.clock)
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # the loop `serve` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     @property
