@@ -176,6 +176,7 @@ class WorkerRole:
     # notice worker wakes whichever worker relayed the message.
     notice_wake: tuple[int, int]
     metrics_dir: Path  # where each worker keeps its counts, for the leader's /metrics to sum
+    workers: int = 1  # how many serve together (AUTH failure limits are split between them)
 
 
 class Gateway:
@@ -280,11 +281,12 @@ class Gateway:
         authenticator = None
         if config.smtp.auth_users_file:
             throttle = AuthFailureThrottle(
-                config.smtp.auth_max_failures, config.smtp.auth_failure_window, self.clock
+                self._share_of(config.smtp.auth_max_failures), config.smtp.auth_failure_window,
+                self.clock,
             )
             per_account = AuthFailureThrottle(
-                config.smtp.auth_max_failures_per_account, config.smtp.auth_account_window,
-                self.clock,
+                self._share_of(config.smtp.auth_max_failures_per_account),
+                config.smtp.auth_account_window, self.clock,
             )
             authenticator = PasswordFileAuthenticator(
                 load_users(config.smtp.auth_users_file), throttle, per_account
@@ -303,6 +305,14 @@ class Gateway:
             socks=role.smtp_sockets if role else (),
         )
         self.smtp_port = self._server.port
+
+    def _share_of(self, allowed_failures: int) -> int:
+        """A worker's share of an AUTH failure limit: each worker counts the failures it sees,
+        and a guesser's sessions spread over all of them, so each allows its share (at least
+        one) and all together never more than the limit (when the limit is at least the number
+        of workers): stricter for a client whose sessions land on one worker, never looser."""
+        workers = self.role.workers if self.role else 1
+        return max(1, allowed_failures // workers)
 
     def _start_notifier(self, master_key: bytes, signer: DkimSigner) -> None:
         """The worker that sends what the outbox holds: passwords, receipts, codes, webhooks."""

@@ -172,7 +172,7 @@ class Supervisor:
                     smtp_sockets=self._smtp[position], portal_sockets=self._portal[position],
                     admin_sockets=self._admin, ledger_row=self._ledger.row(row),
                     leader=position == 0, notice_wake=self._notice_wake,
-                    metrics_dir=self._metrics_dir,
+                    metrics_dir=self._metrics_dir, workers=self._positions,
                 )
                 status = run_worker(config, role, ready_write)
             except BaseException:

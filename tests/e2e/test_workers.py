@@ -3,10 +3,13 @@ supervisor that replaces a dead worker, drains on SIGTERM and reloads on SIGHUP.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import ROOT, free_port
+from gateway.store.passwords import hash_password
 from tests.support.corpus import corpus_mail
 from tests.support.running import send, send_corpus
+from tests.support.tls import write_self_signed
 
 PLAIN = corpus_mail("13_no_attachment")
 PPAP = corpus_mail("01_outlook_jis_aes256")
@@ -255,3 +260,32 @@ def test_a_retry_reaching_another_worker_is_told_the_message_is_still_relaying(s
     assert send_corpus(gateway.port, PPAP)[0] == 250  # a duplicate now: answered, not sent
     time.sleep(0.5)
     assert copies_for(PPAP.rcpt_tos, sink) == sorted(PPAP.rcpt_tos), "each once"
+
+
+def test_auth_guesses_spread_over_the_workers_get_no_more_tries_than_the_limit(
+    served, tmp_path
+):
+    cert, key = write_self_signed(tmp_path)
+    users = tmp_path / "users"
+    users.write_text(f"scanner:{hash_password('correct horse')}\n")
+    gateway = served(
+        "gateway.workers=2", f"smtp.tls_cert={cert}", f"smtp.tls_key={key}",
+        f"smtp.auth_users_file={users}", "smtp.allowed_clients=[\"192.0.2.0/24\"]",
+        "smtp.auth_max_failures=4", "smtp.auth_max_failures_per_account=1000",
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    checked = 0
+    for _ in range(10):  # a new session each time: the kernel spreads them over the workers
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+            client.starttls(context=context)
+            client.ehlo("client.test")
+            code, _ = client.docmd("AUTH", "PLAIN " + base64.b64encode(
+                b"\x00scanner\x00wrong guess").decode())
+            checked += code == 535
+            if code != 421:
+                client.quit()
+            else:
+                client.close()
+    assert checked <= 4, f"{checked} guesses were checked: more than smtp.auth_max_failures"
+    assert checked >= 2, "every worker allows its share"
