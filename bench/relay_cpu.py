@@ -31,25 +31,9 @@ from gateway.pipeline.notice import make_template_env  # noqa: E402
 from gateway.pipeline.notify_step import NoticeQueue  # noqa: E402
 from gateway.pipeline.relay import Relay  # noqa: E402
 from gateway.pipeline.store_step import TransferWriter  # noqa: E402
-from gateway.model import DeliveryResult, OutgoingMessage  # noqa: E402
+from tests.support.accepting_hop import AcceptingNextHop  # noqa: E402
 
 SENDER = "hoken@city.example.lg.jp"
-
-
-class AcceptingNextHop:
-    """Says 250 to every copy and keeps nothing: the next hop costs no CPU here."""
-
-    async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
-        return DeliveryResult(True, 250, "2.0.0 Ok")
-
-    async def check(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "accepting"
 
 
 def main() -> int:
@@ -64,7 +48,7 @@ def main() -> int:
                           environ={})
     key = secrets.token_bytes(32)
     db, blobs = open_store(config, key)
-    hop = AcceptingNextHop()
+    hop = AcceptingNextHop(keep=False)
     relay = Relay(config, db, TransferWriter(db, blobs, key, config.storage.chunk_size), hop,
                   DkimSigner([]), make_template_env(config.gateway.templates_dir),
                   lambda: datetime.datetime.now(datetime.UTC), NoticeQueue(db, key))

@@ -14,7 +14,7 @@ import asyncio
 import base64
 import secrets
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import gateway.store as gateway_store
 from gateway.app import Gateway, open_store
 from gateway.cli import main as cli_main
 from gateway.config import Config, ConfigError, build_config
-from gateway.model import DeliveryResult, Envelope, OutgoingMessage
+from gateway.model import Envelope
 from gateway.notify.compose import NoticeComposer
 from gateway.notify.worker import OutboxWorker
 from gateway.ops.housekeeping import RETENTION_BATCH, PurgeReport, format_report, purge
@@ -36,6 +36,7 @@ from gateway.pipeline.store_step import TransferWriter
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
 from tests.support import evasions as ev
+from tests.support.accepting_hop import AcceptingNextHop
 from tests.support.clock import FakeClock
 
 INTERNAL = "kacho@city.example.lg.jp"
@@ -47,24 +48,6 @@ TABLES = ("transfers", "files", "links", "deliveries", "events", "outbox", "tran
 # Short retentions, so that the steady state comes within simulated days.
 RETENTION = {"deliveries": "2d", "outbox": "3d", "audit": "5d"}
 MASTER_KEY = bytes(range(32))
-
-
-@dataclass
-class AcceptingNextHop:
-    delivered: list[OutgoingMessage] = field(default_factory=list)
-
-    async def deliver(self, message: OutgoingMessage) -> DeliveryResult:
-        self.delivered.append(message)
-        return DeliveryResult(True, 250, "2.0.0 Ok")
-
-    async def check(self) -> bool:
-        return True
-
-    async def close(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "accepting"
 
 
 def retention_config(tmp_path: Path, retention: dict[str, str] = RETENTION) -> Config:
