@@ -2,7 +2,9 @@
 worker processes (gateway/worker.py) serving on them.
 
 - A worker that dies is started again at its position (on the same sockets, so connections
-  queued meanwhile are served); what it held in the shared ledger is given back at once.
+  queued meanwhile are served); what it held in the shared ledger is given back at once. Five
+  in a row that die before they are ready (a broken store, a missing key) stop `serve` with
+  status 1, for systemd to see, rather than a restart loop it cannot.
 - The worker at position 0 leads: admin listener, housekeeping and the notice worker.
 - SIGTERM or SIGINT: every worker stops (messages under way finish, new clients get 421);
   the supervisor exits when they have.
@@ -48,6 +50,7 @@ log = logging.getLogger("gateway")
 START_TIMEOUT = 60.0  # a worker not ready by then is taken as unable to start
 _RESTART_PAUSE = 1.0  # between restarts at one position, so a crash loop does not spin
 _KILL_GRACE = 30.0  # after stop_timeout and one next-hop answer: then SIGKILL
+FAILED_STARTS_LIMIT = 5  # workers of one position gone before ready, in a row: give up
 
 
 def worker_count(config: Config) -> int:
@@ -94,6 +97,7 @@ class Supervisor:
         self._pending_since = 0.0
         self._stopping_since: float | None = None
         self._restart_at: dict[int, float] = {}  # position → when its last worker started
+        self._failed_starts: dict[int, int] = {}  # position → its workers gone before ready
         self._signals: list[int] = []
         self._exit_status = 0
 
@@ -286,6 +290,16 @@ class Supervisor:
             return
         if worker.generation == self._pending:
             self._reload_failed(f"a new worker could not start ({how}; its error is above)")
+            return
+        failed = self._failed_starts[worker.position] = (
+            0 if worker.ready else self._failed_starts.get(worker.position, 0) + 1)
+        if failed >= FAILED_STARTS_LIMIT:
+            # Something outside us is broken (the store, the key): say so to whoever runs us
+            # (systemd restarts us after its RestartSec) instead of spinning here.
+            log.error("worker %d could not start %d times in a row (%s; its error is above): "
+                      "giving up", worker.position, failed, how)
+            self._exit_status = 1
+            self._stop("workers cannot start")
             return
         log.error("worker %d (pid %d) died (%s): starting it again", worker.position,
                   worker.pid, how)

@@ -289,3 +289,13 @@ def test_auth_guesses_spread_over_the_workers_get_no_more_tries_than_the_limit(
                 client.close()
     assert checked <= 4, f"{checked} guesses were checked: more than smtp.auth_max_failures"
     assert checked >= 2, "every worker allows its share"
+
+
+def test_workers_that_cannot_start_again_stop_serve_with_status_1(served, tmp_path):
+    gateway = served("gateway.workers=1")
+    (worker,) = gateway.workers()
+    (tmp_path / "data" / "master.key").unlink()  # stored data without its key: cannot start
+    os.kill(worker, signal.SIGKILL)
+    assert gateway.process.wait(timeout=60) == 1
+    log = gateway.logged()
+    assert "master key" in log and "could not start 5 times in a row" in log, log[-2000:]
