@@ -63,6 +63,19 @@ def greeting_after_retries(port: int, seconds: float = 5) -> bytes:
         time.sleep(0.05)
 
 
+def session_after_retries(port: int, seconds: float = 5) -> smtplib.SMTP:
+    """An SMTP session once a slot is free: the last one closed (a probe's, say) frees its slot
+    when the server has seen the close, which may come after this connection is accepted."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return smtplib.SMTP("127.0.0.1", port, timeout=10)
+        except smtplib.SMTPConnectError as refused:
+            if refused.smtp_code != 421 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 def test_connection_over_the_global_cap_gets_421_and_a_closed_slot_is_free_again(start_gateway):
     running = start_gateway({"smtp": {"max_sessions": 3}})
     held = [RawClient(running.port) for _ in range(3)]
@@ -109,7 +122,7 @@ def test_a_session_upgraded_with_starttls_holds_one_slot_and_frees_it(
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     for round_number in range(3):
-        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+        with session_after_retries(running.port) as client:
             client.starttls(context=context)
             client.ehlo("client.test")
             refused = RawClient(running.port)
