@@ -223,6 +223,11 @@ class Serving:
         self.process = subprocess.Popen([str(executable), "serve", "--config", str(config)],
                                         stdout=self._log, stderr=subprocess.STDOUT)
 
+    def wait_for_worker(self, port: int) -> None:
+        """Until its one worker greets on `port`: that worker's memory is what `kib` reads."""
+        wait_listening(port, self.process)
+        self.worker = serving_worker(self.process.pid, port)
+
     def kib(self, field: str) -> int:
         assert self.process.poll() is None, "the gateway died"
         return memory_kib(self.worker, field)
@@ -266,8 +271,7 @@ def test_a_mail_converted_for_many_outside_recipients_costs_one_copy_at_a_time(t
                               max_message_size="50MiB", extra=dkim_section(tmp_path))
         serving = Serving(tmp_path, config)
         try:
-            wait_listening(port, serving.process)
-            serving.worker = serving_worker(serving.process.pid, port)
+            serving.wait_for_worker(port)
             baseline_kib = serving.kib("VmRSS")
             results = run_at_once([lambda r=r, d=d: send_mail(port, r, d) for r, d in mails])
             peak_kib = serving.kib("VmHWM")
@@ -318,8 +322,7 @@ def test_large_ppap_mails_cost_a_small_multiple_of_their_size_not_the_parsers_ei
                               max_message_size="64MiB", extra=dkim_section(tmp_path))
         serving = Serving(tmp_path, config)
         try:
-            wait_listening(port, serving.process)
-            serving.worker = serving_worker(serving.process.pid, port)
+            serving.wait_for_worker(port)
             baseline_kib = serving.kib("VmRSS")
             results = run_at_once([lambda d=d: send_mail(port, [RECIPIENT], d) for d in mails])
             peak_kib = serving.kib("VmHWM")
