@@ -215,6 +215,12 @@ class Gateway:
         self.portal_port: int | None = None
         self.admin_port: int | None = None
 
+    @property
+    def leads(self) -> bool:
+        """Runs what one process runs for all (admin, housekeeping, the notice worker): on its
+        own, or as the leading worker of `serve`."""
+        return self.role is None or self.role.leader
+
     async def start(self) -> None:
         config = self.config
         master_key = load_master_key(config)
@@ -245,18 +251,17 @@ class Gateway:
         )
         self._opener = TransferOpener(config, self.db, self.blobs, self._scanner, self.in_flight)
         await self._start_smtp(master_key, signer)
-        leader = role is None or role.leader
-        if leader:
+        if self.leads:
             self._start_notifier(master_key, signer)
         await self._start_portal(master_key)
-        if leader:
+        if self.leads:
             await self._start_admin()
             self._purger = asyncio.create_task(run_periodically(
                 config.housekeeping.purge_interval, self.purge_now,
                 logging.getLogger("gateway.housekeeping"),
             ))
         if role is not None:
-            log.info("worker ready (pid %d%s)", os.getpid(), ", leader" if leader else "")
+            log.info("worker ready (pid %d%s)", os.getpid(), ", leader" if self.leads else "")
             return
         log.info(
             "ready: smtp=%s:%s portal=%s:%s admin=%s:%s next_hop=%s data=%s"
@@ -268,7 +273,7 @@ class Gateway:
 
     async def _start_smtp(self, master_key: bytes, signer: DkimSigner) -> None:
         config = self.config
-        for domain in unsigned_domains(config) if self.role is None or self.role.leader else ():
+        for domain in unsigned_domains(config) if self.leads else ():
             log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
         writer = TransferWriter(self.db, self.blobs, master_key, config.storage.chunk_size)
         relay = Relay(
@@ -340,7 +345,7 @@ class Gateway:
     def wake_notices(self) -> None:
         """A notice was queued: wake the notice worker, in whichever process it runs."""
         self.notify_wake.set()
-        if self.role is not None and not self.role.leader:
+        if not self.leads:
             try:
                 os.write(self.role.notice_wake[1], b"!")
             except BlockingIOError:

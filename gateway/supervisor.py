@@ -226,12 +226,17 @@ class Supervisor:
             said = os.read(worker.ready_fd, len(READY))
         except OSError:
             said = b""
-        self._selector.unregister(worker.ready_fd)
-        os.close(worker.ready_fd)
-        worker.ready_fd = None
+        self._stop_watching(worker)
         if said == READY:
             worker.ready = True
             self._generation_ready_check()
+
+    def _stop_watching(self, worker: _Worker) -> None:
+        """Close the worker's readiness pipe: it said ready, or it is gone."""
+        if worker.ready_fd is not None:
+            self._selector.unregister(worker.ready_fd)
+            os.close(worker.ready_fd)
+            worker.ready_fd = None
 
     def _generation_ready_check(self) -> None:
         if self._pending is None:
@@ -255,11 +260,10 @@ class Supervisor:
 
     def _log_ready(self) -> None:
         config = self.config
-        address = lambda group: "%s:%s" % group[0].getsockname()[:2]  # noqa: E731
         log.info(
             "ready: smtp=%s portal=%s admin=%s workers=%d (pids %s) data=%s"
             " logs=stderr (one line per message)",
-            address(self._smtp[0]), address(self._portal[0]), address(self._admin),
+            _address(self._smtp[0]), _address(self._portal[0]), _address(self._admin),
             self._positions, " ".join(str(pid) for pid in sorted(self._workers)),
             config.storage.data_dir.resolve(),
         )
@@ -275,9 +279,7 @@ class Supervisor:
             worker = self._workers.pop(pid, None)
             if worker is None:
                 continue
-            if worker.ready_fd is not None:
-                self._selector.unregister(worker.ready_fd)
-                os.close(worker.ready_fd)
+            self._stop_watching(worker)
             self._ledger.clear(worker.row)
             self._free_rows.append(worker.row)
             self._exited(worker, os.waitstatus_to_exitcode(status))
@@ -368,6 +370,11 @@ class Supervisor:
             if now - self._stopping_since > limit:
                 for worker in self._workers.values():
                     _signal(worker.pid, signal.SIGKILL)
+
+
+def _address(group: tuple) -> str:
+    """HOST:PORT of the first socket of a listening group."""
+    return "%s:%s" % group[0].getsockname()[:2]
 
 
 def _signal(pid: int, signum: int) -> None:
