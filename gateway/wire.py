@@ -27,11 +27,18 @@ def crlf_line_endings(data: bytes) -> bytes:
     return _ANY_LINE_END.sub(b"\r\n", data)
 
 
+# Each starts with a literal byte, which the regex engine finds at memchr speed and only then
+# looks around it: two such searches cost less than the three counts they replaced.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+
+
 def crlf_only(data: bytes, start: int = 0, end: int | None = None) -> bool:
-    """Whether data[start:end] has no line end but CRLF: three counts, no copy."""
+    """Whether data[start:end] has no line end but CRLF (no copy)."""
     end = len(data) if end is None else end
-    crlf = data.count(b"\r\n", start, end)
-    return data.count(b"\r", start, end) == crlf == data.count(b"\n", start, end)
+    if start < end and data[start] == 0x0A:  # the lookbehind would see the CR before `start`
+        return False
+    return _BARE_CR.search(data, start, end) is None and _BARE_LF.search(data, start, end) is None
 
 
 def line_pieces(data: bytes, start: int, size: int) -> Iterator[tuple[int, int]]:

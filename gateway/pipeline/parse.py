@@ -212,7 +212,7 @@ class _MimeScan:
         """Note [start, end) if it is large and has no line starting with "--" (so no reading
         of the boundaries can find a delimiter in it)."""
         if (end - start >= OPAQUE_BODY_MIN and not self._raw.startswith(b"--", start)
-                and self._raw.find(b"\n--", start, end) < 0):
+                and not _has_dashed_line(self._raw, start, end)):
             self.opaque.append((start, end))
 
     def _part_bounds(self, start: int, stop: int) -> tuple[int, int]:
@@ -287,6 +287,21 @@ def _next_line_match(
             return None
         at = line_end + 1
     return delimiters.search(raw, at)
+
+
+
+def _has_dashed_line(raw: bytes, start: int, end: int) -> bool:
+    """raw.find(b"\\n--", start, end) >= 0, found by memchr over the first _DASHED_LINES "-"
+    (a base64 attachment has none: 0.04 ms instead of 1.5 ms per 2 MB), then by find."""
+    at = start
+    for _ in range(_DASHED_LINES):
+        dash = raw.find(b"-", at, end)
+        if dash < 0:
+            return False
+        if dash > start and raw[dash - 1] == 0x0A and dash + 1 < end and raw[dash + 1] == 0x2D:
+            return True
+        at = dash + 1
+    return raw.find(b"\n--", at, end) >= 0  # the byte before `at` is a "-"
 
 
 _DASHED_LINES = 32

@@ -21,6 +21,8 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from gateway.wire import crlf_only
+
 # a header field's first line: a name as email.feedparser's headerRE reads one (printable, no
 # colon, no space), then the colon at once
 _FIELD_START = re.compile(rb"[!-9;-~]+:")
@@ -64,8 +66,7 @@ def plain_text(raw: bytes) -> PlainText | None:
     if encoding is None:
         return None  # decided by the header alone: a large multipart costs nothing more here
     # CRLF only (the frame stage made them so): a bare CR or LF is read differently by readers
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+    if not crlf_only(raw):
         return None
     body = raw[end + 4:]
     if encoding == b"quoted-printable":

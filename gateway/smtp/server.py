@@ -510,6 +510,8 @@ def _longest_line(run: bytes, open_line: int) -> int:
 
 def _unstuffed(content: bytes) -> bytes:
     """RFC 5321 4.5.2: the first "." of every line is the client's transparency dot."""
+    if b"." not in content:  # memchr: a base64 attachment has no "." (replace would search)
+        return content
     if content.startswith(b"."):
         content = content[1:]
     return content.replace(b"\r\n.", b"\r\n")
