@@ -394,7 +394,7 @@ class GatewaySMTP(SMTP):
         Read in runs, not line by line: each read ends at the next ".\r\n" or at the stream
         limit, so a 20 MB base64 attachment takes a few hundred reads, not a quarter million.
         As in aiosmtpd, only CRLF "." CRLF ends the data (a bare LF or CR never does)."""
-        content = bytearray()  # still dot-stuffed; emptied once refused
+        content: list[bytes] = []  # the runs, still dot-stuffed; emptied once refused
         last = b"\r\n"  # the last bytes received: the DATA line ended with CRLF
         line_length = 0  # of the line the previous run ended in
         refusal: str | None = None
@@ -408,21 +408,21 @@ class GatewaySMTP(SMTP):
                 received += len(run) - 3
                 if refusal is None:
                     refusal = self._refusal_for(run[:-3], received, line_length)
-                    content += run[:-3]
+                    content.append(run[:-3])
                 break
             received += len(run)
             if refusal is None and (refusal := self._refusal_for(run, received, line_length)):
                 # refused: hold nothing, and leave the budget to others, while reading to the end
-                content = bytearray()
+                content = []
                 self._budget.give_back(self._data_held)
                 self._data_held = 0
             elif refusal is None:
-                content += run
+                content.append(run)
             line_length = _open_line_length(run, line_length)
             last = (last + run)[-4:]
         if refusal is not None:
             return refusal
-        return _unstuffed(bytes(content))
+        return _unstuffed(b"".join(content))  # one copy of the runs, not a growing buffer's
 
     def _refusal_for(self, run: bytes, received: int, open_line: int) -> str | None:
         # +1: a bare LF or CR is measured as the CRLF it leaves with
