@@ -38,7 +38,7 @@ from gateway.containers.office import compound_streams, inspect_cfb
 from gateway.containers.pdf import PDF_HEADER_WINDOW, inspect_pdf
 from gateway.containers.rar import inspect_rar
 from gateway.containers.sevenzip import inspect_7z, unpack_7z
-from gateway.containers.shells import read_cms, read_pgp
+from gateway.containers.shells import may_report, read_cms, read_pgp
 from gateway.filenames import decode_base64_letters
 from gateway.model import ContentReport, Finding
 
@@ -477,9 +477,13 @@ def _worth_a_look(decoded: bytes) -> bool:
     is not looked into: that would only go on decoding noise."""
     if len(decoded) < 22:
         return False
-    if any(signature in decoded for signature in _SIGNATURES_ANYWHERE):
+    if any(map(decoded.__contains__, _SIGNATURES_ANYWHERE)):
         return True
-    if decoded.startswith(_SIGNATURES_AT_START) or _may_be_shell(decoded):
+    if decoded.startswith(_SIGNATURES_AT_START):
+        return True
+    # one decoded alignment in about 30 starts like a packet or a SEQUENCE: only a whole one
+    # is worth the look ("Thank you" decodes to an OpenPGP packet tag)
+    if _may_be_shell(decoded) and may_report(decoded):
         return True
     head = decoded[:64 * 1024]
     return len(head.translate(None, _PRINTABLE)) * 20 <= len(head)
@@ -490,15 +494,25 @@ def _looks_like_message(data: bytes) -> bool:
     head = data[:64 * 1024]
     if head.startswith(b"From "):
         head = head[head.find(b"\n") + 1:]
-    end = re.search(rb"\r?\n\r?\n", head)
-    if end is None or end.start() == 0:
+    end = _empty_line_start(head)
+    if end <= 0:
         return False
-    lines = re.split(rb"\r?\n", head[:end.start()])
+    lines = re.split(rb"\r?\n", head[:end])
     if not _HEADER_LINE.match(lines[0]):
         return False
     if not all(_HEADER_LINE.match(line) or line[:1] in (b" ", b"\t") for line in lines):
         return False
-    return _KNOWN_HEADERS.search(head, 0, end.start()) is not None
+    return _KNOWN_HEADERS.search(head, 0, end) is not None
+
+
+def _empty_line_start(head: bytes) -> int:
+    """Where re.search(rb"\\r?\\n\\r?\\n", head) would start, or -1: found by find (a text
+    with no empty line is read in C at once, not tried at every byte by the regex)."""
+    found = [at for at in (head.find(b"\n\n"), head.find(b"\n\r\n")) if at >= 0]
+    if not found:
+        return -1
+    at = min(found)
+    return at - 1 if at and head[at - 1] == 0x0D else at
 
 
 def _may_be_shell(data: bytes) -> bool:

@@ -91,6 +91,13 @@ def is_detached_pkcs7_signature(data: bytes) -> bool:
     return report is not None and not report.content
 
 
+def may_report(data: bytes) -> bool:
+    """Whether read_pgp or read_cms could report anything on data: OpenPGP packets (armored
+    or not) that fill it, or a CMS ContentInfo that parses. Nothing is unpacked, so noise
+    that merely starts like a packet or a SEQUENCE is told apart cheaply."""
+    return read_pgp(data) is not None or _content_info(data) is not None
+
+
 def read_pgp(data: bytes) -> PgpReport | None:
     """The OpenPGP structure data holds (armored or binary): signature packets only, or
     session-key packets followed by one encrypted data packet. None for anything else."""

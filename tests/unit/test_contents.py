@@ -10,6 +10,8 @@ import bz2
 import gzip
 import io
 import lzma
+import random
+import re
 import struct
 import tarfile
 import zipfile
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway.containers.base import InspectionLimit, InspectionTimedOut
-from gateway.containers.contents import ContentInspector, InspectionLimits
+from gateway.containers.contents import ContentInspector, InspectionLimits, _empty_line_start
 from gateway.model import Finding
 from gateway.pipeline.classify import content_inspector
 from gateway.pipeline.parse import MimeLimits
@@ -209,3 +211,36 @@ def test_a_converted_copy_that_still_holds_an_archive_is_not_sent():
     tx.copy = OutgoingMessage("a@city.example.lg.jp", ("t@partner.example.com",), mail, "link-1")
     with pytest.raises(RewriteError, match="still holds encrypted ZIP entry"):
         asyncio.run(Verify().process(tx))  # no copy went before it: the message is refused
+
+
+# --- a shell spread among prose: only the base64-among-text reading finds it -----------------
+
+def _spread_among_prose(data: bytes) -> bytes:
+    """base64 of data in groups of three letters between Japanese words (no ASCII letter):
+    no line is a base64 run, and the letters taken together are the shell's alone."""
+    letters = base64.b64encode(data)
+    groups = [letters[at:at + 3] for at in range(0, len(letters), 3)]
+    return ("ご確認ください。".encode() + b" ".join(groups) + "、以上です。\r\n".encode())
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("encrypted_symmetric.gpg", Finding.ENCRYPTED),
+    ("password_enveloped.der", Finding.ENCRYPTED),
+    ("encrypted_pubkey_and_password.gpg", Finding.OPAQUE),
+])
+def test_an_encrypted_shell_spread_among_prose_is_found(name, expected):
+    assert finding(_spread_among_prose((SHELLS / name).read_bytes())) is expected
+
+
+def test_prose_whose_letters_decode_like_a_packet_is_clean():
+    """"Than…" decodes to 0x85, an OpenPGP packet tag: noise, not a packet that fills it."""
+    prose = b"Thank you for your mail; the figures follow in the next one.\r\n" * 30
+    assert finding(prose) is Finding.CLEAN
+
+
+def test_the_empty_line_is_found_where_the_regex_finds_it():
+    chance = random.Random(11)
+    for _ in range(20_000):
+        head = bytes(chance.choice(b"a\r\n\n") for _ in range(chance.randint(0, 12)))
+        match = re.search(rb"\r?\n\r?\n", head)
+        assert _empty_line_start(head) == (match.start() if match else -1), head
