@@ -49,6 +49,8 @@ def is_plain_mailbox(address: str) -> bool:
 
 def _plain(text: str, pattern: re.Pattern[str]) -> bool:
     """`pattern` matches text once every non-ASCII character stands in as a letter."""
-    if not text or any(not ch.isascii() and (ch.isspace() or not ch.isprintable()) for ch in text):
+    if text.isascii():  # the usual case: nothing stands in, so no per-character walk
+        return bool(text) and pattern.fullmatch(text) is not None
+    if any(not ch.isascii() and (ch.isspace() or not ch.isprintable()) for ch in text):
         return False
     return bool(pattern.fullmatch("".join(ch if ch.isascii() else "a" for ch in text)))
