@@ -38,7 +38,9 @@ wheel: $(BIN)/python
 # instances on loopback ports. Postfix is preseeded to "No configuration": the system instance gets
 # no main.cf and is never started or used. 7-Zip (7zz) and libarchive (bsdtar) are the fuzzer's
 # archive readers (tests/fuzz/oracle.py). systemd's own tools check the shipped unit
-# (systemd-analyze verify/security, systemd-sysusers; tests/e2e/test_packaging.py).
+# (systemd-analyze verify/security, systemd-sysusers; tests/e2e/test_packaging.py). PostgreSQL for
+# the store on PostgreSQL: the tests initdb private clusters on loopback ports
+# (tests/support/postgres.py); the system's own cluster is not used.
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
@@ -49,6 +51,7 @@ system-deps:
 	command -v 7zz >/dev/null 2>&1 || missing="$$missing 7zip"; \
 	command -v bsdtar >/dev/null 2>&1 || missing="$$missing libarchive-tools"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -z "$$missing" ] || { \
 	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -20,7 +20,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, PostgresUrl, StorageSettings
 from gateway.inflight import DataBudget
 from gateway.ledger import LedgerRow, SharedDataBudget, SharedRelayingNow, SharedSessionSlots
 from gateway.log import MessageLogger
@@ -49,10 +49,13 @@ from gateway.smtp.access import (
 from gateway.smtp.handler import GatewayHandler
 from gateway.smtp.drain import SmtpListener
 from gateway.smtp.server import RelaysInFlight, start_smtp_server
+from gateway.store.blob_backends import BlobBackend, StorageError
+from gateway.store.blob_backends.directory import LocalDirectoryBackend
 from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
-from gateway.store.db import Database, MetadataError
+from gateway.store.db import Database, MetadataError, metadata_exists
+from gateway.store.engines import DatabaseUnreachable
 from gateway.store.keys import (
     DOWNLOAD_PASSWORD_KEY,
     MasterKeyError,
@@ -103,17 +106,40 @@ def load_master_key(config: Config) -> bytes:
         # key would make every stored file unreadable.
         return load_or_create_master_key(
             storage.master_key_file, storage.master_key_from_env,
-            may_create=not storage.database.exists(),
+            may_create=not _metadata_exists(config),
         )
     except MasterKeyError as error:
         raise ConfigError("storage.master_key_file", str(error)) from None
 
 
+def _metadata_exists(config: Config) -> bool:
+    try:
+        return metadata_exists(config.storage.database)
+    except DatabaseUnreachable as error:
+        raise ConfigError("storage.database", str(error)) from None
+
+
 def open_store(config: Config, master_key: bytes) -> tuple[Database, BlobStore]:
     storage = config.storage
     storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db = Database(storage.database)
-    return db, BlobStore(storage.data_dir / "blobs", master_key, storage.chunk_size)
+    try:
+        db = Database(storage.database)
+    except DatabaseUnreachable as error:  # one line at start-up, not a traceback
+        raise ConfigError("storage.database", str(error)) from None
+    return db, BlobStore(blob_backend(storage), master_key, storage.chunk_size)
+
+
+def blob_backend(storage: StorageSettings) -> BlobBackend:
+    """Where the sealed files lie, as storage.blobs says."""
+    if storage.blobs == "database":
+        assert isinstance(storage.database, PostgresUrl)  # checked when the config was read
+        from gateway.store.blob_backends.postgres import PostgresChunkBackend  # psycopg: only here
+
+        try:
+            return PostgresChunkBackend(storage.database.url)
+        except StorageError as error:
+            raise ConfigError("storage.blobs", str(error)) from None
+    return LocalDirectoryBackend(storage.blobs_dir)
 
 
 StoreOpener = Callable[[Config, bytes], tuple[Database, BlobStore]]
@@ -232,7 +258,7 @@ class Gateway:
                             config.storage.data_dir)
             await asyncio.to_thread(
                 clean_up_after_crash, self.db, self.blobs, self.clock(),
-                self._data_dir_lock is not None,
+                self._data_dir_lock is not None and not config.storage.shared,
             )
         if self._next_hop is None:
             hop = config.next_hop
@@ -443,6 +469,9 @@ class Gateway:
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
             self.db = None
+        if self.blobs is not None:
+            await asyncio.to_thread(self.blobs.close)
+            self.blobs = None
         if self._data_dir_lock is not None:
             os.close(self._data_dir_lock)  # releases the lock
             self._data_dir_lock = None

@@ -119,6 +119,10 @@ def cmd_check_config(args) -> int:
     print(f"  allowed clients  {', '.join(map(str, config.smtp.allowed_clients))}")
     print(f"  next hop         {config.next_hop.url} (starttls {config.next_hop.starttls})")
     print(f"  data directory   {config.storage.data_dir.resolve()}")
+    storage = config.storage
+    print(f"  metadata         {storage.database}")  # a URL is printed without its password
+    blobs = storage.blobs_dir.resolve() if storage.blobs == "directory" else "in the database"
+    print(f"  files            {blobs}")
     print(f"  public url       {config.portal.public_url}")
     print(f"  internal domains {', '.join(config.gateway.internal_domains) or '(none)'}")
     print(f"  departments      {', '.join(d.name for d in config.departments) or '(none)'}")
@@ -184,13 +188,18 @@ def cmd_purge(args) -> int:
         print(format_report(purge(db, blobs, utc_now(), retention=config.retention)))
     finally:
         db.close()
+        blobs.close()
     return 0
 
 
 def _open_db(config: Config):
-    from gateway.store.db import Database
+    from gateway.store.db import Database, MetadataError, metadata_exists
 
-    if not config.storage.database.exists():
+    try:
+        exists = metadata_exists(config.storage.database)
+    except MetadataError as error:  # a PostgreSQL server that cannot be reached
+        raise ConfigError("storage.database", str(error)) from None
+    if not exists:
         raise ConfigError("storage.database", f"no database at {config.storage.database}")
     return Database(config.storage.database)
 

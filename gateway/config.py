@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 from gateway import config_values as check
@@ -141,14 +142,66 @@ class NextHopSettings:
     pool_size: int = 20
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+@dataclass(frozen=True)
+class PostgresUrl:
+    """storage.database naming a PostgreSQL server (postgresql://USER:PASS@HOST:PORT/DB?…): the
+    URL as written, handed to libpq. Printed and logged without its password."""
+
+    url: str
+
+    def __str__(self) -> str:
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+    def __repr__(self) -> str:
+        return f"PostgresUrl({str(self)!r})"
+
+
+def database_location(value: Any) -> Path | PostgresUrl:
+    """A postgresql:// (or postgres://) URL for the store on PostgreSQL; anything else is the
+    path of the SQLite file (the embedded default)."""
+    text = check.string(value)
+    scheme, colon, _ = text.partition(":")
+    if not colon or scheme.lower() not in POSTGRES_SCHEMES:
+        return check.file_path(text)
+    parts = urlsplit(text)
+    query = parse_qs(parts.query)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"not a port number in {PostgresUrl(text)}") from None
+    if not parts.path.strip("/") and "dbname" not in query:
+        raise ValueError(f"name the database: {scheme}://USER@HOST:PORT/DATABASE")
+    return PostgresUrl(scheme.lower() + text[len(scheme):])  # libpq knows the scheme in lower case
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     data_dir: Path = Path("var/data")
-    database: Path = Path("var/data/gateway.sqlite3")
+    # A file: SQLite (embedded, one node). A PostgresUrl: PostgreSQL (several nodes may share it).
+    database: Path | PostgresUrl = Path("var/data/gateway.sqlite3")
     master_key_file: Path = Path("var/data/master.key")
     master_key_env: str = "PPAP_GATEWAY_MASTER_KEY"
     master_key_from_env: str | None = None  # the variable's value, read once by the loader
     chunk_size: int = 64 * 1024
+    # Where the sealed files lie: "directory" (blobs_dir: local, or a file system every node
+    # mounts) or "database" (rows in the PostgreSQL database: nodes then share nothing else).
+    blobs: str = "directory"
+    blobs_dir: Path = Path("var/data/blobs")
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes may write to the same store (PostgreSQL: a cluster)."""
+        return isinstance(self.database, PostgresUrl)
+
+
+BLOB_BACKENDS = ("directory", "database")
 
 
 @dataclass(frozen=True)
@@ -334,10 +387,12 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
     },
     "storage": {
         "data_dir": check.file_path,
-        "database": check.file_path,
+        "database": database_location,
         "master_key_file": check.file_path,
         "master_key_env": check.string,
         "chunk_size": check.size(4096),
+        "blobs": check.choice(BLOB_BACKENDS),
+        "blobs_dir": check.file_path,
     },
     "portal": {
         "public_url": check.public_url,
@@ -567,9 +622,13 @@ def build_config(
     data_dir = storage_values.get("data_dir", StorageSettings.data_dir)
     storage_values.setdefault("database", data_dir / "gateway.sqlite3")
     storage_values.setdefault("master_key_file", data_dir / "master.key")
+    storage_values.setdefault("blobs_dir", data_dir / "blobs")
     env_name = storage_values.get("master_key_env", StorageSettings.master_key_env)
     environ = os.environ if environ is None else environ
     storage = StorageSettings(**storage_values, master_key_from_env=environ.get(env_name) or None)
+    if storage.blobs == "database" and not storage.shared:
+        raise ConfigError("storage.blobs", '"database" keeps files in PostgreSQL: set '
+                          'storage.database = "postgresql://…" too')
 
     policy = _build_policy("policy", values["policy"], Policy())
     departments = _build_departments(document.get("departments", []), policy)

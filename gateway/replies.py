@@ -8,7 +8,6 @@ log line.
 from __future__ import annotations
 
 import errno
-import sqlite3
 from dataclasses import dataclass
 
 from gateway.containers.base import InspectionLimit, InspectionTimedOut
@@ -20,6 +19,8 @@ from gateway.errors import (
 )
 from gateway.store.blobs import StorageError
 from gateway.store.db import MetadataError
+from gateway.store.engines import is_disk_full as is_database_full
+from gateway.store.engines import is_engine_error
 from gateway.store.keys import MasterKeyError
 
 
@@ -79,14 +80,14 @@ def _causes(error: BaseException) -> list[BaseException]:
 def _is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    # SQLite says "database or disk is full" with its own code, not an errno.
-    code = getattr(error, "sqlite_errorcode", None)
-    return isinstance(error, sqlite3.Error) and code == sqlite3.SQLITE_FULL
+    # SQLite and PostgreSQL say "disk full" with codes of their own, not an errno.
+    return is_database_full(error)
 
 
 def _is_storage_trouble(error: BaseException) -> bool:
     """Our disk, database or key cannot be used right now (locked, unreadable, gone)."""
-    return isinstance(error, (StorageError, MetadataError, MasterKeyError, sqlite3.Error, PermissionError))
+    return (isinstance(error, (StorageError, MetadataError, MasterKeyError, PermissionError))
+            or is_engine_error(error))
 
 
 def _ascii(text: str) -> str:

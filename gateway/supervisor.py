@@ -112,9 +112,12 @@ class Supervisor:
             log.warning("another gateway uses %s: start-up clean-up keeps its grace period",
                         config.storage.data_dir)
         try:
-            clean_up_after_crash(db, blobs, utc_now(), lock is not None)
+            # Sole writer only on its own: other nodes of a cluster may be storing right now.
+            sole = lock is not None and not config.storage.shared
+            clean_up_after_crash(db, blobs, utc_now(), sole)
         finally:
             db.close()
+            blobs.close()
         del master_key  # each worker reads it for itself
         if crashpoints.armed():
             crashpoints.arm(crashpoints.armed(), whole_service=os.getpid())

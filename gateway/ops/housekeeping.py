@@ -4,9 +4,9 @@ A purge first takes each such transfer out of use, in one statement that checks 
 due (a retry may have just issued a link on a stale pending transfer: then it stays), then
 deletes its blobs and then its files rows (with the wrapped data keys) and password, keeping
 the transfer row and its events as the audit trail; a purge a crash interrupted is finished by
-the next. It then removes blob
-files no row refers to and temp files left by a crash, but only when they are older than a
-grace period, so a blob being written right now is never touched.
+the next. It then removes the blobs no row refers to and the writes a crash left unfinished
+(temp files, uncommitted chunk rows), as the blob backend lists them, but only when they are
+older than a grace period, so a blob being written right now is never touched.
 
 With a retention (`[retention]`), it then forgets what would otherwise grow with every message:
 delivery records once no retry can still come, finished outbox items, and after the audit
@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Awaitable, Callable
 
 from gateway.config import RetentionSettings
 from gateway.crashpoints import crash_point
-from gateway.store.blobs import TEMP_PREFIX, BlobStore, StorageError
+from gateway.store.blobs import BlobStore, StorageError
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
 
@@ -86,7 +84,7 @@ def purge(
         _purge_transfer(db, blobs, transfer_id, now, stale_before, tally)
     cutoff = (now - orphan_grace).timestamp()
     _delete_orphans(db, blobs, cutoff, tally)
-    _delete_temp_files(blobs.root, cutoff, tally)
+    _delete_unfinished(blobs, cutoff, tally)
     if retention is not None:
         tally.forgotten = _apply_retention(db, now, retention)
     db.checkpoint()
@@ -155,19 +153,13 @@ def _purge_transfer(
     tally.bytes += freed
 
 
-def _is_old(path: Path, cutoff: float) -> bool:
-    try:
-        return path.lstat().st_mtime < cutoff
-    except FileNotFoundError:
-        return False
-
-
 def _delete_orphans(db: Database, blobs: BlobStore, cutoff: float, tally: _Tally) -> None:
-    # Disk first, then the rows: a blob committed in between is young, so the grace spares it.
-    on_disk = list(blobs.iter_blob_ids())
+    # Stored blobs first, then the rows: a blob committed in between is young, so the grace
+    # spares it.
+    old = [blob.name for blob in blobs.backend.stored() if blob.modified < cutoff]
     referenced = db.referenced_blob_ids()
-    for blob_id in on_disk:
-        if blob_id in referenced or not _is_old(blobs.path_of(blob_id), cutoff):
+    for blob_id in old:
+        if blob_id in referenced:
             continue
         try:
             tally.bytes += blobs.delete(blob_id)
@@ -177,28 +169,17 @@ def _delete_orphans(db: Database, blobs: BlobStore, cutoff: float, tally: _Tally
             tally.errors += 1
 
 
-def _temp_files(root: Path) -> Iterator[Path]:
-    for directory, _subdirs, names in os.walk(root):
-        for name in names:
-            if name.startswith(TEMP_PREFIX):
-                yield Path(directory) / name
-
-
-def _delete_temp_files(root: Path, cutoff: float, tally: _Tally) -> None:
-    for path in _temp_files(root):
-        if not _is_old(path, cutoff):
+def _delete_unfinished(blobs: BlobStore, cutoff: float, tally: _Tally) -> None:
+    """Writes a crash left unfinished: temp files, or a database's uncommitted chunks."""
+    for upload in blobs.backend.unfinished():
+        if upload.modified >= cutoff:
             continue
         try:
-            size = path.lstat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            _log.warning("purge: cannot delete temp file %s: %s", path, error)
+            tally.bytes += blobs.backend.discard_unfinished(upload.name)
+            tally.orphans += 1
+        except StorageError as error:
+            _log.warning("purge: %s", error)
             tally.errors += 1
-            continue
-        tally.bytes += size
-        tally.orphans += 1
 
 
 def _size_text(size: int) -> str:

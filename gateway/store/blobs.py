@@ -1,8 +1,9 @@
-"""Keep encrypted file contents on disk, one file per blob, named only by a random blob id.
+"""Encrypt file contents into blobs, each named only by a random blob id, and read them back.
 
-A blob at rest is the output of crypto.BlobEncryptor; its wrapped data key is returned
-to the caller for the metadata store. Writes are durable before write() returns: temp
-file in the target directory, fsync, rename, fsync of the directory.
+A blob is the output of crypto.BlobEncryptor; its wrapped data key is returned to the caller
+for the metadata store. Where the sealed bytes live is a BlobBackend's business
+(gateway/store/blob_backends/: a local or shared directory, or PostgreSQL); a write is durable
+when write() returns, and the backend's commit is what makes it visible.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import secrets
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator
 
-from gateway.durable import fsync_directory, make_directories
+from gateway.durable import Fsync
+from gateway.store.blob_backends import (
+    BlobBackend,
+    BlobMissingError,
+    StorageError,
+)
+from gateway.store.blob_backends.directory import TEMP_PREFIX, LocalDirectoryBackend
 from gateway.store.crypto import (
     DEFAULT_CHUNK_SIZE,
     BlobEncryptor,
@@ -35,18 +40,8 @@ __all__ = [
     "BlobStore",
     "BlobView",
     "StorageError",
+    "TEMP_PREFIX",
 ]
-
-_BLOB_ID = re.compile(r"[0-9a-f]{32}")
-TEMP_PREFIX = ".tmp-"
-
-
-class StorageError(Exception):
-    """The blob could not be written or removed (disk full, I/O error, fsync failure...)."""
-
-
-class BlobMissingError(Exception):
-    """No blob with that id exists."""
 
 
 @dataclass(frozen=True)
@@ -207,85 +202,61 @@ class _ViewFile(io.RawIOBase):
         return len(data)
 
 
-def _check_blob_id(blob_id: str) -> None:
-    if not _BLOB_ID.fullmatch(blob_id):
-        raise ValueError(f"not a blob id: {blob_id!r}")
-
-
 class BlobStore:
+    """Seals what is written into one backend, and opens it again. Safe to share between
+    threads as far as its backend is (both backends are)."""
+
     def __init__(
         self,
-        root: Path,
+        backend: BlobBackend | Path,
         master_key: bytes,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        fsync: Callable[[int], None] = os.fsync,
+        fsync: Fsync | None = None,
         wrap_temp_file: Callable[[BinaryIO], BinaryIO] | None = None,
     ):
-        """`fsync` and `wrap_temp_file` exist so tests can make the disk fail like a real one."""
-        self.root = root
+        """A Path stands for a LocalDirectoryBackend there (given `fsync` and
+        `wrap_temp_file`, which tests use to make the disk fail like a real one)."""
+        if isinstance(backend, Path):
+            backend = LocalDirectoryBackend(backend, fsync or os.fsync, wrap_temp_file)
+        elif fsync is not None or wrap_temp_file is not None:
+            raise ValueError("fsync and wrap_temp_file are for a local directory")
+        self.backend = backend
         self._master_key = master_key
         self._chunk_size = chunk_size
-        self._fsync = fsync
-        self._wrap_temp_file = wrap_temp_file
-
-    def path_of(self, blob_id: str) -> Path:
-        _check_blob_id(blob_id)
-        return self.root / blob_id[:2] / blob_id[2:4] / blob_id
 
     def write(self, chunks: Iterable[bytes]) -> BlobInfo:
         """Encrypt and store the concatenation of `chunks`; durable when this returns."""
         blob_id = secrets.token_hex(16)
-        final = self.path_of(blob_id)
         encryptor = BlobEncryptor(self._master_key, blob_id, self._chunk_size)
         digest = hashlib.sha256()
         size = 0
-        temp: Path | None = None
+        upload = self.backend.begin(blob_id)
         try:
-            make_directories(final.parent, self._fsync)
-            fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
-            temp = Path(temp_name)
-            with os.fdopen(fd, "wb") as raw_file:
-                out = self._wrap_temp_file(raw_file) if self._wrap_temp_file else raw_file
-                out.write(encryptor.header)
-                for piece in chunks:
-                    digest.update(piece)
-                    size += len(piece)
-                    for sealed in encryptor.update(piece):
-                        out.write(sealed)
-                out.write(encryptor.finish())
-                out.flush()
-                self._fsync(raw_file.fileno())
-            os.rename(temp, final)
-            temp = final  # from here a failure must remove the renamed file
-            fsync_directory(final.parent, self._fsync)
+            upload.write(encryptor.header)
+            for piece in chunks:
+                digest.update(piece)
+                size += len(piece)
+                for sealed in encryptor.update(piece):
+                    upload.write(sealed)
+            upload.write(encryptor.finish())
+            upload.commit()
         except BaseException as exc:
-            if temp is not None:
-                temp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
+            upload.abandon()
+            if isinstance(exc, OSError):  # the source's: StorageError as the backend's are
                 raise StorageError(f"cannot store blob {blob_id}: {exc}") from exc
             raise
         return BlobInfo(blob_id, size, digest.hexdigest(), encryptor.wrapped_key)
 
     def open(self, blob_id: str, wrapped_key: bytes) -> BlobReader:
         """Stream the plaintext of a blob; BlobIntegrityError stops it before a bad chunk."""
-        try:
-            source = open(self.path_of(blob_id), "rb")
-        except FileNotFoundError as exc:
-            raise BlobMissingError(f"blob {blob_id} does not exist") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot open blob {blob_id}: {exc}") from exc
+        source = self.backend.open(blob_id, sequential=True)
         return BlobReader(source, decrypt_blob(self._master_key, blob_id, wrapped_key, source))
 
     def view(self, blob_id: str, wrapped_key: bytes) -> BlobView:
         """Random access to the plaintext of a blob (see BlobView); close it when done."""
+        source = self.backend.open(blob_id)
         try:
-            source = open(self.path_of(blob_id), "rb")
-        except FileNotFoundError as exc:
-            raise BlobMissingError(f"blob {blob_id} does not exist") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot open blob {blob_id}: {exc}") from exc
-        try:
-            size = os.fstat(source.fileno()).st_size
+            size = source.seek(0, io.SEEK_END)
             return BlobView(source, SealedChunks(
                 self._master_key, blob_id, wrapped_key, source, size))
         except BaseException:
@@ -293,35 +264,33 @@ class BlobStore:
             raise
 
     def exists(self, blob_id: str) -> bool:
-        return self.path_of(blob_id).is_file()
+        return self.backend.exists(blob_id)
 
     def delete(self, blob_id: str) -> int:
         """Remove a blob; return the bytes it occupied (0 if it was already gone)."""
-        path = self.path_of(blob_id)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-            fsync_directory(path.parent, self._fsync)
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise StorageError(f"cannot delete blob {blob_id}: {exc}") from exc
-        return size
+        return self.backend.delete(blob_id)
 
     def iter_blob_ids(self) -> Iterator[str]:
-        """Every blob id present on disk (temp files and stray names are skipped)."""
-        for directory, _subdirs, names in os.walk(self.root):
-            for name in names:
-                if _BLOB_ID.fullmatch(name) and Path(directory) == self.path_of(name).parent:
-                    yield name
+        """Every blob committed (unfinished writes are not blobs yet)."""
+        return (blob.name for blob in self.backend.stored())
 
     def bytes_on_disk(self) -> int:
-        """Bytes taken by everything under the root, unfinished temp files included."""
-        total = 0
-        for directory, _subdirs, names in os.walk(self.root):
-            for name in names:
-                try:
-                    total += (Path(directory) / name).lstat().st_size
-                except FileNotFoundError:
-                    continue  # deleted while we walked
-        return total
+        """Bytes taken by every blob, unfinished writes included."""
+        return self.backend.bytes_stored()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # For tests and tools that look at the files of a local directory.
+
+    @property
+    def root(self) -> Path:
+        return self._directory().root
+
+    def path_of(self, blob_id: str) -> Path:
+        return self._directory().path_of(blob_id)
+
+    def _directory(self) -> LocalDirectoryBackend:
+        if not isinstance(self.backend, LocalDirectoryBackend):
+            raise TypeError(f"blobs are not files in a directory: {type(self.backend).__name__}")
+        return self.backend

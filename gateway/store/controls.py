@@ -153,6 +153,8 @@ class ControlsStore:
     def extend(self, transfer_id: str, new_expires_at: datetime, now: datetime, by: str,
                detail: dict[str, Any] | None = None) -> None:
         with self._db.transaction():
+            # Locked while checked: a purge or another extension waits, then sees this one.
+            self._db.locked("SELECT id FROM transfers WHERE id = ?", (transfer_id,))
             controls = self.of(transfer_id)
             transfer = self._db.transfer(transfer_id)
             if controls is None or transfer is None:
@@ -206,6 +208,7 @@ class ControlsStore:
         than `resend_interval` ago. Returns how many codes this link has been sent. Call
         inside the transaction that queues the mail."""
         with self._db.transaction():
+            self._db.lock_link(link_id)  # parallel requests check and count one after another
             current = self.otp_state(link_id)
             if current is not None and current.locked_at is not None:
                 raise CodesLocked(link_id)
@@ -231,6 +234,7 @@ class ControlsStore:
         last wrong try: the link is locked now, see lock_otp), 'link_locked' (it already
         was), 'expired', or 'void' (no code, used, or locked)."""
         with self._db.transaction():
+            self._db.lock_link(link_id)  # parallel tries of one code are counted one by one
             current = self.otp_state(link_id)
             if current is not None and current.locked_at is not None:
                 return "link_locked"

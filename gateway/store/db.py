@@ -1,36 +1,36 @@
-"""Keep transfer metadata in SQLite behind a small repository API (MetadataStore).
+"""Keep transfer metadata behind a small repository API (MetadataStore), on SQLite or PostgreSQL.
 
-All SQL lives here and in migrations/sqlite/*.sql, so another backend can implement
-MetadataStore without touching callers. One connection is shared by all threads and
-guarded by an RLock; a transaction() holds the lock until it ends. Timestamps come in
-as aware datetimes (the caller owns the clock) and are stored as fixed-width UTC text.
+All SQL lives here, in the other repositories of this package and in migrations/ENGINE/*.sql;
+one set of statements serves both engines, and what differs between them (connections,
+transactions, placeholders, a few phrases, errors) is isolated in store/engines.py. Timestamps
+come in as aware datetimes (the caller owns the clock) and are stored as fixed-width UTC text on
+both engines, so rows, comparisons and copies between them are the same.
 
-Every commit is on disk when transaction() returns, as with `synchronous=FULL`, except inside
-store.durability.deferring_commits() (the relay): there it waits for the barrier's next flush
-(group commit), which the relay awaits before it answers or hands a link on.
+Every commit is on disk when transaction() returns, except inside
+store.durability.deferring_commits() on SQLite (the relay): there it waits for the barrier's
+next flush (group commit), which the relay awaits before it answers or hands a link on.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import sqlite3
-import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
-from gateway.store.durability import (
-    DurabilityBarrier,
-    Sync,
-    SyncedAtCommit,
-    WalFile,
-    deferred_commits,
+from gateway.config import PostgresUrl
+from gateway.store.durability import DurabilityBarrier, Sync, SyncedAtCommit
+from gateway.store.engines import (  # MetadataError re-exported: callers catch it from here
+    Dialect,
+    MetadataError,
+    PostgresEngine,
+    SqliteEngine,
+    open_engine,
 )
 from gateway.store.rows import (  # re-exported: the store's row types are imported from here
     EventRow,
@@ -52,10 +52,7 @@ _STALE_PENDING = (
     "state = 'pending' AND created_at < ? AND NOT EXISTS (SELECT 1 FROM links"
     " WHERE links.transfer_id = transfers.id AND links.created_at >= ?)"
 )
-
-
-class MetadataError(Exception):
-    """The metadata store failed; the message cannot be accepted right now."""
+DEFAULT_POOL_SIZE = 10  # PostgreSQL connections per process (the threads of asyncio.to_thread)
 
 
 class MetadataStore(Protocol):
@@ -119,8 +116,8 @@ class MetadataStore(Protocol):
                                 max_attempts: int, lockout: timedelta) -> datetime | None: ...
 
 
-def _bundled_migrations() -> Traversable:
-    return resources.files("gateway.store").joinpath("migrations", "sqlite")
+def _bundled_migrations(engine: str) -> Traversable:
+    return resources.files("gateway.store").joinpath("migrations", engine)
 
 
 def _read_migrations(directory: Traversable | Path) -> list[tuple[int, str, str]]:
@@ -137,172 +134,92 @@ def _read_migrations(directory: Traversable | Path) -> list[tuple[int, str, str]
     return [found[version] for version in sorted(found)]
 
 
-def _statements(script: str) -> Iterator[str]:
-    """Split a script into statements; a ';' in a trigger body, string or comment does not split."""
-    pieces = script.split(";")
-    pending = ""
-    for piece in pieces[:-1]:
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            yield pending
-            pending = ""
-    rest = pending + pieces[-1]
-    if rest.strip():
-        yield rest  # a last statement without ';', or just comments: SQLite judges it
-
-
-def _failure(exc: sqlite3.Error) -> MetadataError:
-    return MetadataError(f"database error: {exc}")
-
-
-def _cause(exc: sqlite3.Error) -> BaseException:
-    """A full disk is told by its errno, like a failed blob write, so the reply is 452 4.3.1."""
-    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL:
-        return OSError(errno.ENOSPC, f"database or disk is full ({exc})")
-    return exc
+def metadata_exists(location: Path | PostgresUrl) -> bool:
+    """Whether metadata was ever stored there (a missing master key is then an accident, not a
+    first start). DatabaseUnreachable when the server cannot be asked."""
+    if not isinstance(location, PostgresUrl):
+        return location.exists()
+    engine = PostgresEngine(location, timeout=5.0, pool_size=1)
+    try:
+        return bool(engine.query("SELECT to_regclass('schema_migrations') IS NOT NULL")[0][0])
+    finally:
+        engine.close()
 
 
 class Database:
-    """The SQLite MetadataStore. Safe to share between threads.
+    """The MetadataStore, on the SQLite file or the PostgreSQL database `location` names. Safe
+    to share between threads.
 
-    `group_commit=False` runs the connection at `synchronous=FULL` instead, every commit synced
-    by SQLite itself and none deferred (the old way, kept for comparison: bench/commit_cost.py).
-    `fsync` syncs the -wal file (tests count or hold it)."""
+    SQLite only: `group_commit=False` runs the connection at `synchronous=FULL` instead, every
+    commit synced by SQLite itself and none deferred (the old way, kept for comparison:
+    bench/commit_cost.py); `fsync` syncs the -wal file (tests count or hold it).
+    PostgreSQL only: `pool_size` connections at most. `busy_timeout_ms` is how long a write
+    waits for a lock (SQLite's database lock, PostgreSQL's row locks) or for a connection."""
 
     def __init__(
         self,
-        path: Path,
+        location: Path | PostgresUrl,
         *,
         busy_timeout_ms: int = 5000,
         migrations: Traversable | Path | None = None,
         group_commit: bool = True,
         fsync: Sync = os.fdatasync,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ):
-        self.path = path
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._group_commit = group_commit
-        self._conn = self._connect(path, busy_timeout_ms, "NORMAL" if group_commit else "FULL")
-        # SQLite names the WAL after the database's real path (symbolic links resolved).
-        self._wal = WalFile(Path(os.path.realpath(path) + "-wal"), fsync)
-        self.barrier: DurabilityBarrier | SyncedAtCommit = (
-            DurabilityBarrier(self._wal.sync) if group_commit else SyncedAtCommit()
-        )
+        self.location = location
+        self._engine = open_engine(location, busy_timeout_ms=busy_timeout_ms,
+                                   group_commit=group_commit, fsync=fsync, pool_size=pool_size)
+        self.barrier: DurabilityBarrier | SyncedAtCommit = self._engine.barrier
         try:
-            self._migrate(migrations if migrations is not None else _bundled_migrations())
+            self._migrate(migrations if migrations is not None
+                          else _bundled_migrations(self._engine.dialect.name))
         except BaseException:
             self.close()
             raise
 
-    # -- connection and transactions -------------------------------------------------
+    @property
+    def path(self) -> Path | PostgresUrl:
+        """The SQLite file (tests and benches open it themselves), or the PostgresUrl."""
+        return self.location
 
-    @staticmethod
-    def _connect(path: Path, busy_timeout_ms: int, synchronous: str) -> sqlite3.Connection:
-        try:
-            # Create the file 0600 ourselves; SQLite gives -wal and -shm the same mode.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(
-                path, timeout=busy_timeout_ms / 1000, isolation_level=None,
-                check_same_thread=False,
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise MetadataError(f"{path}: cannot open database: {exc}") from exc
-        try:
-            conn.row_factory = sqlite3.Row
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise MetadataError(f"{path}: database refuses WAL mode (got {mode})")
-            # NORMAL: a commit is in the WAL (safe if the process dies) and is synced after
-            # it (_synced) or by the barrier; SQLite itself syncs at checkpoints.
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            # Overwrite deleted rows, so purged wrapped keys do not linger in free pages.
-            conn.execute("PRAGMA secure_delete=ON")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise MetadataError(f"{path}: cannot configure database: {exc}") from exc
-        except MetadataError:
-            conn.close()
-            raise
-        return conn
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's name and the phrases it spells its own way (store/engines.py)."""
+        return self._engine.dialect
 
-    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, tuple(params))
-            except sqlite3.Error as exc:
-                raise _failure(exc) from _cause(exc)
+    @property
+    def _conn(self):
+        """SQLite only: the shared connection (tests trace the statements it runs)."""
+        assert isinstance(self._engine, SqliteEngine)
+        return self._engine.connection
 
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, tuple(params)).fetchall()
-            except sqlite3.Error as exc:
-                raise _failure(exc) from _cause(exc)
+    # -- statements and transactions -------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK if the block raises. Nests via savepoints."""
-        with self._lock:
-            outer = self._depth == 0
-            savepoint = f"nested_{self._depth}"
-            self._execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT {savepoint}")
-            self._depth += 1
-            try:
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                self._execute("COMMIT" if outer else f"RELEASE {savepoint}")
-            except BaseException:
-                self._undo(outer, savepoint)
-                raise
-        if outer:
-            self._synced()  # outside the lock: other threads may read and write meanwhile
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """Run one statement; the result has `rowcount` (and `fetchall()`)."""
+        return self._engine.execute(sql, params)
 
-    def _synced(self) -> None:
-        """A commit just ended: sync it now, or leave it to the flush of the work deferring it."""
-        if not self._group_commit:
-            return  # synchronous=FULL: SQLite synced the WAL in COMMIT
-        deferred = deferred_commits()
-        if deferred is not None:
-            deferred.last = self.barrier.mark()
-            return
-        try:
-            self.barrier.sync_now()
-        except OSError as exc:
-            raise MetadataError(f"{self.path}: committed, but cannot sync the WAL: {exc}") from exc
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """Run one statement and return its rows (by position or column name)."""
+        return self._engine.query(sql, params)
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """BEGIN (IMMEDIATE on SQLite) … COMMIT, or ROLLBACK if the block raises. Nests via
+        savepoints. Durable when it returns (but see deferring_commits)."""
+        return self._engine.transaction()
 
     async def synced(self) -> None:
         """Return once every commit made before the call, by any process, is on disk: before
         something a deferred commit wrote leaves the gateway. MetadataError if the sync fails."""
-        try:
-            await self.barrier.flush(self.barrier.mark())
-        except OSError as exc:
-            raise MetadataError(f"{self.path}: cannot sync the WAL: {exc}") from exc
-
-    def _undo(self, outer: bool, savepoint: str) -> None:
-        try:
-            if outer:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-            else:
-                self._conn.execute(f"ROLLBACK TO {savepoint}")
-                self._conn.execute(f"RELEASE {savepoint}")
-        except sqlite3.Error:
-            pass  # the original error is the one worth reporting
+        await self._engine.synced()
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it (after purges, so old pages go)."""
-        with self._lock:
-            self._execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        """SQLite: copy the WAL into the database and truncate it (after purges, so old pages
+        go). PostgreSQL: nothing (the server checkpoints)."""
+        self._engine.checkpoint()
 
     def close(self) -> None:
-        self.barrier.close()
-        with self._lock:
-            self._conn.close()
-        self._wal.close()
+        self._engine.close()
 
     def __enter__(self) -> Database:
         return self
@@ -310,29 +227,47 @@ class Database:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _locked(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """A SELECT whose rows stay locked until the transaction ends (FOR UPDATE on
+        PostgreSQL; on SQLite the transaction's database lock already covers them). Call it
+        before reading what the transaction then changes: a later statement sees every
+        commit made before the lock was granted."""
+        return self._query(sql + self._engine.dialect.for_update, params)
+
+    def _lock_link(self, link_id: str) -> None:
+        self._locked("SELECT id FROM links WHERE id = ?", (link_id,))
+
+    def _lock_transfer_of(self, link_id: str) -> None:
+        self._locked(
+            "SELECT id FROM transfers WHERE id = (SELECT transfer_id FROM links WHERE id = ?)",
+            (link_id,),
+        )
+
     # -- migrations ------------------------------------------------------------------
 
     def _applied_versions(self) -> set[int]:
         return {row[0] for row in self._query("SELECT version FROM schema_migrations")}
 
     def _migrate(self, directory: Traversable | Path) -> None:
-        self._execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
+        with self.transaction():
+            self._engine.lock_for_migration()
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
         migrations = _read_migrations(directory)
         known = {version for version, _name, _sql in migrations}
         newer = self._applied_versions() - known
         if newer:
-            message = f"{self.path}: schema version {max(newer)} is newer than this program"
-            raise MetadataError(message)
+            raise MetadataError(f"{self._engine.location}: schema version {max(newer)}"
+                                " is newer than this program")
         for version, name, sql in migrations:
             with self.transaction():
-                # Checked inside the write lock: another process may have just applied it.
+                # Checked under the migration lock: another process may have just applied it.
+                self._engine.lock_for_migration()
                 if version in self._applied_versions():
                     continue
-                for statement in _statements(sql):
-                    self._execute(statement)
+                self._engine.run_script(sql)
                 self._execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (version, name, to_text(datetime.now(timezone.utc))),
@@ -342,14 +277,14 @@ class Database:
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Run one statement in (or as) a transaction; return the rows it changed."""
-        with self.transaction():
-            return self._execute(sql, params).rowcount
+        return self._engine.write(sql, params)
 
     # The other repositories of this package (store/outbox.py, store/controls.py) share this
-    # connection, its lock and its transactions through these three.
+    # database, its connections and its transactions through these.
     query = _query
     write = _write
-
+    locked = _locked
+    lock_link = _lock_link
 
     def insert_transfer(
         self, *, id: str, fingerprint: str, message_id: str, sender: str, department: str,
@@ -393,9 +328,11 @@ class Database:
     def activate_link(self, link_id: str, at: datetime) -> bool:
         """Make a delivered link active, and its transfer with it: only if the link is still
         pending and its transfer still has its files (pending or active, not purged, failed or
-        gone). False, and nothing changed, otherwise. One statement decides, so a purge that
-        claimed the transfer a moment earlier wins (claim_for_purge)."""
+        gone). False, and nothing changed, otherwise. One statement decides, with the transfer's
+        row locked first, so a purge that claimed the transfer a moment earlier wins
+        (claim_for_purge)."""
         with self.transaction():
+            self._lock_transfer_of(link_id)
             changed = self._execute(
                 "UPDATE links SET state = 'active', activated_at = ? WHERE id = ?"
                 " AND state = 'pending' AND EXISTS (SELECT 1 FROM transfers"
@@ -501,8 +438,8 @@ class Database:
     def forget_deliveries_before(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` delivery records made before `before`; returns how many."""
         return self._write(
-            "DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries"
-            " WHERE delivered_at < ? LIMIT ?)",
+            "DELETE FROM deliveries WHERE (fingerprint, recipient) IN (SELECT fingerprint,"
+            " recipient FROM deliveries WHERE delivered_at < ? LIMIT ?)",
             (to_text(before), limit),
         )
 
@@ -567,7 +504,7 @@ class Database:
         """The most recent transfer made from this message that did not fail."""
         rows = self._query(
             "SELECT * FROM transfers WHERE fingerprint = ? AND state != 'failed'"
-            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            f" ORDER BY created_at DESC, {self._engine.dialect.row_order} DESC LIMIT 1",
             (fingerprint,),
         )
         return transfer_row(rows[0]) if rows else None
@@ -649,8 +586,9 @@ class Database:
 
     def reusable(self, transfer_id: str, now: datetime) -> bool:
         """Whether a retry may still issue links on this transfer: it has its files and has not
-        expired. Asked inside the transaction that issues them, so no purge comes in between."""
-        rows = self._query(
+        expired. Asked inside the transaction that issues them, so no purge comes in between
+        (the transfer's row stays locked until it ends)."""
+        rows = self._locked(
             "SELECT 1 FROM transfers WHERE id = ? AND state IN ('pending', 'active')"
             " AND expires_at > ?",
             (transfer_id, to_text(now)),
@@ -683,6 +621,9 @@ class Database:
         since it was listed. One statement decides, so a link activation (activate_link) or a
         reuse (reusable) a moment later sees it gone."""
         with self.transaction():
+            # Locked first: a retry issuing a link on it (reusable) ends before the check below,
+            # which then sees that link.
+            self._locked("SELECT id FROM transfers WHERE id = ?", (transfer_id,))
             cutoff = to_text(stale_before)
             claimed = self._execute(
                 "UPDATE transfers SET state = 'purged' WHERE id = ? AND ("
@@ -718,6 +659,7 @@ class Database:
         """Count one attempt before the password is checked; False if the link is locked or
         its attempts are all taken. Counting first bounds guesses made in parallel."""
         with self.transaction():
+            self._lock_link(link_id)  # parallel attempts on the link count one after another
             guard = self.password_guard(link_id)
             failures = guard.failures
             if guard.locked_until is not None:
@@ -741,6 +683,7 @@ class Database:
         """After a reserved attempt: a correct password clears the count; a wrong one that
         used the last attempt locks the link. Returns the lock's end when this call locked it."""
         with self.transaction():
+            self._lock_link(link_id)  # so only one of parallel wrong tries locks it
             if correct:
                 self._execute("DELETE FROM link_password_guard WHERE link_id = ?", (link_id,))
                 return None

@@ -62,8 +62,9 @@ class OutboxStore:
         """Add one item; None when an item with the same dedupe_key already exists."""
         item_id = item_id or new_outbox_id()
         changed = self._db.write(
-            "INSERT OR IGNORE INTO outbox (id, kind, transfer_id, link_id, dedupe_key, payload,"
-            " sealed, created_at, due_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            "INSERT INTO outbox (id, kind, transfer_id, link_id, dedupe_key, payload, sealed,"
+            " created_at, due_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
+            " ON CONFLICT DO NOTHING",
             (item_id, kind, transfer_id, link_id, dedupe_key,
              json.dumps(payload or {}, ensure_ascii=False), sealed, to_text(now), to_text(due_at)),
         )

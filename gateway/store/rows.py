@@ -7,10 +7,13 @@ unlocks), so that every table stores instants the same way.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+# A row as an engine returns it (sqlite3.Row, store.engines.Row): read by position or by
+# column name, and dict(row) works.
+DbRow = Any
 
 
 @dataclass(frozen=True)
@@ -95,21 +98,21 @@ def from_text(text: str | None) -> datetime | None:
     return None if text is None else _instant(text)
 
 
-def transfer_row(row: sqlite3.Row) -> TransferRow:
+def transfer_row(row: DbRow) -> TransferRow:
     fields = dict(row)
     fields["created_at"] = _instant(fields["created_at"])
     fields["expires_at"] = _instant(fields["expires_at"])
     return TransferRow(**fields)
 
 
-def link_row(row: sqlite3.Row) -> LinkRow:
+def link_row(row: DbRow) -> LinkRow:
     fields = dict(row)
     fields["created_at"] = _instant(fields["created_at"])
     fields["activated_at"] = from_text(fields["activated_at"])
     return LinkRow(**fields)
 
 
-def event_row(row: sqlite3.Row) -> EventRow:
+def event_row(row: DbRow) -> EventRow:
     fields = dict(row)
     fields["at"] = _instant(fields["at"])
     fields["detail"] = json.loads(fields["detail"])

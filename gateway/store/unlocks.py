@@ -82,10 +82,10 @@ class UnlockStore:
             return []
         marks = ", ".join("?" * len(wanted))
         rows = self._db.query(
-            # CROSS JOIN: SQLite keeps this order, from the recipients' links to their
-            # transfers, instead of walking the sender's transfers (transfers_by_sender)
+            # In this order (SQLite's CROSS JOIN keeps it), from the recipients' links to
+            # their transfers, instead of walking the sender's transfers (transfers_by_sender)
             "SELECT t.*, lower(l.recipient) AS linked FROM links l"
-            " CROSS JOIN transfers t ON t.id = l.transfer_id"
+            f" {self._db.dialect.ordered_join} transfers t ON t.id = l.transfer_id"
             f" WHERE lower(l.recipient) IN ({marks}) AND l.state = 'active'"
             " AND lower(t.sender) = lower(?) AND t.created_at >= ? AND t.state = 'active'"
             " AND t.expires_at > ?"
@@ -110,8 +110,8 @@ class UnlockStore:
         outcome was recorded first (the first password that worked wins)."""
         with self._db.transaction():
             changed = self._db.write(
-                "INSERT OR IGNORE INTO unlocks (transfer_id, state, source, at, reason,"
-                " keep_original) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO unlocks (transfer_id, state, source, at, reason, keep_original)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (transfer_id, state, source, to_text(now), reason, int(keep_original)),
             )
             if changed != 1:

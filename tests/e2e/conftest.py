@@ -4,6 +4,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.clamav import ClamdProcess
+from tests.support.postgres import PostgresServer
 from tests.support.running import RunningGateway, make_config
 from tests.support.sink import RecordingSink
 
@@ -45,3 +46,16 @@ def clamd(tmp_path_factory):
     """A real clamd on a private socket with an EICAR-only database (slow to start: shared)."""
     with ClamdProcess(tmp_path_factory.mktemp("clamd")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A private PostgreSQL on a loopback port, fsync on (start-up takes seconds: shared)."""
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as running:
+        yield running
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """A fresh, empty database on the shared server: each test its own."""
+    return postgres_server.create_database()

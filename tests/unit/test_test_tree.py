@@ -139,13 +139,20 @@ def python_files(folder: Path) -> list[Path]:
 UNIT_MODULES = [p for p in python_files(UNIT) if p.name.startswith("test_")]
 
 
+def reruns_on_postgresql(path: Path, name: str) -> bool:
+    """The one allowed import of a test module: tests/e2e/test_*_postgresql.py runs a store
+    module's unit tests again with its fixtures pointed at a private PostgreSQL."""
+    return (path.parent == TESTS / "e2e" and path.name.endswith("_postgresql.py")
+            and name.startswith("tests.unit.test_"))
+
+
 def test_no_module_of_the_test_tree_imports_a_test_module() -> None:
     problems = [
         f"{shown(path)}:{line} imports {name}"
         for path in python_files(TESTS) + python_files(ROOT / "bench")
         for line, names in imports_of(path)
         for name in names
-        if is_test_module(name)
+        if is_test_module(name) and not reruns_on_postgresql(path, name)
     ]
     assert problems == [], "move what is shared to tests/support/ or a conftest.py:\n" + \
         "\n".join(problems)
