@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.toml
 
-.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-deps bench-unlock bench-inspect bench-pending bench-commit clean
+.PHONY: run test test-fast install wheel system-deps check-config fuzz bench bench-download bench-load bench-deps bench-unlock bench-inspect bench-pending bench-commit bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,13 @@ bench-commit: $(STAMP)
 
 bench-unlock: $(STAMP) system-deps
 	$(BIN)/python bench/unlock_time.py --write-docs docs/benchmarks.md
+
+# Issue 15's figures: per message, the clustered store (PostgreSQL metadata; files in a directory
+# or in PostgreSQL) against the embedded one, and two nodes against one; smtp-source → gateway →
+# smtp-sink with a private PostgreSQL (bench/README.md). BENCH_CLUSTER_ARGS adds options, e.g.
+# BENCH_CLUSTER_ARGS="--write-docs docs/benchmarks.md".
+bench-cluster: $(STAMP) system-deps
+	$(BIN)/python bench/cluster_load.py $(BENCH_CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info

@@ -1,5 +1,5 @@
 """The ppap-gateway command line: serve, check-config, explain, dkim-keygen, purge, revoke,
-transfers, audit export, hash-password, send-sample.
+transfers, audit export, hash-password, send-sample, migrate-store.
 
 Configuration problems exit with status 2 and one line naming the key and the problem.
 """
@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, StorageSettings, load_config
 from gateway.units import format_duration
 
 EXIT_CONFIG = 2
@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(export, overrides=True)
     export.add_argument("--since", required=True, help="YYYY-MM-DD[THH:MM]")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+
+    migrate = commands.add_parser(
+        "migrate-store", help="copy this embedded store (SQLite, blob directory) into PostgreSQL,"
+        " and verify it; safe to run again")
+    _add_config_options(migrate, overrides=True)
+    migrate.add_argument("--to", required=True, metavar="postgresql://USER@HOST/DATABASE")
+    migrate.add_argument("--blobs-to", required=True, metavar="DIRECTORY|database",
+                         help="the target's files: a directory (shared by the nodes), or"
+                         " 'database' for rows of the PostgreSQL database")
+    migrate.add_argument("--prune", action="store_true",
+                         help="delete rows (and their files) the source no longer has")
+    migrate.add_argument("--verify-only", action="store_true",
+                         help="compare counts and hashes, copy nothing")
 
     commands.add_parser("hash-password", help="hash an SMTP AUTH password for the users file")
 
@@ -248,6 +261,47 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_migrate_store(args) -> int:
+    """Exit 0 when the target matches the source, 1 when it does not (or the copy failed on the
+    way), 2 when the copy is refused before anything is written."""
+    from gateway.app import blob_backend
+    from gateway.ops.migrate_store import MigrationRefused, migrate_store
+    from gateway.store.blob_backends import StorageError
+    from gateway.store.copying import CopyError
+    from gateway.store.db import MetadataError
+
+    config = _config(args)
+    target = _migration_target(config.storage, args.to, args.blobs_to)
+    try:
+        matches = migrate_store(config.storage, target, blob_backend, prune=args.prune,
+                                verify_only=args.verify_only, out=sys.stdout)
+    except MigrationRefused as error:
+        print(f"ppap-gateway: migrate-store refused: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CopyError, StorageError, MetadataError, OSError) as error:
+        print(f"ppap-gateway: migrate-store failed: {error}; run it again once fixed",
+              file=sys.stderr)
+        return 1
+    return 0 if matches else 1
+
+
+def _migration_target(source: StorageSettings, to: str, blobs_to: str) -> StorageSettings:
+    """The source's storage settings with the target's database and files."""
+    from dataclasses import replace
+
+    from gateway.config import PostgresUrl, database_location
+
+    try:
+        url = database_location(to)
+    except ValueError as error:
+        raise ConfigError("--to", str(error)) from None
+    if not isinstance(url, PostgresUrl):
+        raise ConfigError("--to", "name a PostgreSQL database: postgresql://USER@HOST/DATABASE")
+    if blobs_to == "database":
+        return replace(source, database=url, blobs="database")
+    return replace(source, database=url, blobs="directory", blobs_dir=Path(blobs_to))
+
+
 def cmd_send_sample(args) -> int:
     from gateway.sample import send_sample
 
@@ -290,6 +344,7 @@ COMMANDS = {
     "transfers": cmd_transfers,
     "audit": cmd_audit,
     "send-sample": cmd_send_sample,
+    "migrate-store": cmd_migrate_store,
 }
 
 
