@@ -28,12 +28,18 @@ from gateway.notify.compose import NoticeComposer
 from gateway.notify.webhook import WebhookSender
 from gateway.notify.worker import OutboxWorker
 from gateway.ops.admin import build_admin_app, next_hop_check, store_writable_check
-from gateway.ops.housekeeping import PurgeReport, format_report, purge, run_periodically
+from gateway.ops.housekeeping import (
+    PurgeReport,
+    format_report,
+    purge_on_one_node,
+    run_periodically,
+)
 from gateway.ops.metrics import GatewayMetrics
 from gateway.outbound.dkim import DkimKey, DkimSigner
 from gateway.outbound.dkim_keys import load_private_key
 from gateway.outbound.hop import NextHop
 from gateway.outbound.next_hops import make_next_hop
+from gateway.pipeline.admission import AcrossNodes, RelayingNow
 from gateway.pipeline.notice import make_template_env
 from gateway.pipeline.notify_step import NoticeQueue
 from gateway.pipeline.relay import Relay
@@ -41,6 +47,8 @@ from gateway.pipeline.store_step import TransferWriter
 from gateway.pipeline.unlock_step import PasswordMailUnlocker
 from gateway.scan.clamd import ClamdScanner
 from gateway.smtp.access import (
+    ACCOUNT_SCOPE,
+    CLIENT_SCOPE,
     AuthFailureThrottle,
     PasswordFileAuthenticator,
     RelayAccess,
@@ -63,6 +71,8 @@ from gateway.store.keys import (
     load_or_create_master_key,
 )
 from gateway.store.outbox import OutboxStore
+from gateway.store.relaying import RelayClaims
+from gateway.store.throttles import ThrottleStore
 from gateway.unlock.opening import TransferOpener
 from gateway.web.link_gate import REFUSAL_STATUS
 from gateway.web.portal import build_portal_app
@@ -163,13 +173,16 @@ def clean_up_after_crash(
     """Run before the listeners open. As the data directory's `sole_writer` no blob can be in
     the making, so temp files and blobs no row refers to (a crash between blob write and
     metadata commit) go at once, without the periodic purge's grace; a purge a crash
-    interrupted is finished either way."""
+    interrupted is finished either way (or by the node of a cluster purging right now)."""
     try:
         grace = {"orphan_grace": timedelta(0)} if sole_writer else {}
-        report = purge(db, blobs, now, **grace)
+        report = purge_on_one_node(db, blobs, now, **grace)
     except MetadataError as error:  # not fatal: the periodic purge tries again
         log.error("start-up clean-up failed: %s", error)
         return PurgeReport(errors=1)
+    if report is None:
+        log.info("start-up clean-up skipped: another node is purging the store")
+        return PurgeReport()
     if report.orphans_deleted or report.transfers_purged or report.errors:
         log.warning("start-up clean-up: %s", format_report(report))
     return report
@@ -191,7 +204,8 @@ class WorkerRole:
     """How a Gateway runs as one worker of `serve` (gateway/supervisor.py): on listening sockets
     the supervisor bound, counting its sessions and bytes in flight with the other workers in
     the shared ledger. Only the leader serves the admin listener and runs the timers
-    (housekeeping) and the notice worker; the supervisor has already cleaned up after a crash."""
+    (housekeeping) and the notice worker; the supervisor has already cleaned up after a crash.
+    (On a cluster every node has its leader: the store keeps them from doing the same work.)"""
 
     smtp_sockets: tuple[socket.socket, ...]
     portal_sockets: tuple[socket.socket, ...]
@@ -202,7 +216,7 @@ class WorkerRole:
     # notice worker wakes whichever worker relayed the message.
     notice_wake: tuple[int, int]
     metrics_dir: Path  # where each worker keeps its counts, for the leader's /metrics to sum
-    workers: int = 1  # how many serve together (AUTH failure limits are split between them)
+    workers: int = 1  # how many serve together
 
 
 class Gateway:
@@ -230,6 +244,7 @@ class Gateway:
         self._server: SmtpListener | None = None
         self._relays = RelaysInFlight()
         self._runners: list[web.AppRunner] = []
+        self._relaying: RelayingNow | AcrossNodes | None = None
         self._purger: asyncio.Task | None = None
         self._notifier: asyncio.Task | None = None
         self._notifier_stop = asyncio.Event()
@@ -244,7 +259,8 @@ class Gateway:
     @property
     def leads(self) -> bool:
         """Runs what one process runs for all (admin, housekeeping, the notice worker): on its
-        own, or as the leading worker of `serve`."""
+        own, or as the leading worker of `serve`. Every node of a cluster has one: purges take
+        turns (exclusive_run) and notices are claimed (OutboxStore.claim_due)."""
         return self.role is None or self.role.leader
 
     async def start(self) -> None:
@@ -302,21 +318,24 @@ class Gateway:
         for domain in unsigned_domains(config) if self.leads else ():
             log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
         writer = TransferWriter(self.db, self.blobs, master_key, config.storage.chunk_size)
+        self._relaying = self._messages_relaying()
         relay = Relay(
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
             NoticeQueue(self.db, master_key), self.wake_notices,
             PasswordMailUnlocker(self.db, self._opener, self.clock), self._scanner,
-            SharedRelayingNow(self.role.ledger_row) if self.role else None,
+            self._relaying,
         )
         authenticator = None
         if config.smtp.auth_users_file:
+            # Counted in the store: all workers (and nodes) together allow each limit once.
+            throttles = ThrottleStore(self.db)
             throttle = AuthFailureThrottle(
-                self._share_of(config.smtp.auth_max_failures), config.smtp.auth_failure_window,
-                self.clock,
+                throttles, CLIENT_SCOPE, config.smtp.auth_max_failures,
+                config.smtp.auth_failure_window, self.clock,
             )
             per_account = AuthFailureThrottle(
-                self._share_of(config.smtp.auth_max_failures_per_account),
+                throttles, ACCOUNT_SCOPE, config.smtp.auth_max_failures_per_account,
                 config.smtp.auth_account_window, self.clock,
             )
             authenticator = PasswordFileAuthenticator(
@@ -337,13 +356,13 @@ class Gateway:
         )
         self.smtp_port = self._server.port
 
-    def _share_of(self, allowed_failures: int) -> int:
-        """A worker's share of an AUTH failure limit: each worker counts the failures it sees,
-        and a guesser's sessions spread over all of them, so each allows its share (at least
-        one) and all together never more than the limit (when the limit is at least the number
-        of workers): stricter for a client whose sessions land on one worker, never looser."""
-        workers = self.role.workers if self.role else 1
-        return max(1, allowed_failures // workers)
+    def _messages_relaying(self) -> RelayingNow | AcrossNodes:
+        """Who knows the messages being relayed: this process, the workers' ledger, and on a
+        shared database (a cluster) a claim row per message as well."""
+        local = SharedRelayingNow(self.role.ledger_row) if self.role else RelayingNow()
+        if not self.config.storage.shared:
+            return local  # one machine: no database round trip per message
+        return AcrossNodes(local, RelayClaims(self.db), self.config.gateway.node_id, self.clock)
 
     def _start_notifier(self, master_key: bytes, signer: DkimSigner) -> None:
         """The worker that sends what the outbox holds: passwords, receipts, codes, webhooks."""
@@ -360,7 +379,7 @@ class Gateway:
             )
         worker = OutboxWorker(
             OutboxStore(self.db), composer, self._next_hop, self._webhooks, config.notify,
-            self.clock, wake=self.notify_wake,
+            self.clock, wake=self.notify_wake, node=config.gateway.node_id,
         )
         self._notifier_stop.clear()
         self._notifier = asyncio.create_task(worker.run(self._notifier_stop))
@@ -421,9 +440,11 @@ class Gateway:
         )
         self._runners.append(runner)
 
-    async def purge_now(self):
+    async def purge_now(self) -> PurgeReport | None:
+        """One purge with the retention; None when another node is purging right now."""
         return await asyncio.to_thread(
-            purge, self.db, self.blobs, self.clock(), retention=self.config.retention
+            purge_on_one_node, self.db, self.blobs, self.clock(),
+            retention=self.config.retention,
         )
 
     async def drain(self, refuse_new: bool) -> None:
@@ -446,6 +467,8 @@ class Gateway:
             await self._server.close()
             self._server = None
         await self._finish_relays()
+        if isinstance(self._relaying, AcrossNodes):
+            await self._relaying.settled()  # their claims let go before the store closes
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -6,8 +6,11 @@ any problem is a ConfigError naming the key. No other module reads the file or t
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -88,6 +91,9 @@ class GatewaySettings:
     # How long a stopping (SIGTERM) or retiring (SIGHUP) worker lets its sessions in DATA and
     # their relays finish before it cancels them (what they stored is rolled back).
     stop_timeout: timedelta = timedelta(seconds=60)
+    # This gateway among the nodes sharing a database: its claims (notices, messages being
+    # relayed) carry it. Unique per node; default: the host name and a hash of data_dir.
+    node_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,27 @@ def database_location(value: Any) -> Path | PostgresUrl:
     if not parts.path.strip("/") and "dbname" not in query:
         raise ValueError(f"name the database: {scheme}://USER@HOST:PORT/DATABASE")
     return PostgresUrl(scheme.lower() + text[len(scheme):])  # libpq knows the scheme in lower case
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def node_id(value: Any) -> str:
+    """gateway.node_id: 1 to 63 letters, digits, '.', '_' or '-', a letter or digit first."""
+    text = check.string(value).strip()
+    if not _NODE_ID.fullmatch(text):
+        raise ValueError(f"{text!r}: 1 to 63 letters, digits, '.', '_' or '-', starting with a"
+                         " letter or digit")
+    return text
+
+
+def default_node_id(data_dir: Path, hostname: str | None = None) -> str:
+    """This machine's name and a hash of the data directory: two gateways on one machine, each
+    with a data directory of its own, are two nodes."""
+    host = re.sub(r"[^A-Za-z0-9._-]+", "-", hostname or socket.gethostname())
+    host = host.lstrip("._-")[:40] or "node"
+    digest = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:8]
+    return f"{host}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -349,6 +376,7 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "templates_dir": check.file_path,
         "workers": check.workers,
         "stop_timeout": check.duration,
+        "node_id": node_id,
     },
     "smtp": {
         "listen": check.listen,
@@ -626,6 +654,8 @@ def build_config(
     env_name = storage_values.get("master_key_env", StorageSettings.master_key_env)
     environ = os.environ if environ is None else environ
     storage = StorageSettings(**storage_values, master_key_from_env=environ.get(env_name) or None)
+    if not gateway.node_id:
+        gateway = replace(gateway, node_id=default_node_id(storage.data_dir))
     if storage.blobs == "database" and not storage.shared:
         raise ConfigError("storage.blobs", '"database" keeps files in PostgreSQL: set '
                           'storage.database = "postgresql://…" too')

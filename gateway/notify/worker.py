@@ -1,18 +1,22 @@
 """Send what the durable outbox holds once it is due, retry with back-off, give up when too old.
 
-One item at a time, in due order: compose it (ComposeError: nothing left to send), hand it to
-the next hop or the webhook sender, then record the answer. Accepted → mark_sent, the commit
-that records the acceptance and wipes the item's secrets. Temporary → retry after
-retry_initial · 2^attempts, at most retry_max. Permanent, uncomposable or older than max_age
-→ gave_up, audited, and a "give-up-note" for the sender.
+One item at a time, in due order, each under a claim (OutboxStore.claim_due): every node of a
+cluster runs one worker, and an item is sent by the one that claimed it. Compose it
+(ComposeError: nothing left to send), hand it to the next hop or the webhook sender, then record
+the answer. Accepted → mark_sent, the commit that records the acceptance and wipes the item's
+secrets. Temporary → retry after retry_initial · 2^attempts, at most retry_max. Permanent,
+uncomposable or older than max_age → gave_up, audited, and a "give-up-note" for the sender.
 
 Delivery is at least once: a crash after the next hop accepted but before mark_sent committed
-sends the item again after the restart. The composer makes the same bytes with the same
-Message-ID (and the same webhook body) each time, so the receiver can drop the duplicate.
-Nothing that mark_sent recorded is ever sent again. The window is kept small: nothing but the
-commit runs between the acceptance and mark_sent (the next hop retires a connection after it
-has answered, not before), and an acceptance whose commit failed (a locked database) is kept
-and committed before anything else is sent, never sent again while the process lives.
+sends the item again, by this node once it restarts (it takes back its own claims at once) or
+by another once the claim's lease has run out. A worker so slow that its lease ran out while it
+was sending, and another node claimed the item meanwhile, also makes a second send: its record
+is refused, the other's counts. The composer makes the same bytes with the same Message-ID
+(and the same webhook body) each time, so the receiver can drop the duplicate. Nothing that
+mark_sent recorded is ever sent again. The window is kept small: nothing but the commit runs
+between the acceptance and mark_sent (the next hop retires a connection after it has answered,
+not before), and an acceptance whose commit failed (a locked database) is kept and committed
+before anything else is sent, never sent again while the process lives.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from gateway.store.outbox import OutboxItem, OutboxStore
 log = logging.getLogger("gateway.notify")
 
 GIVE_UP_NOTE = "give-up-note"
+# How long a claim keeps the other nodes off an item: longer than one send can take (a few of
+# the next hop's timeouts), so that only a dead node's item is claimed again.
+CLAIM_LEASE = timedelta(minutes=10)
 # However the settings read, a failed item never comes back sooner than this (no busy loop).
 _MIN_BACKOFF = timedelta(seconds=1)
 _SHORT_ERROR = 200
@@ -66,10 +73,13 @@ class OutboxWorker:
         clock: Callable[[], datetime],
         wake: asyncio.Event | None = None,
         after_send: Callable[[OutboxItem], None] | None = None,
+        node: str = "local",
+        lease: timedelta = CLAIM_LEASE,
     ) -> None:
         """`wake`: set by whoever enqueues an item due now. `after_send`: a test hook called
         between the next hop's acceptance and mark_sent; what it raises leaves run_once, as
-        if the process had died there."""
+        if the process had died there. `node`: the claimer, this node's id (gateway.node_id);
+        `lease`: how long its claims hold."""
         self._outbox = outbox
         self._composer = composer
         self._next_hop = next_hop
@@ -78,6 +88,8 @@ class OutboxWorker:
         self._clock = clock
         self._wake = wake
         self._after_send = after_send
+        self._node = node
+        self._lease = lease
         self._stop: asyncio.Event | None = None
         self._database_trouble = False
         # Accepted by the next hop, mark_sent not yet committed (it failed): by item id.
@@ -86,20 +98,29 @@ class OutboxWorker:
     # -- one round -----------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Handle every item due now; return how many got an outcome recorded."""
+        """Handle the items due now, claiming one at a time; return how many got an outcome
+        recorded."""
         self._database_trouble = False
         try:
             handled = await self._record_unrecorded()
-            items = await asyncio.to_thread(self._outbox.due, self._clock())
-            if items:  # queued by a relay, perhaps in another process: on disk before it leaves
-                await self._outbox.synced()
+            # A read first, so a round with nothing due commits nothing; it also bounds the
+            # round to what was due when it began.
+            due = len(await asyncio.to_thread(self._outbox.due, self._clock()))
         except MetadataError as error:
             return self._stop_round(error)
-        for item in items:
+        for _ in range(due):
             if self._stop is not None and self._stop.is_set():
                 break
             try:
-                handled += await self._handle(item, self._clock())
+                # The claim's commit is synced at once (PostgreSQL: every commit), and so is
+                # the item's own, a relay's deferred one: it is on disk before it leaves.
+                claimed = await asyncio.to_thread(
+                    self._outbox.claim_due, self._node, self._clock(), self._lease)
+                if not claimed:
+                    log.info("outbox: nothing more to claim: the items due were already sent"
+                             " or cancelled, or another node holds them")
+                    break
+                handled += await self._handle(claimed[0], self._clock())
             except MetadataError as error:
                 self._stop_round(error)
                 break
@@ -118,15 +139,8 @@ class OutboxWorker:
             await self._record_sent(item, now, result)
         return len(pending)
 
-    async def _handle(self, stale: OutboxItem, now: datetime) -> int:
-        if stale.id in self._unrecorded:
-            return 0  # accepted already: only its record is missing
-        # Read it again: another worker (or a revoke) may have settled it since due().
-        item = await asyncio.to_thread(self._outbox.get, stale.id)
-        if item is None or item.state != "pending":
-            log.info("outbox item %s (%s) already %s; skipped", stale.id, stale.kind,
-                     item.state if item else "gone")
-            return 0
+    async def _handle(self, item: OutboxItem, now: datetime) -> int:
+        """One claimed item: sent and recorded, retried later, or given up."""
         if now - item.created_at > self._settings.max_age:
             last = f"; last error: {item.last_error}" if item.last_error else ""
             await self._give_up(item, now, f"not delivered within {self._settings.max_age}{last}")
@@ -179,8 +193,9 @@ class OutboxWorker:
         if recorded:
             log.info("outbox item %s (%s) sent: %d", item.id, item.kind, result.code)
         else:
-            log.warning("outbox item %s (%s) sent, but it was no longer pending "
-                        "(cancelled or sent by another worker)", item.id, item.kind)
+            log.warning("outbox item %s (%s) sent, but it was no longer ours to record "
+                        "(cancelled, or claimed by another node once our lease ran out)",
+                        item.id, item.kind)
 
     async def _retry(self, item: OutboxItem, now: datetime, error: str) -> None:
         # No later than just past max_age, so the give-up (and the sender's note) is timely.
@@ -189,7 +204,9 @@ class OutboxWorker:
             next_due = min(now + backoff(self._settings, item.attempts), last_chance)
         except OverflowError:
             next_due = last_chance
-        await asyncio.to_thread(self._outbox.mark_retry, item, next_due, error)
+        if not await asyncio.to_thread(self._outbox.mark_retry, item, next_due, error):
+            log.info("outbox item %s (%s) was no longer ours when retrying", item.id, item.kind)
+            return
         log.info("outbox item %s (%s) attempt %d failed (%s); next try at %s",
                  item.id, item.kind, item.attempts + 1, error[:_SHORT_ERROR], next_due.isoformat())
 
@@ -203,7 +220,7 @@ class OutboxWorker:
                 payload={"failed_kind": item.kind, "failed_item": item.id, "error": short},
             )
         if not await asyncio.to_thread(self._outbox.mark_gave_up, item, now, error, note):
-            log.info("outbox item %s (%s) was no longer pending when giving up", item.id, item.kind)
+            log.info("outbox item %s (%s) was no longer ours when giving up", item.id, item.kind)
             return
         log.warning("outbox item %s (%s) gave up: %s", item.id, item.kind, short)
 

@@ -12,7 +12,11 @@ With a retention (`[retention]`), it then forgets what would otherwise grow with
 delivery records once no retry can still come, finished outbox items, and after the audit
 retention the records of ended transfers (links, controls, codes) and the audit events
 themselves. It deletes in bounded batches, one commit each, so a backlog never holds the write
-lock for long. Finally the WAL is checkpointed so purged keys do not linger in it.
+lock for long. Every run also deletes the throttles' counts and the relay claims that have
+ended. Finally the WAL is checkpointed so purged keys do not linger in it.
+
+On a cluster one node purges at a time (purge_on_one_node, the store's "housekeeping" run lock):
+the others skip their turn rather than do the same work at the same moment.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from gateway.crashpoints import crash_point
 from gateway.store.blobs import BlobStore, StorageError
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
+from gateway.store.relaying import RelayClaims
+from gateway.store.throttles import ThrottleStore
 
 _log = logging.getLogger("gateway.housekeeping")
 # Rows deleted per commit: small enough that a relay's commit waits milliseconds, not seconds.
@@ -47,6 +53,8 @@ class PurgeReport:
     outbox_forgotten: int = 0  # sent, given-up and cancelled items past retention.outbox
     transfers_forgotten: int = 0  # ended transfers' records past retention.audit
     events_forgotten: int = 0  # audit events past retention.audit
+    # Throttle counts and relay claims past their end (bookkeeping: not in format_report).
+    expired_forgotten: int = 0
 
 
 @dataclass
@@ -57,10 +65,11 @@ class _Tally:
     orphans: int = 0
     errors: int = 0
     forgotten: tuple[int, int, int, int] = (0, 0, 0, 0)
+    expired: int = 0
 
     def report(self) -> PurgeReport:
         return PurgeReport(self.transfers, self.blobs, self.bytes, self.orphans, self.errors,
-                           *self.forgotten)
+                           *self.forgotten, self.expired)
 
 
 def purge(
@@ -87,8 +96,19 @@ def purge(
     _delete_unfinished(blobs, cutoff, tally)
     if retention is not None:
         tally.forgotten = _apply_retention(db, now, retention)
+    tally.expired = (_in_batches(lambda limit: ThrottleStore(db).forget_expired(now, limit))
+                     + _in_batches(lambda limit: RelayClaims(db).forget_expired(now, limit)))
     db.checkpoint()
     return tally.report()
+
+
+def purge_on_one_node(db: Database, blobs: BlobStore, now: datetime,
+                      **options) -> PurgeReport | None:
+    """purge(db, blobs, now, **options), unless another process, on any node, is purging the
+    same store right now: None then (two purges at once would race for the same transfers and
+    files for nothing)."""
+    with db.exclusive_run("housekeeping") as ours:
+        return purge(db, blobs, now, **options) if ours else None
 
 
 def _in_batches(forget_batch: Callable[[int], int]) -> int:
@@ -218,12 +238,13 @@ def format_report(report: PurgeReport) -> str:
 
 async def run_periodically(
     interval: timedelta,
-    job: Callable[[], Awaitable[PurgeReport]],
+    job: Callable[[], Awaitable[PurgeReport | None]],
     log: logging.Logger,
 ) -> None:
     """Run `job` every `interval` (first run after one interval) until cancelled.
 
-    One log line per run; a failing run is logged and the next one comes as planned. When
+    One log line per run (a job that returns None was skipped: another node ran it); a
+    failing run is logged and the next one comes as planned. When
     cancelled during a run, the run is allowed to finish first: the caller closes the store
     right after, and a purge must not lose it halfway.
     """
@@ -241,5 +262,8 @@ async def run_periodically(
             raise
         except Exception:
             log.exception("purge failed; next try in %s", interval)
+            continue
+        if report is None:
+            log.info("purge: skipped, another node is purging the store")
             continue
         log.info("purge: %s (%.2f s)", format_report(report), time.monotonic() - started)

@@ -2,8 +2,10 @@
 
 Never an open relay: anything not allowed is refused at RCPT with 5.7.1, whatever the address
 looks like (`%`, source routes, quoted local parts). Password guessing is throttled per client
-and, so that guesses spread over many addresses count together, per account name; the scrypt
-check runs in a worker thread, so an AUTH never holds the event loop (and the other sessions).
+and, so that guesses spread over many addresses count together, per account name; the counts
+are kept in the metadata store, so every worker and every node together allows each limit once.
+The scrypt check and the counting run in worker threads, so an AUTH never holds the event loop
+(and the other sessions).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from gateway.store.passwords import hash_password, verify_password
+from gateway.store.throttles import ThrottleStore
 
 log = logging.getLogger("gateway.smtp")
 
@@ -60,18 +62,18 @@ def load_users(path: Path) -> dict[str, str]:
     return users
 
 
-# Past this many tracked clients the oldest entry is forgotten: memory stays bounded when an
-# attacker rotates addresses (an IPv6 /64 counts as one client, so rotating inside it does not help).
-MAX_TRACKED_CLIENTS = 10_000
 AUTH_LOCKED_REPLY = "421 4.7.0 Too many failed authentication attempts, closing connection"
 AUTH_FAILED_REPLY = "535 5.7.8 Authentication credentials invalid"
 # RFC 4954's "temporary authentication failure": for a locked account name (the same for every
 # name, known or not), and for a client whose attempts still being checked hold its last tries.
 AUTH_TRY_LATER_REPLY = "454 4.7.0 Temporary authentication failure, try again later"
-# Account names longer than this are counted by their first characters (memory stays bounded).
+# Account names longer than this are counted by their first characters (the store's key).
 _MAX_ACCOUNT_KEY = 256
 # scrypt checks running at once (each takes ~100 ms of a core and 16 MiB); more wait their turn.
 MAX_CONCURRENT_CHECKS = 2
+# The throttles' scopes in the store (store/throttles.py).
+CLIENT_SCOPE = "smtp-auth-client"
+ACCOUNT_SCOPE = "smtp-auth-account"
 
 
 def client_key(peer: object) -> str:
@@ -89,81 +91,68 @@ def account_key(login: bytes) -> str:
     return login[:_MAX_ACCOUNT_KEY].decode("utf-8", "replace")
 
 
-@dataclass
-class _Failures:
-    times: deque[datetime] = field(default_factory=deque)
-    locked_until: datetime | None = None
-
-
 class AuthFailureThrottle:
     """Counts failed AUTH attempts per key (a client, or an account name) in a sliding window
-    and locks a key that has `max_failures` of them until `window` has passed since the last.
+    and locks a key that has `max_failures` of them until `window` has passed since the last;
+    then it starts from none. Kept in the store under `scope`: failures as uses of the scope,
+    attempts being checked as uses of `scope/checking`, a lock as a use of `scope/locked`.
 
     The password check runs off the event loop, so attempts overlap: `admit` counts each
     attempt in flight as a failure until `settle` says how it ended, so that no burst of
-    parallel sessions gets more tries than the limit."""
+    parallel sessions (on any worker or node) gets more tries than the limit. Every call
+    blocks on the store: call it from a worker thread."""
 
-    def __init__(self, max_failures: int, window: timedelta, clock: Callable[[], datetime]):
+    def __init__(self, store: ThrottleStore, scope: str, max_failures: int, window: timedelta,
+                 clock: Callable[[], datetime]):
         if max_failures < 1 or window <= timedelta(0):
             raise ValueError("max_failures must be ≥ 1 and window longer than zero")
+        self._store = store
+        self._failures, self._checking = scope, f"{scope}/checking"
+        self._lock = f"{scope}/locked"
         self._max_failures = max_failures
         self._window = window
         self._clock = clock
-        self._clients: dict[str, _Failures] = {}
-        self._in_flight: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        """How many clients are remembered now (bounded by MAX_TRACKED_CLIENTS)."""
-        return len(self._clients)
 
     def locked(self, key: str) -> bool:
-        entry = self._clients.get(key)
-        if entry is None or entry.locked_until is None:
-            return False
-        if self._clock() < entry.locked_until:
-            return True
-        del self._clients[key]  # the lock has run out: a clean slate
-        return False
+        return self._store.count(self._lock, key, self._clock())[0] > 0
 
     def admit(self, key: str) -> bool:
         """Whether one more attempt may be checked now (then settle it); False when the key
         is locked, or its failures and the attempts in flight already reach the limit."""
-        if self.locked(key):
-            return False
-        entry = self._clients.get(key)
-        recent = 0
-        if entry is not None:
-            since = self._clock() - self._window
-            recent = sum(1 for at in entry.times if at > since)
-        in_flight = self._in_flight.get(key, 0)
-        if recent + in_flight >= self._max_failures:
-            return False
-        self._in_flight[key] = in_flight + 1
-        return True
+        now = self._clock()
+        with self._store.exclusive(self._failures, key):
+            if self.locked(key):
+                return False
+            failures = self._store.count(self._failures, key, now)[0]
+            in_flight = self._store.count(self._checking, key, now)[0]
+            if failures + in_flight >= self._max_failures:
+                return False
+            # Counted for a window at most: an attempt whose settle never comes (a crash).
+            self._store.add(self._checking, key, now + self._window)
+            return True
 
     def settle(self, key: str, failed: bool) -> None:
         """An admitted attempt has ended; a failure is recorded."""
-        left = self._in_flight.pop(key, 1) - 1
-        if left > 0:
-            self._in_flight[key] = left
-        if failed:
-            self.record_failure(key)
+        with self._store.exclusive(self._failures, key):
+            self._store.take_back(self._checking, key)
+            if failed:
+                self.record_failure(key)
 
     def record_failure(self, key: str) -> None:
         now = self._clock()
-        entry = self._clients.pop(key, None) or _Failures()
-        while entry.times and entry.times[0] <= now - self._window:
-            entry.times.popleft()
-        entry.times.append(now)
-        if len(entry.times) >= self._max_failures:
-            entry.times.clear()
-            entry.locked_until = now + self._window
-        self._forget_oldest_if_full()
-        self._clients[key] = entry  # re-inserted: dict order is least recently failed first
+        with self._store.exclusive(self._failures, key):
+            self._store.add(self._failures, key, now + self._window)
+            if self._store.count(self._failures, key, now)[0] >= self._max_failures:
+                self._store.clear(self._failures, key)  # after the lock: a clean slate
+                self._store.add(self._lock, key, now + self._window)
 
-    def _forget_oldest_if_full(self) -> None:
-        while len(self._clients) >= MAX_TRACKED_CLIENTS:
-            del self._clients[next(iter(self._clients))]
+
+class _Admission(Enum):
+    ADMITTED = "admitted"
+    NO_PASSWORD = "no password"  # not LOGIN or PLAIN: nothing to count
+    CLIENT_LOCKED = "client locked"
+    CLIENT_BUSY = "client's attempts in flight hold its last tries"
+    ACCOUNT_LOCKED = "account locked"
 
 
 def _close_after_reply(server: Any) -> None:
@@ -181,51 +170,67 @@ def _close_after_reply(server: Any) -> None:
 class PasswordFileAuthenticator:
     """aiosmtpd authenticator for LOGIN/PLAIN against the users file (checked in constant time).
 
-    A coroutine: GatewaySMTP (server.py) awaits it, and scrypt runs in a worker thread. A
+    A coroutine: GatewaySMTP (server.py) awaits it; the counting (in the store) and scrypt
+    run in worker threads; a store that fails fails the AUTH as any internal error does. A
     client locked by its throttle is refused with 421 and disconnected, an account name locked
     by its own (failures from all clients together) with 454, both without the password being
     checked, so guessing costs the attacker time and us no scrypt work. Unknown names are
     counted and refused exactly as known ones: the answers do not tell which names exist.
     """
 
-    def __init__(self, users: dict[str, str], throttle: AuthFailureThrottle | None = None,
-                 account_throttle: AuthFailureThrottle | None = None):
+    def __init__(self, users: dict[str, str], throttle: AuthFailureThrottle,
+                 account_throttle: AuthFailureThrottle):
         self._users = users
         self._decoy = hash_password(secrets.token_urlsafe(16))  # checked for unknown names
-        if throttle is None:
-            throttle = AuthFailureThrottle(5, timedelta(minutes=10), _utc_now)
-        if account_throttle is None:
-            account_throttle = AuthFailureThrottle(10, timedelta(minutes=15), _utc_now)
         self._throttle = throttle
         self._accounts = account_throttle
         self._checks: asyncio.Semaphore | None = None  # made in the loop that first checks
 
     async def __call__(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         key = client_key(session.peer)
-        if self._throttle.locked(key):
+        password = isinstance(auth_data, LoginPassword)
+        account = account_key(auth_data.login) if password else None
+        admission = await asyncio.to_thread(self._admit, key, account)
+        if admission is _Admission.CLIENT_LOCKED:
             log.warning("AUTH refused: client %s is locked after failed attempts", key)
             _close_after_reply(server)
             return AuthResult(success=False, handled=False, message=AUTH_LOCKED_REPLY)
-        if not isinstance(auth_data, LoginPassword):
+        if admission is _Admission.NO_PASSWORD:
             return AuthResult(success=False, handled=False)
-        account = account_key(auth_data.login)
-        if not self._throttle.admit(key):
-            # Its earlier attempts, still being checked, may use up the client's last tries.
+        if admission is _Admission.CLIENT_BUSY:
             return AuthResult(success=False, handled=False, message=AUTH_TRY_LATER_REPLY)
-        if not self._accounts.admit(account):
-            self._throttle.settle(key, failed=False)
+        if admission is _Admission.ACCOUNT_LOCKED:
             log.warning("AUTH refused: account %r is locked after failed attempts", account)
             return AuthResult(success=False, handled=False, message=AUTH_TRY_LATER_REPLY)
+        assert account is not None
         matches = False
         try:
             matches = await self._check(auth_data)
         finally:
-            self._accounts.settle(account, failed=not matches)
-            self._throttle.settle(key, failed=not matches)
+            await asyncio.to_thread(self._settle, key, account, not matches)
         if not matches:
             log.info("AUTH failed for client %s", key)
             return AuthResult(success=False, handled=False, message=AUTH_FAILED_REPLY)
         return AuthResult(success=True, auth_data=auth_data.login.decode("utf-8", "replace"))
+
+    def _admit(self, key: str, account: str | None) -> _Admission:
+        """In a worker thread: whether the attempt may be checked (counted by both throttles
+        then, until _settle)."""
+        if self._throttle.locked(key):
+            return _Admission.CLIENT_LOCKED
+        if account is None:
+            return _Admission.NO_PASSWORD
+        if not self._throttle.admit(key):
+            # Its earlier attempts, still being checked, may use up the client's last tries.
+            return _Admission.CLIENT_BUSY
+        if not self._accounts.admit(account):
+            self._throttle.settle(key, failed=False)
+            return _Admission.ACCOUNT_LOCKED
+        return _Admission.ADMITTED
+
+    def _settle(self, key: str, account: str, failed: bool) -> None:
+        self._accounts.settle(account, failed=failed)
+        self._throttle.settle(key, failed=failed)
 
     async def _check(self, auth_data: LoginPassword) -> bool:
         """Whether the password is the name's, in a worker thread (scrypt takes ~100 ms)."""
@@ -241,7 +246,3 @@ class PasswordFileAuthenticator:
                 verify_password, password, stored if stored is not None else self._decoy
             )
         return stored is not None and matches
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -13,6 +13,7 @@ next flush (group commit), which the relay awaits before it answers or hands a l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from typing import Any, Iterable, Iterator, Protocol
 from gateway.config import PostgresUrl
 from gateway.store.durability import DurabilityBarrier, Sync, SyncedAtCommit
 from gateway.store.engines import (  # MetadataError re-exported: callers catch it from here
+    KEY_LOCKS_FROM,
+    RUN_LOCKS,
     Dialect,
     MetadataError,
     PostgresEngine,
@@ -218,6 +221,19 @@ class Database:
         go). PostgreSQL: nothing (the server checkpoints)."""
         self._engine.checkpoint()
 
+    def exclusive_run(self, name: str) -> AbstractContextManager[bool]:
+        """`with db.exclusive_run("housekeeping") as ours:` whether no other process on any
+        node is making this run now; if so, none starts one until the block ends. PostgreSQL:
+        an advisory lock, tried, not waited for. SQLite: always ours (one machine, one leader)."""
+        return self._engine.exclusive_run(RUN_LOCKS[name])
+
+    def lock_key(self, key: str) -> None:
+        """Inside a transaction: another transaction locking the same key, on any node, waits
+        until this one ends (SQLite's transactions exclude each other already). Keys share
+        2^30 locks: two that collide only wait for each other."""
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=4).digest()
+        self._engine.lock_key(KEY_LOCKS_FROM | int.from_bytes(digest, "big") % KEY_LOCKS_FROM)
+
     def close(self) -> None:
         self._engine.close()
 
@@ -278,6 +294,10 @@ class Database:
     def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Run one statement in (or as) a transaction; return the rows it changed."""
         return self._engine.write(sql, params)
+
+    def write_returning(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """Run one statement with RETURNING in (or as) a transaction; return its rows."""
+        return self._engine.write_returning(sql, params)
 
     # The other repositories of this package (store/outbox.py, store/controls.py) share this
     # database, its connections and its transactions through these.

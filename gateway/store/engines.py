@@ -39,8 +39,13 @@ from gateway.store.durability import (
 )
 
 _DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
-# pg_advisory_xact_lock(classid, objid): 'PPAP' and 1, held by whoever applies migrations.
-_MIGRATION_LOCK = (0x50504150, 1)
+# Advisory locks are (classid, objid): 'PPAP', and an objid per purpose. 1: whoever applies
+# migrations; 2: migrate-store's copy (store/copying.py); RUN_LOCKS: the runs one node at a time
+# makes (exclusive_run); from 2^30 up: the keys a transaction locks (lock_key).
+_PPAP = 0x50504150
+_MIGRATION_LOCK = (_PPAP, 1)
+RUN_LOCKS = {"housekeeping": 3}
+KEY_LOCKS_FROM = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class Dialect:
     ordered_join: str
     # Ties broken in the order rows were inserted in (where the engine knows it).
     row_order: str
+    # Appended to a SELECT of rows to claim: locked, and those another transaction holds
+    # passed over (a queue read by several nodes at once).
+    skip_locked: str
 
 
 SQLITE = Dialect(
@@ -61,6 +69,7 @@ SQLITE = Dialect(
     for_update="",  # BEGIN IMMEDIATE already holds the whole database's write lock
     ordered_join="CROSS JOIN",  # SQLite's way to keep the order written
     row_order="rowid",
+    skip_locked="",  # BEGIN IMMEDIATE: no other writer, nothing to pass over
 )
 POSTGRESQL = Dialect(
     "postgresql",
@@ -68,6 +77,7 @@ POSTGRESQL = Dialect(
     for_update=" FOR UPDATE",
     ordered_join="JOIN",
     row_order="id",  # no insertion order: ties go the same way every time, by id
+    skip_locked=" FOR UPDATE SKIP LOCKED",
 )
 
 
@@ -203,6 +213,11 @@ class SqliteEngine:
         with self.transaction():
             return self.execute(sql, params).rowcount
 
+    def write_returning(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """One statement with RETURNING in (or as) a transaction; the rows it returned."""
+        with self.transaction():
+            return self.query(sql, params)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE … COMMIT, or ROLLBACK if the block raises. Nests via savepoints."""
@@ -256,6 +271,15 @@ class SqliteEngine:
 
     def lock_for_migration(self) -> None:
         """Nothing to do: the migration's BEGIN IMMEDIATE already excludes other processes."""
+
+    def lock_key(self, objid: int) -> None:
+        """Nothing to do: a transaction's BEGIN IMMEDIATE already excludes other writers."""
+
+    @contextmanager
+    def exclusive_run(self, objid: int) -> Iterator[bool]:
+        """Always ours: one machine uses the file, and on it only the leading worker of the
+        gateway that holds the data directory's lock runs the timers (app.py)."""
+        yield True
 
     def run_script(self, script: str) -> None:
         for statement in _statements(script):
@@ -376,7 +400,9 @@ class PostgresEngine:
         self.location = str(url)
         self.barrier = SyncedAtCommit()  # synchronous_commit=on: COMMIT returns once durable
         self._error = psycopg.Error
-        connect_options = {"autocommit": True, "row_factory": _rows,
+        self._url = url.url
+        self._connect = psycopg.connect
+        self._connect_options = connect_options = {"autocommit": True, "row_factory": _rows,
                            "connect_timeout": max(1, round(timeout)),
                            "application_name": "ppap-gateway"}
         try:
@@ -435,6 +461,10 @@ class PostgresEngine:
         each for SAVEPOINT and RELEASE, saved on every write)."""
         return self.execute(sql, params).rowcount
 
+    def write_returning(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        """One statement with RETURNING, as write(); the rows it returned."""
+        return self.execute(sql, params).rows
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN … COMMIT on a connection of this thread's own, or ROLLBACK if the block
@@ -485,6 +515,26 @@ class PostgresEngine:
         """Inside the migration's transaction: another process starting at the same moment
         waits here, then finds the migration applied."""
         self.execute("SELECT pg_advisory_xact_lock(?, ?)", _MIGRATION_LOCK)
+
+    def lock_key(self, objid: int) -> None:
+        """Inside a transaction: another one locking the same objid waits until it ends."""
+        self.execute("SELECT pg_advisory_xact_lock(?, ?)", (_PPAP, objid))
+
+    @contextmanager
+    def exclusive_run(self, objid: int) -> Iterator[bool]:
+        """Whether this process got the run's lock (no one else on any node holds it), held
+        until the block ends. A session lock on a connection of its own, out of the pool: the
+        run's own statements commit as they go, and should this process die the server ends
+        the session and the lock with it."""
+        try:
+            connection = self._connect(self._url, **self._connect_options)
+        except self._error as exc:
+            raise _pg_failure(exc) from exc
+        try:
+            got = self._run(connection, "SELECT pg_try_advisory_lock(?, ?)", (_PPAP, objid))
+            yield bool(got.rows[0][0])
+        finally:
+            connection.close()  # ends the session: the lock goes with it
 
     def run_script(self, script: str) -> None:
         self.execute(script)

@@ -5,6 +5,13 @@ a download), so a crash loses nothing; a worker sends what is due. Secrets an it
 (a password, a one-time code, a management token) are kept sealed with the master key and
 wiped in the same commit that records the next hop's acceptance, so nothing accepted is
 sent twice and no secret outlives its delivery.
+
+Several workers (one per node of a cluster) share the outbox through claims: claim_due hands an
+item to one of them until a lease runs out, and only the claim an item was read with may record
+its outcome (mark_sent, mark_retry, mark_gave_up). A claimer that died leaves its item to be
+claimed again once the lease has passed. A slow one's late outcome still counts if nobody has
+claimed the item since, and is refused if another has: the item was then sent twice at worst
+(the at-least-once of the notice worker), and its outcome is recorded once, the new claimer's.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.addresses import is_null_sender
@@ -39,14 +46,25 @@ class OutboxItem:
     last_error: str | None
     state: str  # 'pending' | 'sent' | 'gave_up' | 'cancelled'
     sent_at: datetime | None
+    # The claim it was read with (claim_due): the node, and when its lease runs out.
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
 
 
 def _item(row) -> OutboxItem:
     fields = dict(row)
     fields["payload"] = json.loads(fields["payload"])
-    for name in ("created_at", "due_at", "sent_at"):
+    for name in ("created_at", "due_at", "sent_at", "claimed_until"):
         fields[name] = from_text(fields[name])
     return OutboxItem(**fields)
+
+
+def _same_claim(item: OutboxItem) -> tuple[str, tuple[Any, ...]]:
+    """The condition that the item is still under the claim it was read with (or still under
+    none): nobody has claimed it since."""
+    if item.claimed_by is None or item.claimed_until is None:
+        return "claimed_by IS NULL", ()
+    return "claimed_by = ? AND claimed_until = ?", (item.claimed_by, to_text(item.claimed_until))
 
 
 class OutboxStore:
@@ -74,17 +92,32 @@ class OutboxStore:
         """Whether an item with this dedupe key was ever queued (whatever became of it)."""
         return bool(self._db.query("SELECT 1 FROM outbox WHERE dedupe_key = ?", (dedupe_key,)))
 
-    async def synced(self) -> None:
-        """What due() returned is on disk (a relay's commit waits for a shared fsync)."""
-        await self._db.synced()
-
     def due(self, now: datetime, limit: int = 50) -> list[OutboxItem]:
+        """Pending items due by `now`, whoever holds them (a read: claim_due takes them)."""
         rows = self._db.query(
             "SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id"
             " LIMIT ?",
             (to_text(now), limit),
         )
         return [_item(row) for row in rows]
+
+    def claim_due(self, node: str, now: datetime, lease: timedelta,
+                  limit: int = 1) -> list[OutboxItem]:
+        """Claim up to `limit` pending items due by `now` for `node` until `now + lease`, the
+        earliest due first, in one commit; each as claimed. An item is free to claim when no
+        one holds it, when its lease has run out (its claimer died, or is very late), or when
+        `node` itself holds it: one worker sends per node, so a claim of its node that it does
+        not know of is a predecessor's (a restart after a crash). Items other nodes hold are
+        passed over, not waited for."""
+        cutoff = to_text(now)
+        rows = self._db.write_returning(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id"
+            " FROM outbox WHERE state = 'pending' AND due_at <= ? AND (claimed_until IS NULL"
+            " OR claimed_until <= ? OR claimed_by = ?) ORDER BY due_at, id"
+            f" LIMIT ?{self._db.dialect.skip_locked}) RETURNING *",
+            (node, to_text(now + lease), cutoff, cutoff, node, limit),
+        )
+        return sorted((_item(row) for row in rows), key=lambda item: (item.due_at, item.id))
 
     def next_due_at(self) -> datetime | None:
         rows = self._db.query("SELECT MIN(due_at) FROM outbox WHERE state = 'pending'")
@@ -105,12 +138,14 @@ class OutboxStore:
 
     def mark_sent(self, item: OutboxItem, now: datetime, detail: dict[str, Any] | None = None) -> bool:
         """Record the acceptance (and wipe the item's secrets) with its audit event, in one
-        commit. False if the item was no longer pending (another worker, or cancelled)."""
+        commit. False if the item was no longer pending (another worker, or cancelled) or no
+        longer under the claim it was read with (another worker claimed it since)."""
+        claim, held = _same_claim(item)
         with self._db.transaction():
             changed = self._db.write(
                 "UPDATE outbox SET state = 'sent', sent_at = ?, sealed = NULL, attempts = attempts + 1"
-                " WHERE id = ? AND state = 'pending'",
-                (to_text(now), item.id),
+                f" WHERE id = ? AND state = 'pending' AND {claim}",
+                (to_text(now), item.id, *held),
             )
             if changed == 1:
                 self._db.append_event(
@@ -119,24 +154,31 @@ class OutboxStore:
                 )
         return changed == 1
 
-    def mark_retry(self, item: OutboxItem, next_due: datetime, error: str) -> None:
-        self._db.write(
-            "UPDATE outbox SET attempts = attempts + 1, due_at = ?, last_error = ?"
-            " WHERE id = ? AND state = 'pending'",
-            (to_text(next_due), error[:500], item.id),
+    def mark_retry(self, item: OutboxItem, next_due: datetime, error: str) -> bool:
+        """Count a failed attempt and let the item go (claim released) until `next_due`. False,
+        changing nothing, if it was settled or claimed by another worker meanwhile."""
+        claim, held = _same_claim(item)
+        changed = self._db.write(
+            "UPDATE outbox SET attempts = attempts + 1, due_at = ?, last_error = ?,"
+            " claimed_by = NULL, claimed_until = NULL"
+            f" WHERE id = ? AND state = 'pending' AND {claim}",
+            (to_text(next_due), error[:500], item.id, *held),
         )
+        return changed == 1
 
     def mark_gave_up(
         self, item: OutboxItem, now: datetime, error: str, note: dict[str, Any] | None = None
     ) -> bool:
         """Give up on an item, audited; `note` (enqueue's arguments) queues the notice telling
         the sender, in the same commit, so a crash cannot lose it. A transfer from the null
-        sender gets no note: nothing is ever sent to `<>`."""
+        sender gets no note: nothing is ever sent to `<>`. False, changing nothing, as
+        mark_sent."""
+        claim, held = _same_claim(item)
         with self._db.transaction():
             changed = self._db.write(
                 "UPDATE outbox SET state = 'gave_up', sealed = NULL, last_error = ?,"
-                " attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
-                (error[:500], item.id),
+                f" attempts = attempts + 1 WHERE id = ? AND state = 'pending' AND {claim}",
+                (error[:500], item.id, *held),
             )
             if changed == 1:
                 self._db.append_event(

@@ -139,15 +139,21 @@ class LinkGate:
     async def look_up(self, request: web.Request, find: Callable[[str], Found | None]
                       ) -> Found | Throttled | None:
         """`find(token)` in a worker thread, unless this client has guessed too many tokens;
-        a token that leads nowhere (None) counts as a guess."""
+        a token that leads nowhere (None) counts as a guess. The guesses are counted in the
+        store: asked in the same thread hop as the lookup."""
         address = self.client(request)["client_ip"]
-        wait = self._guesses.wait(address, self._clock())
-        if wait is not None:
-            return Throttled(wait)
-        found = await asyncio.to_thread(find, request.match_info["token"])
-        if found is None and self._guesses.missed(address, self._clock()):
-            log.warning("portal: %s tried too many unknown links; throttled", address)
-        return found
+        token = request.match_info["token"]
+
+        def throttled_find() -> Found | Throttled | None:
+            wait = self._guesses.wait(address, self._clock())
+            if wait is not None:
+                return Throttled(wait)
+            found = find(token)
+            if found is None and self._guesses.missed(address, self._clock()):
+                log.warning("portal: %s tried too many unknown links; throttled", address)
+            return found
+
+        return await asyncio.to_thread(throttled_find)
 
     async def resolve(self, request: web.Request) -> LinkState:
         """What the request's download token leads to, refusal included."""

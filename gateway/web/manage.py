@@ -30,6 +30,7 @@ from gateway.store.controls import (
 from gateway.store.db import Database, FileRow, LinkRow, TransferRow
 from gateway.store.outbox import OutboxItem, OutboxStore
 from gateway.store.passwords import hash_token
+from gateway.store.throttles import ThrottleStore
 from gateway.store.unlocks import UnlockRow, UnlockStore
 from gateway.unlock.opening import OpenState, TransferOpener
 from gateway.web.download import download_name
@@ -46,9 +47,10 @@ EXTEND_CHOICES: dict[str, timedelta | None] = {
 RECIPIENT_NOTICES = ("password-recipient", "webhook-password", "otp")
 PASSWORD_NOTICES = ("password-recipient", "webhook-password")
 _DONE = ("revoked", "extended", "unchanged", "unlocked", "blocked", "codes_unlocked")
-# ZIP passwords tried through the form, per transfer: the page's token is already a secret,
-# this only keeps a leaked one from becoming a password oracle.
+# ZIP passwords tried through the form, per transfer (on every node together): the page's
+# token is already a secret, this only keeps a leaked one from becoming a password oracle.
 UNLOCK_ATTEMPTS, UNLOCK_WINDOW = 10, timedelta(minutes=15)
+UNLOCK_SCOPE = "manage-unlock"
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,11 @@ class ManagePages:
 
     def __init__(self, *, gate: LinkGate, db: Database, pages: Pages, controls: ControlsStore,
                  unlocks: UnlockStore, outbox: OutboxStore, clock: Callable[[], datetime],
-                 opener: TransferOpener | None = None):
+                 throttles: ThrottleStore, opener: TransferOpener | None = None):
         self._gate = gate
         self._opener = opener
         self._unlocks = unlocks
-        self._attempts = SlidingWindow(UNLOCK_ATTEMPTS, UNLOCK_WINDOW)
+        self._attempts = SlidingWindow(throttles, UNLOCK_SCOPE, UNLOCK_ATTEMPTS, UNLOCK_WINDOW)
         self._db = db
         self._pages = pages
         self._controls = controls
@@ -149,7 +151,8 @@ class ManagePages:
         password = form.get("password", "")
         if not password or len(password) > 256:
             return await self._page_again(request, 400, alert="unlock_wrong")
-        wait = self._attempts.reserve(managed.transfer.id, self._clock())
+        wait = await asyncio.to_thread(
+            self._attempts.reserve, managed.transfer.id, self._clock())
         if wait is not None:
             minutes = max(1, int(wait.total_seconds() // 60) + 1)
             response = await self._page_again(request, 429, alert="unlock_limited",

@@ -2,7 +2,8 @@
 
 POST /d/{token}/otp mails a fresh 6-digit code to the link's recipient: the code's MAC, the
 outbox item carrying the sealed code and the audit event go in one commit. Sends are limited
-per link (one per resend interval, kept in the store) and per client network (in memory).
+per link (one per resend interval) and per client network, both kept in the store (every node
+counts together).
 POST /d/{token}/otp/verify checks a typed code: a few tries per code, then it is void; the
 right one earns a signed cookie for that link alone.
 
@@ -37,6 +38,7 @@ from gateway.store.controls import (
 )
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore, new_outbox_id
+from gateway.store.throttles import ThrottleStore
 from gateway.web.i18n import Translator
 from gateway.web.landing import LandingPage
 from gateway.web.link_gate import LinkGate, LinkState
@@ -51,6 +53,7 @@ _CODE_SHAPE = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 # What people type between groups of digits, or paste along with them.
 _SEPARATORS = re.compile(r"[\s\-]+")
 _MAX_TYPED_CHARS = 64
+PER_CLIENT_SCOPE = "otp-client"
 
 
 def new_code() -> str:
@@ -72,7 +75,7 @@ class OtpRoutes:
         self, *, gate: LinkGate, landing: LandingPage, pages: Pages, db: Database,
         controls: ControlsStore, outbox: OutboxStore, settings: PortalSettings, secret: bytes,
         clock: Callable[[], datetime], seal: Callable[[str, bytes], bytes] | None,
-        wake_outbox: Callable[[], None],
+        wake_outbox: Callable[[], None], throttles: ThrottleStore,
     ):
         self._gate = gate
         self._landing = landing
@@ -85,7 +88,8 @@ class OtpRoutes:
         self._clock = clock
         self._seal = seal
         self._wake_outbox = wake_outbox
-        self._per_client = SlidingWindow(settings.otp_per_client_per_hour, timedelta(hours=1))
+        self._per_client = SlidingWindow(throttles, PER_CLIENT_SCOPE,
+                                         settings.otp_per_client_per_hour, timedelta(hours=1))
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -102,23 +106,15 @@ class OtpRoutes:
             return await self._codes_locked(request, state)
         now = self._clock()
         client = gate.client(request)
-        key = client_key(client["client_ip"])
-        wait = self._per_client.reserve(key, now)
-        if wait is not None:
-            return await self._throttled(request, state, "client", wait)
         try:
-            sent = await asyncio.to_thread(self._issue, state, client, now)
+            sent = await asyncio.to_thread(self._counted_issue, state, client, now)
         except ResendTooSoon as refused:
-            self._per_client.release(key)
             return await self._throttled(request, state, "link", refused.retry_at - now)
         except CodesLocked:
-            self._per_client.release(key)
             return await self._codes_locked(request, state)
-        except BaseException:
-            self._per_client.release(key)
-            raise
+        if isinstance(sent, timedelta):
+            return await self._throttled(request, state, "client", sent)
         if not sent:  # this request found the budget spent and locked the link
-            self._per_client.release(key)
             self._wake_outbox()
             return await self._codes_locked(request, state, just_now=True)
         self._wake_outbox()
@@ -153,6 +149,23 @@ class OtpRoutes:
         return await self._not_verified(request, state, outcome)
 
     # -- sending --------------------------------------------------------------------------
+
+    def _counted_issue(self, state: LinkState, client: dict[str, str],
+                       now: datetime) -> bool | timedelta:
+        """_issue, counted first against the client network's hourly limit: how long it must
+        wait instead when it is at that limit. A request that sends no code is not counted."""
+        key = client_key(client["client_ip"])
+        wait = self._per_client.reserve(key, now)
+        if wait is not None:
+            return wait
+        try:
+            sent = self._issue(state, client, now)
+        except BaseException:
+            self._per_client.release(key)
+            raise
+        if not sent:
+            self._per_client.release(key)
+        return sent
 
     def _issue(self, state: LinkState, client: dict[str, str], now: datetime) -> bool:
         """Store the new code's MAC, queue the mail with the sealed code, audit: one commit.

@@ -5,7 +5,8 @@ carries a CSRF token, and each such POST counts as one download (download_route.
 transfer that asks for it opens only to a visitor who proved with a mailed one-time code
 (otp.py) to hold the recipient's mailbox. Every route passes the link gate (link_gate.py)
 first: token lookup, refusals, checked POSTs, audit, per-link cookies. SQLite, scrypt and
-decryption run in worker threads, never on the event loop. The sender's management page is
+decryption run in worker threads, never on the event loop, and so do the throttles, which
+count in the store. The sender's management page is
 manage.py.
 """
 
@@ -26,6 +27,7 @@ from gateway.store.controls import ControlsStore
 from gateway.store.db import Database
 from gateway.store.outbox import OutboxStore
 from gateway.store.passwords import verify_password
+from gateway.store.throttles import ThrottleStore
 from gateway.store.unlocks import UnlockStore
 from gateway.unlock.opening import TransferOpener
 from gateway.web.download_route import DownloadRoute
@@ -73,11 +75,13 @@ def build_portal_app(
     controls = ControlsStore(db) if controls is None else controls
     outbox = OutboxStore(db) if outbox is None else outbox
     unlocks = UnlockStore(db)
+    # Counted in the store: every worker and node together gives a client each limit once.
+    throttles = ThrottleStore(db)
     wake = wake_outbox or _nothing_to_wake
     gate = LinkGate(
         settings=settings, db=db, controls=controls, unlocks=unlocks, pages=pages,
-        guesses=GuessThrottle(settings.max_unknown_tokens, GUESS_WINDOW), secret=secret,
-        clock=clock, events_hook=events_hook,
+        guesses=GuessThrottle(throttles, settings.max_unknown_tokens, GUESS_WINDOW),
+        secret=secret, clock=clock, events_hook=events_hook,
     )
     landing = LandingPage(gate=gate, pages=pages, clock=clock,
                           otp_max_attempts=settings.otp_max_attempts)
@@ -85,11 +89,11 @@ def build_portal_app(
                           clock=clock, password_key=password_key)
     codes = OtpRoutes(gate=gate, landing=landing, pages=pages, db=db, controls=controls,
                       outbox=outbox, settings=settings, secret=secret, clock=clock, seal=seal,
-                      wake_outbox=wake)
+                      wake_outbox=wake, throttles=throttles)
     downloads = DownloadRoute(gate=gate, db=db, blobs=blobs, outbox=outbox, timezone=timezone,
                               clock=clock, wake_outbox=wake)
     manage = ManagePages(gate=gate, db=db, pages=pages, controls=controls, unlocks=unlocks,
-                         outbox=outbox, clock=clock, opener=opener)
+                         outbox=outbox, clock=clock, throttles=throttles, opener=opener)
     app = web.Application(middlewares=[make_error_pages(pages)])
     app.on_response_prepare.append(make_header_hook(pages.https))
     app.router.add_get("/d/{token}", links.landing)

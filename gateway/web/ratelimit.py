@@ -1,14 +1,18 @@
-"""Count what one client does within a sliding window, in memory, with a bounded footprint.
+"""Count what one client does within a sliding window, in the metadata store: every worker and
+every node on the database counts together, so N of them give a client the limit once.
 
-Kept per process: a restart forgets the counts, which only ever lets a client do a little
-more, never less. IPv6 clients are counted per /64, the block one subscriber usually holds.
+The calls block (they ask the database): the portal makes them in worker threads. IPv6 clients
+are counted per /64, the block one subscriber usually holds.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict, deque
 from datetime import datetime, timedelta
+
+from gateway.store.throttles import ThrottleStore
+
+_SHORTEST_WAIT = timedelta(seconds=1)
 
 
 def client_key(address: str) -> str:
@@ -25,54 +29,36 @@ def client_key(address: str) -> str:
 
 
 class SlidingWindow:
-    """At most `limit` reservations per key within any `window`. When more than `max_keys`
-    keys are tracked, the least recently used goes first."""
+    """At most `limit` reservations per key within any `window`, counted under `scope` (the
+    name this limit's counts have in the store)."""
 
-    def __init__(self, limit: int, window: timedelta, max_keys: int = 100_000):
-        if limit < 1 or max_keys < 1:
-            raise ValueError("limit and max_keys must be at least 1")
+    def __init__(self, store: ThrottleStore, scope: str, limit: int, window: timedelta):
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._store = store
+        self._scope = scope
         self._limit = limit
         self._window = window
-        self._max_keys = max_keys
-        self._times: OrderedDict[str, deque[datetime]] = OrderedDict()
 
     def reserve(self, key: str, now: datetime) -> timedelta | None:
         """Count one use now and return None; or, if the key is at its limit, count nothing
         and return how long until it may try again."""
-        times = self._current(key, now)
-        if len(times) >= self._limit:
-            return max(times[0] + self._window - now, timedelta(seconds=1))
-        times.append(now)
-        while len(self._times) > self._max_keys:
-            self._times.popitem(last=False)
-        return None
+        with self._store.exclusive(self._scope, key):
+            wait = self.retry_after(key, now)
+            if wait is None:
+                self._store.add(self._scope, key, now + self._window)
+            return wait
 
     def retry_after(self, key: str, now: datetime) -> timedelta | None:
         """How long until the key may be counted again (None: it may now); counts nothing."""
-        times = self._times.get(key)
-        if times is None:
+        count, first_ends = self._store.count(self._scope, key, now)
+        if count < self._limit or first_ends is None:
             return None
-        self._forget_old(times, now)
-        if len(times) < self._limit:
-            return None
-        return max(times[0] + self._window - now, timedelta(seconds=1))
-
-    def _current(self, key: str, now: datetime) -> deque[datetime]:
-        """The key's times within the window, the key moved to most recently used."""
-        times = self._times.pop(key, None) or deque()
-        self._forget_old(times, now)
-        self._times[key] = times
-        return times
-
-    def _forget_old(self, times: deque[datetime], now: datetime) -> None:
-        while times and times[0] <= now - self._window:
-            times.popleft()
+        return max(first_ends - now, _SHORTEST_WAIT)
 
     def release(self, key: str) -> None:
         """Give back the latest reservation (the use it was for did not happen)."""
-        times = self._times.get(key)
-        if times:
-            times.pop()
+        self._store.take_back(self._scope, key)
 
 
 class GuessThrottle:
@@ -84,9 +70,10 @@ class GuessThrottle:
     that guesses already running when the limit is reached still get their answer.
     """
 
-    def __init__(self, limit: int, window: timedelta, max_keys: int = 20_000):
-        # Fewer keys than SlidingWindow's default: each may hold `limit` timestamps.
-        self._misses = SlidingWindow(limit, window, max_keys)
+    SCOPE = "portal-guess"
+
+    def __init__(self, store: ThrottleStore, limit: int, window: timedelta):
+        self._misses = SlidingWindow(store, self.SCOPE, limit, window)
 
     def wait(self, address: str, now: datetime) -> timedelta | None:
         """How long the client at `address` must wait before its next lookup (None: it

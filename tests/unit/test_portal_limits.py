@@ -4,11 +4,15 @@ MAC and normalisation, the masked address). Through the portal app: tests/e2e/te
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from gateway.config import ConfigError, build_config
+from gateway.store.db import Database
+from gateway.store.throttles import ThrottleStore
 from gateway.web.landing import mask_address
 from gateway.web.otp import normalize_code
 from gateway.web.ratelimit import GuessThrottle, SlidingWindow, client_key
@@ -18,11 +22,18 @@ from tests.support.config import PUBLIC_URL
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
+@pytest.fixture
+def throttles(tmp_path: Path) -> Iterator[ThrottleStore]:
+    """The counters of the throttles, in a store of their own (as every worker shares one)."""
+    with Database(tmp_path / "gateway.sqlite3") as db:
+        yield ThrottleStore(db)
+
+
 # -- rate limits (from test_portal_ratelimit) -----------------------------------------------------
 
 
-def test_retry_after_reports_the_wait_without_counting():
-    window = SlidingWindow(2, timedelta(minutes=10))
+def test_retry_after_reports_the_wait_without_counting(throttles):
+    window = SlidingWindow(throttles, "test", 2, timedelta(minutes=10))
     assert window.retry_after("a", T0) is None
     window.reserve("a", T0)
     assert window.retry_after("a", T0) is None  # peeking twice costs nothing
@@ -32,8 +43,8 @@ def test_retry_after_reports_the_wait_without_counting():
     assert window.retry_after("a", T0 + timedelta(minutes=10)) is None
 
 
-def test_guess_throttle_counts_misses_per_client_network():
-    throttle = GuessThrottle(2, timedelta(minutes=10))
+def test_guess_throttle_counts_misses_per_client_network(throttles):
+    throttle = GuessThrottle(throttles, 2, timedelta(minutes=10))
     assert throttle.wait("2001:db8:1:2::1", T0) is None
     assert not throttle.missed("2001:db8:1:2::1", T0)
     assert throttle.missed("2001:db8:1:2::ffff", T0)  # the same /64: its limit is reached
@@ -70,18 +81,18 @@ def test_a_code_is_bound_to_its_link():
     assert otp_mac(secret, "link-a", "123456") == otp_mac(secret, "link-a", "123456")
 
 
-def test_sliding_window_counts_per_key_forgets_after_the_window_and_stays_bounded():
+def test_sliding_window_counts_per_key_and_forgets_after_the_window(throttles):
     start = datetime(2026, 11, 26, tzinfo=UTC)
-    window = SlidingWindow(2, timedelta(hours=1), max_keys=2)
+    window = SlidingWindow(throttles, "test", 2, timedelta(hours=1))
     assert window.reserve("a", start) is None
     assert window.reserve("a", start + timedelta(minutes=10)) is None
     assert window.reserve("a", start + timedelta(minutes=20)) == timedelta(minutes=40)
     window.release("a")  # the 10-minute use did not happen after all
     assert window.reserve("a", start + timedelta(minutes=21)) is None
     assert window.reserve("a", start + timedelta(minutes=60)) is None  # the first has aged out
-    for key in ("b", "c"):  # a third key pushes out the least recently used
-        window.reserve(key, start)
-    assert window.reserve("a", start + timedelta(minutes=61)) is None
+    for key in ("b", "c"):  # other keys count apart
+        assert window.reserve(key, start + timedelta(minutes=60)) is None
+    assert window.reserve("a", start + timedelta(minutes=61)) == timedelta(minutes=20)
     assert client_key("2001:db8:1:2::10") == client_key("2001:db8:1:2:ffff::1") \
         == "2001:db8:1:2::/64"
     assert client_key("::ffff:198.51.100.7") == "198.51.100.7"
