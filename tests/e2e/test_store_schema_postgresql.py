@@ -97,3 +97,13 @@ def test_both_engines_end_with_the_same_tables_columns_keys_and_indexes(
         assert shape == on_postgresql["tables"][table], table
     assert on_sqlite["indexes"] == on_postgresql["indexes"]
     assert "events" in on_sqlite["tables"] and "links_by_recipient" in on_sqlite["indexes"]
+
+
+def test_only_the_relay_claims_are_unlogged_on_postgresql(postgres_dsn: str) -> None:
+    """Migration 0011: the relay claims skip the WAL (their commits wait for no flush); every
+    other table is logged, so what a 250 rests on survives a crash of the server."""
+    with Database(PostgresUrl(postgres_dsn)) as pg:
+        unlogged = {row[0] for row in pg.query(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relpersistence = 'u'"
+            " AND relnamespace = 'public'::regnamespace")}
+    assert unlogged == {"relaying"}
