@@ -202,7 +202,7 @@ class ClusterBench:
         start_count = self.sink.count()
         started = time.monotonic()
         run.problems += self._send(run.setup, run.cell, [node.port for node in nodes], name)
-        counted = self._wait_for_sink(start_count + run.cell.messages)
+        counted = self.sink.wait_for(start_count + run.cell.messages, self.stall, self.deadline)
         run.seconds = time.monotonic() - started
         time.sleep(0.5)  # a duplicate would arrive now
         at_sink = self.sink.count() - start_count
@@ -237,17 +237,6 @@ class ClusterBench:
                                    self.deadline)
                        for i, share in enumerate(shares)]
             return [problem for future in sending for problem in future.result()]
-
-    def _wait_for_sink(self, target: int) -> bool:
-        """Until the sink reaches target (True), or its count has not moved for `stall` seconds."""
-        last, moved = self.sink.count(), time.monotonic()
-        while last < target:
-            if time.monotonic() > self.deadline or time.monotonic() - moved > self.stall:
-                return False
-            time.sleep(0.02)
-            if (count := self.sink.count()) != last:
-                last, moved = count, time.monotonic()
-        return True
 
     def _stop_and_check(self, run: Run, nodes: list[Node], dsn: str | None) -> None:
         """Stop the nodes; their logs together must show every message answered 250 once, the

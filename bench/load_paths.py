@@ -80,6 +80,18 @@ class Sink:
             counts = re.findall(rb"mesg=(\d+)", out.read())
         return int(counts[-1]) if counts else 0
 
+    def wait_for(self, target: int, stall: float, deadline: float) -> bool:
+        """Until the count reaches target (True), or has not moved for `stall` seconds, or the
+        deadline passed (False): a stuck path ends its measurement, not the whole run."""
+        last, moved = self.count(), time.monotonic()
+        while last < target:
+            if time.monotonic() > deadline or time.monotonic() - moved > stall:
+                return False
+            time.sleep(0.02)
+            if (count := self.count()) != last:
+                last, moved = count, time.monotonic()
+        return True
+
     def stop(self) -> None:
         self.child.stop()
 
@@ -259,7 +271,7 @@ class Bench:
             started = time.monotonic()
             result.problems += smtp_source(port, cell, sender, self.mails[cell.mail],
                                            self.workdir / f"{name}.smtp-source", self.deadline)
-            self._wait_for_sink(start_count + cell.messages)
+            self.sink.wait_for(start_count + cell.messages, self.stall, self.deadline)
             result.seconds = time.monotonic() - started
             time.sleep(0.5)  # a duplicate would arrive now
             result.at_sink = self.sink.count() - start_count
@@ -285,11 +297,3 @@ class Bench:
         first.stop()  # it has created the store and run the migrations
         fill(first.database, pending)
         return Gateway(name, self.workdir, next_hop, self.gateway_options, self.workers, self.deadline)
-
-    def _wait_for_sink(self, target: int) -> None:
-        """Until the sink reaches target, or its count has not moved for `stall` seconds."""
-        last, moved = self.sink.count(), time.monotonic()
-        while last < target and time.monotonic() < self.deadline and time.monotonic() - moved < self.stall:
-            time.sleep(0.02)
-            if (count := self.sink.count()) != last:
-                last, moved = count, time.monotonic()

@@ -66,9 +66,12 @@ from gateway.store.db import Database, MetadataError, metadata_exists
 from gateway.store.engines import DatabaseUnreachable
 from gateway.store.keys import (
     DOWNLOAD_PASSWORD_KEY,
+    PORTAL_SECRET,
+    KeyRing,
     MasterKeyError,
-    derive_key,
     load_or_create_master_key,
+    load_retired_master_keys,
+    master_key_ring,
 )
 from gateway.store.outbox import OutboxStore
 from gateway.store.relaying import RelayClaims
@@ -109,17 +112,24 @@ def make_scanner(config: Config) -> ClamdScanner | None:
     )
 
 
-def load_master_key(config: Config) -> bytes:
+def load_master_keys(config: Config) -> KeyRing:
+    """The current master key and the retired ones a rotation still needs, read once."""
     storage = config.storage
     try:
         # Once metadata exists, a missing key file is an accident, not a first start: a fresh
         # key would make every stored file unreadable.
-        return load_or_create_master_key(
+        current = load_or_create_master_key(
             storage.master_key_file, storage.master_key_from_env,
             may_create=not _metadata_exists(config),
         )
     except MasterKeyError as error:
         raise ConfigError("storage.master_key_file", str(error)) from None
+    try:
+        retired = load_retired_master_keys(
+            storage.retired_master_key_files, storage.retired_master_keys_from_env)
+        return master_key_ring(current, retired)
+    except MasterKeyError as error:
+        raise ConfigError("storage.retired_master_key_files", str(error)) from None
 
 
 def _metadata_exists(config: Config) -> bool:
@@ -129,14 +139,14 @@ def _metadata_exists(config: Config) -> bool:
         raise ConfigError("storage.database", str(error)) from None
 
 
-def open_store(config: Config, master_key: bytes) -> tuple[Database, BlobStore]:
+def open_store(config: Config, master_keys: KeyRing | bytes) -> tuple[Database, BlobStore]:
     storage = config.storage
     storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         db = Database(storage.database)
     except DatabaseUnreachable as error:  # one line at start-up, not a traceback
         raise ConfigError("storage.database", str(error)) from None
-    return db, BlobStore(blob_backend(storage), master_key, storage.chunk_size)
+    return db, BlobStore(blob_backend(storage), master_keys, storage.chunk_size)
 
 
 def blob_backend(storage: StorageSettings) -> BlobBackend:
@@ -152,7 +162,7 @@ def blob_backend(storage: StorageSettings) -> BlobBackend:
     return LocalDirectoryBackend(storage.blobs_dir)
 
 
-StoreOpener = Callable[[Config, bytes], tuple[Database, BlobStore]]
+StoreOpener = Callable[[Config, KeyRing], tuple[Database, BlobStore]]
 
 
 def claim_data_dir(config: Config) -> int | None:
@@ -265,8 +275,8 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        master_key = load_master_key(config)
-        self.db, self.blobs = await asyncio.to_thread(self._open_storage, config, master_key)
+        master_keys = load_master_keys(config)
+        self.db, self.blobs = await asyncio.to_thread(self._open_storage, config, master_keys)
         if self.role is None:  # a worker's supervisor has done this before starting it
             self._data_dir_lock = claim_data_dir(config)
             if self._data_dir_lock is None:
@@ -292,10 +302,10 @@ class Gateway:
             else DataBudget(config.smtp.max_data_in_flight)
         )
         self._opener = TransferOpener(config, self.db, self.blobs, self._scanner, self.in_flight)
-        await self._start_smtp(master_key, signer)
+        await self._start_smtp(master_keys, signer)
         if self.leads:
-            self._start_notifier(master_key, signer)
-        await self._start_portal(master_key)
+            self._start_notifier(master_keys, signer)
+        await self._start_portal(master_keys)
         if self.leads:
             await self._start_admin()
             self._purger = asyncio.create_task(run_periodically(
@@ -313,16 +323,16 @@ class Gateway:
             self._next_hop.describe(), config.storage.data_dir.resolve(),
         )
 
-    async def _start_smtp(self, master_key: bytes, signer: DkimSigner) -> None:
+    async def _start_smtp(self, master_keys: KeyRing, signer: DkimSigner) -> None:
         config = self.config
         for domain in unsigned_domains(config) if self.leads else ():
             log.warning("no DKIM key for %s: its converted mail goes out unsigned", domain)
-        writer = TransferWriter(self.db, self.blobs, master_key, config.storage.chunk_size)
+        writer = TransferWriter(self.db, self.blobs, master_keys, config.storage.chunk_size)
         self._relaying = self._messages_relaying()
         relay = Relay(
             config, self.db, writer, self._next_hop, signer,
             make_template_env(config.gateway.templates_dir), self.clock,
-            NoticeQueue(self.db, master_key), self.wake_notices,
+            NoticeQueue(self.db, master_keys), self.wake_notices,
             PasswordMailUnlocker(self.db, self._opener, self.clock), self._scanner,
             self._relaying,
         )
@@ -364,13 +374,13 @@ class Gateway:
             return local  # one machine: no database round trip per message
         return AcrossNodes(local, RelayClaims(self.db), self.config.gateway.node_id, self.clock)
 
-    def _start_notifier(self, master_key: bytes, signer: DkimSigner) -> None:
+    def _start_notifier(self, master_keys: KeyRing, signer: DkimSigner) -> None:
         """The worker that sends what the outbox holds: passwords, receipts, codes, webhooks."""
         config = self.config
         composer = NoticeComposer(
             self.db, make_template_env(config.gateway.templates_dir), signer,
             from_address=config.notify.from_address, public_url=config.portal.public_url,
-            timezone=config.gateway.timezone, master_key=master_key,
+            timezone=config.gateway.timezone, master_key=master_keys,
             webhook_url=config.webhook.url,
         )
         if config.webhook.url:
@@ -403,17 +413,21 @@ class Gateway:
             return  # another leader (a reload's old one) read it first
         self.notify_wake.set()
 
-    async def _start_portal(self, master_key: bytes) -> None:
+    async def _start_portal(self, master_keys: KeyRing) -> None:
         config = self.config
+        # Derived from each master key: what a retired one signed or hashed is still checked.
+        portal_secrets = master_keys.derive(PORTAL_SECRET)
+        password_keys = master_keys.derive(DOWNLOAD_PASSWORD_KEY)
         app = build_portal_app(
             settings=config.portal, db=self.db, blobs=self.blobs,
             templates_dir=config.gateway.templates_dir, timezone=config.gateway.timezone,
-            secret=derive_key(master_key, "portal v1"), clock=self.clock,
+            secret=portal_secrets.current, retired_secrets=portal_secrets.retired,
+            clock=self.clock,
             events_hook=self._count_portal_event,
             outbox=OutboxStore(self.db), controls=ControlsStore(self.db),
-            seal=lambda item_id, data: seal_small(master_key, item_id.encode(), data),
+            seal=lambda item_id, data: seal_small(master_keys, item_id.encode(), data),
             wake_outbox=self.wake_notices, opener=self._opener,
-            password_key=derive_key(master_key, DOWNLOAD_PASSWORD_KEY),
+            password_key=password_keys.current, retired_password_keys=password_keys.retired,
         )
         runner, self.portal_port = await start_web(
             app, config.portal.listen_host, config.portal.listen_port,

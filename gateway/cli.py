@@ -1,5 +1,5 @@
 """The ppap-gateway command line: serve, check-config, explain, dkim-keygen, purge, revoke,
-transfers, audit export, hash-password, send-sample, migrate-store.
+transfers, audit export, hash-password, send-sample, migrate-store, rotate-master-key.
 
 Configuration problems exit with status 2 and one line naming the key and the problem.
 """
@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--verify-only", action="store_true",
                          help="compare counts and hashes, copy nothing")
 
+    rotate = commands.add_parser(
+        "rotate-master-key", help="move what is stored under the retired master keys to the"
+        " current one (while the nodes serve; safe to run again)")
+    _add_config_options(rotate, overrides=True)
+    rotate.add_argument("--check", action="store_true",
+                        help="only report what lies under which key; write nothing")
+
     commands.add_parser("hash-password", help="hash an SMTP AUTH password for the users file")
 
     sample = commands.add_parser("send-sample", help="send a sample PPAP mail to a running gateway")
@@ -192,16 +199,23 @@ def cmd_hash_password(args) -> int:
 
 
 def cmd_purge(args) -> int:
-    from gateway.app import load_master_key, open_store, utc_now
-    from gateway.ops.housekeeping import format_report, purge
+    from gateway.app import load_master_keys, open_store, utc_now
+    from gateway.ops.housekeeping import (
+        PURGING_ELSEWHERE,
+        format_report,
+        purge_on_one_node,
+    )
 
     config = _config(args)
-    db, blobs = open_store(config, load_master_key(config))
+    db, blobs = open_store(config, load_master_keys(config))
     try:
-        print(format_report(purge(db, blobs, utc_now(), retention=config.retention)))
+        report = purge_on_one_node(db, blobs, utc_now(), retention=config.retention)
     finally:
         db.close()
         blobs.close()
+    # Exit 0 when a node's timer is purging: the store is being purged, as asked; a failure
+    # status would have cron or systemd report an error that needs no one.
+    print(PURGING_ELSEWHERE if report is None else format_report(report))
     return 0
 
 
@@ -302,6 +316,22 @@ def _migration_target(source: StorageSettings, to: str, blobs_to: str) -> Storag
     return replace(source, database=url, blobs="directory", blobs_dir=Path(blobs_to))
 
 
+def cmd_rotate_master_key(args) -> int:
+    """Exit 0 when every row opened (under the current key or a retired one), 1 when a row
+    opens under no key given (each is named)."""
+    from gateway.app import load_master_keys, utc_now
+    from gateway.ops.rotate_keys import format_report, rotate_master_keys
+
+    config = _config(args)
+    db = _open_db(config)
+    try:
+        report = rotate_master_keys(db, load_master_keys(config), utc_now(), check=args.check)
+    finally:
+        db.close()
+    format_report(report, sys.stdout)
+    return 1 if report.unopenable else 0
+
+
 def cmd_send_sample(args) -> int:
     from gateway.sample import send_sample
 
@@ -345,6 +375,7 @@ COMMANDS = {
     "audit": cmd_audit,
     "send-sample": cmd_send_sample,
     "migrate-store": cmd_migrate_store,
+    "rotate-master-key": cmd_rotate_master_key,
 }
 
 
@@ -357,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except (ValueError, OSError) as error:
         if args.command in ("check-config", "serve", "explain", "purge", "revoke", "transfers",
-                            "audit"):
+                            "audit", "rotate-master-key"):
             print(f"ppap-gateway: cannot start: {' '.join(str(error).split())}", file=sys.stderr)
             return EXIT_CONFIG
         raise

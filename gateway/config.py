@@ -208,6 +208,10 @@ def default_node_id(data_dir: Path, hostname: str | None = None) -> str:
     return f"{host}-{digest}"
 
 
+def _file_paths(value: Any) -> tuple[Path, ...]:
+    return tuple(check.file_path(item) for item in check.text_list(value))
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     data_dir: Path = Path("var/data")
@@ -216,6 +220,12 @@ class StorageSettings:
     master_key_file: Path = Path("var/data/master.key")
     master_key_env: str = "PPAP_GATEWAY_MASTER_KEY"
     master_key_from_env: str | None = None  # the variable's value, read once by the loader
+    # Master keys a rotation retired: still tried to open what they sealed, never to seal
+    # (docs/cluster.md, "The master key"). Key files as master_key_file's, and/or the variable
+    # named here holding base64 keys separated by commas or white space.
+    retired_master_key_files: tuple[Path, ...] = ()
+    retired_master_keys_env: str = ""
+    retired_master_keys_from_env: str | None = field(default=None, repr=False)  # its value
     chunk_size: int = 64 * 1024
     # Where the sealed files lie: "directory" (blobs_dir: local, or a file system every node
     # mounts) or "database" (rows in the PostgreSQL database: nodes then share nothing else).
@@ -262,6 +272,9 @@ class NotifySettings:
     retry_max: timedelta = timedelta(hours=1)
     max_age: timedelta = timedelta(days=2)
     poll_interval: timedelta = timedelta(seconds=5)
+    # How long a claim keeps the other nodes off an item: longer than one send can take, so
+    # that only a dead node's item is claimed again (and sent by another node).
+    claim_lease: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -418,6 +431,8 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "database": database_location,
         "master_key_file": check.file_path,
         "master_key_env": check.string,
+        "retired_master_key_files": _file_paths,
+        "retired_master_keys_env": check.string,
         "chunk_size": check.size(4096),
         "blobs": check.choice(BLOB_BACKENDS),
         "blobs_dir": check.file_path,
@@ -443,6 +458,7 @@ SECTION_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "retry_max": check.duration,
         "max_age": check.duration,
         "poll_interval": check.duration,
+        "claim_lease": check.duration,
     },
     "scan": {"clamd": check.clamd_address, "timeout": check.duration, "max_stream": check.size(1024),
              "admin_address": check.string},
@@ -540,6 +556,10 @@ def _build_dkim(raw: Any) -> tuple[DkimKeySettings, ...]:
     return tuple(keys)
 
 
+# A lease shorter than a send lets another node claim an item while it is being sent.
+_MIN_CLAIM_LEASE = timedelta(seconds=1)
+
+
 def _build_notify(values: dict, gateway: GatewaySettings) -> NotifySettings:
     notify = NotifySettings(**values)
     if not notify.from_address:
@@ -547,6 +567,9 @@ def _build_notify(values: dict, gateway: GatewaySettings) -> NotifySettings:
         notify = replace(notify, from_address=f"ppap-gateway@{domain}")
     if "@" not in notify.from_address or any(c in notify.from_address for c in "\r\n<>\" "):
         raise ConfigError("notify.from_address", f"not a plain address: {notify.from_address!r}")
+    if notify.claim_lease < _MIN_CLAIM_LEASE:
+        raise ConfigError("notify.claim_lease", f"must be at least 1s, got"
+                          f" {notify.claim_lease.total_seconds():g}s: it must outlast a send")
     return notify
 
 
@@ -653,7 +676,12 @@ def build_config(
     storage_values.setdefault("blobs_dir", data_dir / "blobs")
     env_name = storage_values.get("master_key_env", StorageSettings.master_key_env)
     environ = os.environ if environ is None else environ
-    storage = StorageSettings(**storage_values, master_key_from_env=environ.get(env_name) or None)
+    retired_env = storage_values.get("retired_master_keys_env", "")
+    if retired_env and not environ.get(retired_env, "").strip():
+        raise ConfigError("storage.retired_master_keys_env", f"${retired_env} is not set: set it,"
+                          " or remove this setting once no retired key is needed")
+    storage = StorageSettings(**storage_values, master_key_from_env=environ.get(env_name) or None,
+                              retired_master_keys_from_env=environ.get(retired_env) or None)
     if not gateway.node_id:
         gateway = replace(gateway, node_id=default_node_id(storage.data_dir))
     if storage.blobs == "database" and not storage.shared:

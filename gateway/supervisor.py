@@ -35,7 +35,7 @@ from gateway.app import (
     WorkerRole,
     claim_data_dir,
     clean_up_after_crash,
-    load_master_key,
+    load_master_keys,
     open_store,
     utc_now,
 )
@@ -105,8 +105,8 @@ class Supervisor:
 
     def run(self) -> int:
         config = self.config
-        master_key = load_master_key(config)
-        db, blobs = open_store(config, master_key)
+        master_keys = load_master_keys(config)
+        db, blobs = open_store(config, master_keys)
         self._lock = lock = claim_data_dir(config)
         if lock is None:
             log.warning("another gateway uses %s: start-up clean-up keeps its grace period",
@@ -118,7 +118,7 @@ class Supervisor:
         finally:
             db.close()
             blobs.close()
-        del master_key  # each worker reads it for itself
+        del master_keys  # each worker reads them for itself
         if crashpoints.armed():
             crashpoints.arm(crashpoints.armed(), whole_service=os.getpid())
         self._smtp = bind_group(config.smtp.listen_host, config.smtp.listen_port, self._positions)

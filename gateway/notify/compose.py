@@ -30,8 +30,9 @@ from gateway.notify.dsn import ReportedRecipient, make_report
 from gateway.notify.webhook import WebhookCall
 from gateway.outbound.dkim import DkimSigner
 from gateway.presentation import LOCALES, format_expiry, human_size
-from gateway.store.crypto import KEY_SIZE, IntegrityError, open_small
+from gateway.store.crypto import IntegrityError, open_small
 from gateway.store.db import Database, FileRow, LinkRow, TransferRow
+from gateway.store.keys import KeyRing, key_ring
 from gateway.store.outbox import OutboxItem
 
 # Which secret each kind cannot do without.
@@ -137,13 +138,13 @@ class _About:
 class NoticeComposer:
     def __init__(
         self, db: Database, templates: jinja2.Environment, signer: DkimSigner, *,
-        from_address: str, public_url: str, timezone: ZoneInfo, master_key: bytes,
+        from_address: str, public_url: str, timezone: ZoneInfo, master_key: KeyRing | bytes,
         webhook_url: str = "",
     ) -> None:
+        """`master_key`: the master keys' ring (one key alone will do) sealed secrets open with."""
         if not _PLAIN_URL.fullmatch(public_url):
             raise ValueError(f"not a plain http(s) URL: {public_url!r}")
-        if len(master_key) != KEY_SIZE:
-            raise ValueError(f"master key must be {KEY_SIZE} bytes")
+        master_keys = key_ring(master_key)  # ValueError for a key of the wrong size
         self._db = db
         self._templates = templates
         self._signer = signer
@@ -155,7 +156,7 @@ class NoticeComposer:
         self._id_domain = _message_id_domain(from_address)
         self._public_url = public_url.rstrip("/")
         self._zone = timezone
-        self._master_key = master_key
+        self._master_keys = master_keys
         self._webhook_url = webhook_url
         self._mail_contexts = {
             "password-recipient": self._password_recipient,
@@ -216,7 +217,7 @@ class NoticeComposer:
         if item.sealed is None:
             raise ComposeError(f"outbox item {item.id}: its secret is gone")
         try:
-            opened = json.loads(open_small(self._master_key, item.id.encode(), item.sealed))
+            opened = json.loads(open_small(self._master_keys, item.id.encode(), item.sealed))
         except (IntegrityError, ValueError) as error:
             raise ComposeError(f"outbox item {item.id}: sealed secret unusable") from error
         value = opened.get(needed) if isinstance(opened, dict) else None

@@ -9,14 +9,15 @@ uncomposable or older than max_age → gave_up, audited, and a "give-up-note" fo
 
 Delivery is at least once: a crash after the next hop accepted but before mark_sent committed
 sends the item again, by this node once it restarts (it takes back its own claims at once) or
-by another once the claim's lease has run out. A worker so slow that its lease ran out while it
-was sending, and another node claimed the item meanwhile, also makes a second send: its record
-is refused, the other's counts. The composer makes the same bytes with the same Message-ID
-(and the same webhook body) each time, so the receiver can drop the duplicate. Nothing that
-mark_sent recorded is ever sent again. The window is kept small: nothing but the commit runs
-between the acceptance and mark_sent (the next hop retires a connection after it has answered,
-not before), and an acceptance whose commit failed (a locked database) is kept and committed
-before anything else is sent, never sent again while the process lives.
+by another once the claim's lease (notify.claim_lease) has run out. A worker so slow that its
+lease ran out while it was sending, and another node claimed the item meanwhile, also makes a
+second send: its record is refused, the other's counts. The composer makes the same bytes with
+the same Message-ID (and the same webhook body) each time, so the receiver can drop the
+duplicate. Nothing that mark_sent recorded is ever sent again. The window is kept small:
+nothing but the commit runs between the acceptance and mark_sent (the next hop retires a
+connection after it has answered, not before), and an acceptance whose commit failed (a locked
+database) is kept and committed before anything else is sent, never sent again while the
+process lives.
 """
 
 from __future__ import annotations
@@ -39,9 +40,6 @@ from gateway.store.outbox import OutboxItem, OutboxStore
 log = logging.getLogger("gateway.notify")
 
 GIVE_UP_NOTE = "give-up-note"
-# How long a claim keeps the other nodes off an item: longer than one send can take (a few of
-# the next hop's timeouts), so that only a dead node's item is claimed again.
-CLAIM_LEASE = timedelta(minutes=10)
 # However the settings read, a failed item never comes back sooner than this (no busy loop).
 _MIN_BACKOFF = timedelta(seconds=1)
 _SHORT_ERROR = 200
@@ -74,12 +72,11 @@ class OutboxWorker:
         wake: asyncio.Event | None = None,
         after_send: Callable[[OutboxItem], None] | None = None,
         node: str = "local",
-        lease: timedelta = CLAIM_LEASE,
     ) -> None:
         """`wake`: set by whoever enqueues an item due now. `after_send`: a test hook called
         between the next hop's acceptance and mark_sent; what it raises leaves run_once, as
         if the process had died there. `node`: the claimer, this node's id (gateway.node_id);
-        `lease`: how long its claims hold."""
+        its claims hold for `settings.claim_lease`."""
         self._outbox = outbox
         self._composer = composer
         self._next_hop = next_hop
@@ -89,7 +86,6 @@ class OutboxWorker:
         self._wake = wake
         self._after_send = after_send
         self._node = node
-        self._lease = lease
         self._stop: asyncio.Event | None = None
         self._database_trouble = False
         # Accepted by the next hop, mark_sent not yet committed (it failed): by item id.
@@ -115,7 +111,8 @@ class OutboxWorker:
                 # The claim's commit is synced at once (PostgreSQL: every commit), and so is
                 # the item's own, a relay's deferred one: it is on disk before it leaves.
                 claimed = await asyncio.to_thread(
-                    self._outbox.claim_due, self._node, self._clock(), self._lease)
+                    self._outbox.claim_due, self._node, self._clock(),
+                    self._settings.claim_lease)
                 if not claimed:
                     log.info("outbox: nothing more to claim: the items due were already sent"
                              " or cancelled, or another node holds them")
@@ -214,11 +211,11 @@ class OutboxWorker:
         short = error[:_SHORT_ERROR]
         note = None
         if item.kind != GIVE_UP_NOTE and item.transfer_id is not None:
-            note = dict(
-                kind=GIVE_UP_NOTE, due_at=now, transfer_id=item.transfer_id,
-                link_id=item.link_id, dedupe_key=f"{GIVE_UP_NOTE}:{item.id}",
-                payload={"failed_kind": item.kind, "failed_item": item.id, "error": short},
-            )
+            note = {
+                "kind": GIVE_UP_NOTE, "due_at": now, "transfer_id": item.transfer_id,
+                "link_id": item.link_id, "dedupe_key": f"{GIVE_UP_NOTE}:{item.id}",
+                "payload": {"failed_kind": item.kind, "failed_item": item.id, "error": short},
+            }
         if not await asyncio.to_thread(self._outbox.mark_gave_up, item, now, error, note):
             log.info("outbox item %s (%s) was no longer ours when giving up", item.id, item.kind)
             return

@@ -16,7 +16,8 @@ lock for long. Every run also deletes the throttles' counts and the relay claims
 ended. Finally the WAL is checkpointed so purged keys do not linger in it.
 
 On a cluster one node purges at a time (purge_on_one_node, the store's "housekeeping" run lock):
-the others skip their turn rather than do the same work at the same moment.
+the others skip their turn rather than do the same work at the same moment, and so does
+`ppap-gateway purge`, saying so (PURGING_ELSEWHERE) and exiting 0.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from gateway.store.throttles import ThrottleStore
 _log = logging.getLogger("gateway.housekeeping")
 # Rows deleted per commit: small enough that a relay's commit waits milliseconds, not seconds.
 RETENTION_BATCH = 500
+# What `ppap-gateway purge` says when purge_on_one_node finds another process purging.
+PURGING_ELSEWHERE = "another gateway process is purging this store now; nothing done"
 
 
 @dataclass(frozen=True)

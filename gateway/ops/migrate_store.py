@@ -7,11 +7,12 @@ A run:
    that another copy holds, and migrates the target's schema to this program's version (a
    newer one is refused, as is a source at another version than the program's);
 2. in one read transaction on the SQLite file (a snapshot: a running gateway goes on writing
-   meanwhile) walks every table the schema defines in key order against the target, inside
-   one target transaction: rows the target lacks are inserted, rows that differ updated, rows
-   gone from the source (purged since an earlier run) counted, and with --prune deleted,
-   children first; sequences are moved past every id the source gave; the snapshot's count
-   and hash per table are kept and the blob ids it references listed;
+   meanwhile) walks every table the schema defines, but those store/copying.py NOT_COPIED
+   lists, in key order against the target, inside one target transaction: rows the target
+   lacks are inserted, rows that differ updated, rows gone from the source (purged since an
+   earlier run) counted, and with --prune deleted, children first; sequences are moved past
+   every id the source gave; the snapshot's count and hash per table are kept and the blob ids
+   it references listed;
 3. ends the snapshot, then for each referenced blob copies the sealed bytes (streamed, never
    decrypted) where the target lacks them or holds other bytes, and reads each copy back;
 4. commits the rows (after their blobs, as the gateway commits a file after its bytes), then

@@ -17,6 +17,7 @@ from gateway.model import StoredTransfer
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import open_small, seal_small
 from gateway.store.db import Database
+from gateway.store.keys import KeyRing, key_ring
 from gateway.store.outbox import OutboxStore, new_outbox_id
 from gateway.store.passwords import hash_token, new_token
 
@@ -26,20 +27,20 @@ RECEIPT_DELAY = timedelta(minutes=1)
 
 
 class NoticeQueue:
-    def __init__(self, db: Database, master_key: bytes):
+    def __init__(self, db: Database, master_keys: KeyRing | bytes):
         self._db = db
         self._outbox = OutboxStore(db)
         self._controls = ControlsStore(db)
-        self._master_key = master_key
+        self._master_keys = key_ring(master_keys)
 
     def _seal(self, item_id: str, secrets: dict) -> bytes:
-        return seal_small(self._master_key, item_id.encode(), json.dumps(secrets).encode())
+        return seal_small(self._master_keys, item_id.encode(), json.dumps(secrets).encode())
 
     def _password(self, transfer_id: str) -> str:
         row = self._db.transfer(transfer_id)
         if row is None or row.password_sealed is None:
             raise ValueError(f"transfer {transfer_id} has no sealed password")
-        return open_small(self._master_key, transfer_id.encode(), row.password_sealed).decode()
+        return open_small(self._master_keys, transfer_id.encode(), row.password_sealed).decode()
 
     def link_delivered(
         self, transfer: StoredTransfer, link_id: str, policy: Policy, now: datetime

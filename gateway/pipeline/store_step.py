@@ -30,7 +30,7 @@ from gateway.store.blobs import BlobStore
 from gateway.store.controls import ControlsStore
 from gateway.store.crypto import seal_small
 from gateway.store.db import Database, TransferRow
-from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, derive_key
+from gateway.store.keys import DOWNLOAD_PASSWORD_KEY, KeyRing, derive_key, key_ring
 from gateway.store.passwords import (
     generate_password,
     hash_generated_password,
@@ -92,12 +92,14 @@ def unnamed_file_name(attachment: Attachment) -> str:
 
 
 class TransferWriter:
-    def __init__(self, db: Database, blobs: BlobStore, master_key: bytes, chunk_size: int):
+    def __init__(self, db: Database, blobs: BlobStore, master_keys: KeyRing | bytes,
+                 chunk_size: int):
         self._db = db
         self._controls = ControlsStore(db)
         self._blobs = blobs
-        self._master_key = master_key
-        self._password_key = derive_key(master_key, DOWNLOAD_PASSWORD_KEY)
+        # What is written here is sealed and hashed under the current key only.
+        self._master_key = key_ring(master_keys).current
+        self._password_key = derive_key(self._master_key, DOWNLOAD_PASSWORD_KEY)
         self._chunk_size = chunk_size
 
     async def store(

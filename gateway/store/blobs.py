@@ -24,6 +24,7 @@ from gateway.store.blob_backends import (
     StorageError,
 )
 from gateway.store.blob_backends.directory import TEMP_PREFIX, LocalDirectoryBackend
+from gateway.store.blob_backends.positioned import PositionedReader
 from gateway.store.crypto import (
     DEFAULT_CHUNK_SIZE,
     BlobEncryptor,
@@ -31,6 +32,7 @@ from gateway.store.crypto import (
     SealedChunks,
     decrypt_blob,
 )
+from gateway.store.keys import KeyRing, key_ring
 
 __all__ = [
     "BlobInfo",
@@ -174,32 +176,17 @@ class BlobView:
         self.close()
 
 
-class _ViewFile(io.RawIOBase):
+class _ViewFile(PositionedReader):
     def __init__(self, view: BlobView):
+        super().__init__()
         self._view = view
-        self._position = 0
 
-    def readable(self) -> bool:
-        return True
+    def _size(self) -> int:
+        return len(self._view)
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
-        if whence == io.SEEK_SET and offset < 0:
-            raise ValueError("negative seek position")
-        self._position = max(0, base[whence] + offset)  # as io.BytesIO does
-        return self._position
-
-    def readinto(self, buffer) -> int:
-        data = self._view[self._position:self._position + len(buffer)]
-        buffer[:len(data)] = data
-        self._position += len(data)
-        return len(data)
+    def _read_at(self, offset: int, size: int) -> Iterator[bytes]:
+        end = len(self._view)
+        return self._view.pieces(offset, end if size < 0 else min(end, offset + size))
 
 
 class BlobStore:
@@ -209,7 +196,7 @@ class BlobStore:
     def __init__(
         self,
         backend: BlobBackend | Path,
-        master_key: bytes,
+        master_keys: KeyRing | bytes,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         fsync: Fsync | None = None,
         wrap_temp_file: Callable[[BinaryIO], BinaryIO] | None = None,
@@ -221,13 +208,13 @@ class BlobStore:
         elif fsync is not None or wrap_temp_file is not None:
             raise ValueError("fsync and wrap_temp_file are for a local directory")
         self.backend = backend
-        self._master_key = master_key
+        self._master_keys = key_ring(master_keys)  # sealed with the current, opened with any
         self._chunk_size = chunk_size
 
     def write(self, chunks: Iterable[bytes]) -> BlobInfo:
         """Encrypt and store the concatenation of `chunks`; durable when this returns."""
         blob_id = secrets.token_hex(16)
-        encryptor = BlobEncryptor(self._master_key, blob_id, self._chunk_size)
+        encryptor = BlobEncryptor(self._master_keys, blob_id, self._chunk_size)
         digest = hashlib.sha256()
         size = 0
         upload = self.backend.begin(blob_id)
@@ -250,7 +237,7 @@ class BlobStore:
     def open(self, blob_id: str, wrapped_key: bytes) -> BlobReader:
         """Stream the plaintext of a blob; BlobIntegrityError stops it before a bad chunk."""
         source = self.backend.open(blob_id, sequential=True)
-        return BlobReader(source, decrypt_blob(self._master_key, blob_id, wrapped_key, source))
+        return BlobReader(source, decrypt_blob(self._master_keys, blob_id, wrapped_key, source))
 
     def view(self, blob_id: str, wrapped_key: bytes) -> BlobView:
         """Random access to the plaintext of a blob (see BlobView); close it when done."""
@@ -258,7 +245,7 @@ class BlobStore:
         try:
             size = source.seek(0, io.SEEK_END)
             return BlobView(source, SealedChunks(
-                self._master_key, blob_id, wrapped_key, source, size))
+                self._master_keys, blob_id, wrapped_key, source, size))
         except BaseException:
             source.close()
             raise

@@ -27,6 +27,8 @@ NOT_COPIED = {
     "schema_migrations": "compared by version (the target applies its own migrations)",
     "blobs": "the database blob backend's own rows: blobs are copied through the backends",
     "blob_chunks": "the database blob backend's own rows: blobs are copied through the backends",
+    "relaying": "claims of the relays running now (store/relaying.py): a copied one would defer"
+                " a client's retry on the new cluster until it expired (up to 15 minutes)",
 }
 BLOB_REFERENCE = "blob_id"  # a column of that name in a copied table names a blob to copy
 PIECE = 1024 * 1024  # sealed bytes read and written at a time: memory per blob copy

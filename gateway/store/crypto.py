@@ -16,16 +16,23 @@ Each blob has its own random 256-bit data key. It is wrapped with AES-256-GCM un
 master key, with the blob id as associated data, and handed back to the caller to keep
 in the metadata store, never in the blob file: once the row and the file are gone, so
 is every way to read the blob.
+
+Master keys come as a KeyRing (store/keys.py; one key alone counts as a ring): wrapping and
+sealing use its current key, unwrapping and opening try the current key first and then each
+retired one, GCM's tag telling a wrong key, so a rotation (ops/rotate_keys.py) needs no
+downtime and costs nothing while the current key fits.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO, Generator
+from typing import BinaryIO, Generator, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.store.keys import KeyRing, key_ring
 
 KEY_SIZE = 32
 TAG_SIZE = 16
@@ -55,9 +62,11 @@ class BlobIntegrityError(IntegrityError):
     """A blob, its header or its wrapped key did not authenticate."""
 
 
-def _check_master_key(master_key: bytes) -> None:
-    if len(master_key) != KEY_SIZE:
-        raise ValueError(f"master key must be {KEY_SIZE} bytes, got {len(master_key)}")
+class Opened(NamedTuple):
+    """What a key of a ring opened, and which key did: 0 is the current key, i the i-th retired."""
+
+    plaintext: bytes
+    key_index: int
 
 
 def _seal(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
@@ -73,17 +82,31 @@ def _open(key: bytes, aad: bytes, sealed: bytes) -> bytes:
     return AESGCM(key).decrypt(sealed[1:head], sealed[head:], aad)
 
 
-def seal_small(master_key: bytes, aad: bytes, plaintext: bytes) -> bytes:
-    """Encrypt a small secret (e.g. a download password) under the master key, bound to `aad`."""
-    _check_master_key(master_key)
-    return _seal(master_key, _SMALL_AAD_LABEL + aad, plaintext)
+def _open_with_any(keys: KeyRing, aad: bytes, sealed: bytes) -> Opened:
+    """_open with the first key of the ring that authenticates; the last InvalidTag if none."""
+    for index, key in enumerate(keys.all):
+        try:
+            return Opened(_open(key, aad, sealed), index)
+        except InvalidTag as exc:
+            failure = exc
+    raise failure
 
 
-def open_small(master_key: bytes, aad: bytes, sealed: bytes) -> bytes:
+def seal_small(master_keys: KeyRing | bytes, aad: bytes, plaintext: bytes) -> bytes:
+    """Encrypt a small secret (e.g. a download password) under the current master key, bound
+    to `aad`."""
+    return _seal(key_ring(master_keys).current, _SMALL_AAD_LABEL + aad, plaintext)
+
+
+def open_small(master_keys: KeyRing | bytes, aad: bytes, sealed: bytes) -> bytes:
     """Decrypt what seal_small produced; IntegrityError if it or `aad` was changed."""
-    _check_master_key(master_key)
+    return open_small_with_any(master_keys, aad, sealed).plaintext
+
+
+def open_small_with_any(master_keys: KeyRing | bytes, aad: bytes, sealed: bytes) -> Opened:
+    """open_small, saying which master key opened it."""
     try:
-        return _open(master_key, _SMALL_AAD_LABEL + aad, sealed)
+        return _open_with_any(key_ring(master_keys), _SMALL_AAD_LABEL + aad, sealed)
     except (InvalidTag, ValueError) as exc:
         raise IntegrityError("sealed secret does not authenticate") from exc
 
@@ -92,20 +115,26 @@ def _blob_id_bytes(blob_id: str) -> bytes:
     return blob_id.encode("ascii")
 
 
-def wrap_data_key(master_key: bytes, blob_id: str, data_key: bytes) -> bytes:
-    _check_master_key(master_key)
-    return _seal(master_key, _DATA_KEY_AAD_LABEL + _blob_id_bytes(blob_id), data_key)
+def wrap_data_key(master_keys: KeyRing | bytes, blob_id: str, data_key: bytes) -> bytes:
+    return _seal(key_ring(master_keys).current,
+                 _DATA_KEY_AAD_LABEL + _blob_id_bytes(blob_id), data_key)
 
 
-def unwrap_data_key(master_key: bytes, blob_id: str, wrapped_key: bytes) -> bytes:
-    _check_master_key(master_key)
+def unwrap_data_key(master_keys: KeyRing | bytes, blob_id: str, wrapped_key: bytes) -> bytes:
+    return unwrap_data_key_with_any(master_keys, blob_id, wrapped_key).plaintext
+
+
+def unwrap_data_key_with_any(master_keys: KeyRing | bytes, blob_id: str,
+                             wrapped_key: bytes) -> Opened:
+    """The blob's data key, and which master key wrapped it; BlobIntegrityError if none did."""
+    aad = _DATA_KEY_AAD_LABEL + _blob_id_bytes(blob_id)
     try:
-        data_key = _open(master_key, _DATA_KEY_AAD_LABEL + _blob_id_bytes(blob_id), wrapped_key)
+        opened = _open_with_any(key_ring(master_keys), aad, wrapped_key)
     except (InvalidTag, ValueError) as exc:
         raise BlobIntegrityError(f"wrapped key of blob {blob_id} does not authenticate") from exc
-    if len(data_key) != KEY_SIZE:
+    if len(opened.plaintext) != KEY_SIZE:
         raise BlobIntegrityError(f"wrapped key of blob {blob_id} has the wrong length")
-    return data_key
+    return opened
 
 
 def _chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
@@ -122,11 +151,12 @@ class BlobEncryptor:
     because only then is it known not to be the last.
     """
 
-    def __init__(self, master_key: bytes, blob_id: str, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(self, master_keys: KeyRing | bytes, blob_id: str,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE):
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE}, got {chunk_size}")
         data_key = AESGCM.generate_key(bit_length=256)
-        self.wrapped_key: bytes = wrap_data_key(master_key, blob_id, data_key)
+        self.wrapped_key: bytes = wrap_data_key(master_keys, blob_id, data_key)
         self._nonce_prefix = os.urandom(_NONCE_PREFIX_SIZE)
         self.header: bytes = _HEADER.pack(_MAGIC, _VERSION, chunk_size, self._nonce_prefix)
         self._aead = AESGCM(data_key)
@@ -194,14 +224,14 @@ def _parse_header(blob_id: str, header: bytes) -> tuple[int, bytes]:
 
 
 def decrypt_blob(
-    master_key: bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO
+    master_keys: KeyRing | bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO
 ) -> Generator[bytes, None, None]:
     """Yield the plaintext chunks of a sealed blob read from `source`.
 
     Raises BlobIntegrityError before yielding anything from a chunk that does not
     authenticate. Reads one chunk ahead to learn whether the current one is the last.
     """
-    aead = AESGCM(unwrap_data_key(master_key, blob_id, wrapped_key))
+    aead = AESGCM(unwrap_data_key(master_keys, blob_id, wrapped_key))
     header = _read_exact(source, HEADER_SIZE)
     chunk_size, nonce_prefix = _parse_header(blob_id, header)
     aad = _BLOB_AAD_LABEL + _blob_id_bytes(blob_id) + header
@@ -234,10 +264,10 @@ class SealedChunks:
     """
 
     def __init__(
-        self, master_key: bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO,
+        self, master_keys: KeyRing | bytes, blob_id: str, wrapped_key: bytes, source: BinaryIO,
         sealed_size: int,
     ):
-        self._aead = AESGCM(unwrap_data_key(master_key, blob_id, wrapped_key))
+        self._aead = AESGCM(unwrap_data_key(master_keys, blob_id, wrapped_key))
         self._blob_id = blob_id
         self._source = source
         source.seek(0)

@@ -1,4 +1,5 @@
-"""Load the 32-byte master key from the environment or its key file, creating the file once.
+"""Load the master keys: the current one (from the environment or its key file, created once)
+and the retired ones a rotation still needs, as one KeyRing.
 
 Key file format: the standard base64 encoding of the 32 key bytes as one line of ASCII
 text (44 characters and a newline), so an operator can back it up or move it into the
@@ -11,8 +12,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 KEY_SIZE = 32
@@ -22,6 +25,44 @@ _MAX_KEY_FILE_SIZE = 4096
 
 class MasterKeyError(Exception):
     """The master key is missing, unreadable, malformed or too widely readable."""
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The keys of one use during a rotation: the `current` one makes (seals, wraps, signs,
+    hashes); reading tries it first, then each `retired` one. The master keys are a ring, and
+    so is each key derived from them (`derive`). Never printed: repr shows only the count."""
+
+    current: bytes
+    retired: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in (self.current, *self.retired):
+            if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+                size = len(key) if isinstance(key, bytes) else type(key).__name__
+                raise ValueError(f"a key must be {KEY_SIZE} bytes, got {size}")
+        if self.current in self.retired:
+            raise ValueError("a retired key is the current key")
+        if len(set(self.retired)) != len(self.retired):
+            raise ValueError("a retired key is given twice")
+
+    @property
+    def all(self) -> tuple[bytes, ...]:
+        """Every key, the current one first: the order to try them in."""
+        return (self.current, *self.retired)
+
+    def derive(self, purpose: str) -> KeyRing:
+        """The ring of keys for `purpose` (derive_key), one per key of this ring, in its order."""
+        return KeyRing(derive_key(self.current, purpose),
+                       tuple(derive_key(key, purpose) for key in self.retired))
+
+    def __repr__(self) -> str:
+        return f"KeyRing(current, {len(self.retired)} retired)"
+
+
+def key_ring(keys: KeyRing | bytes) -> KeyRing:
+    """`keys` as a ring: one key alone is a ring with nothing retired."""
+    return keys if isinstance(keys, KeyRing) else KeyRing(keys)
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -117,8 +158,33 @@ def load_or_create_master_key(path: Path, env_value: str | None, may_create: boo
     return _read_key_file(path)
 
 
+# Retired keys in one environment variable: base64 keys separated by commas or white space.
+_KEY_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def load_retired_master_keys(files: tuple[Path, ...], env_value: str | None) -> tuple[bytes, ...]:
+    """The retired master keys: each of `files` (key files, as the current one's), then each
+    key in `env_value`. A file that is missing is refused: what it sealed would not open."""
+    keys = [_read_key_file(path) for path in files]
+    for number, text in enumerate(_KEY_SEPARATORS.split((env_value or "").strip()), start=1):
+        if text:
+            keys.append(_decode(text, f"retired master key {number} from the environment"))
+    return tuple(keys)
+
+
+def master_key_ring(current: bytes, retired: tuple[bytes, ...]) -> KeyRing:
+    """The master keys as one ring; MasterKeyError if a retired key is the current one or is
+    given twice (a rotation that never happened, or a copy-and-paste slip)."""
+    try:
+        return KeyRing(current, retired)
+    except ValueError as error:
+        raise MasterKeyError(f"retired master keys: {error}") from None
+
+
 # The purpose of the key that keys the hashes of generated download passwords (passwords.py).
 DOWNLOAD_PASSWORD_KEY = "download password v1"
+# The purpose of the portal's secret: CSRF tokens, session and "verified" cookies, code MACs.
+PORTAL_SECRET = "portal v1"
 
 
 def derive_key(master_key: bytes, purpose: str) -> bytes:

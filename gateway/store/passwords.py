@@ -86,11 +86,19 @@ def _parse_params(text: str) -> tuple[int, int, int]:
     return n, r, p
 
 
-def verify_password(pw: str, stored: str, key: bytes | None = None) -> bool:
+def is_keyed_hash(stored: str) -> bool:
+    """Whether `stored` is the keyed hash of a generated password (needs a key to check)."""
+    return stored.startswith(_KEYED_SCHEME + "$")
+
+
+def verify_password(pw: str, stored: str, key: bytes | None = None,
+                    retired_keys: tuple[bytes, ...] = ()) -> bool:
     """True if `pw` matches `stored`; False for a mismatch or a malformed stored value, and
-    for a keyed hash when no `key` is given."""
-    if stored.startswith(_KEYED_SCHEME + "$"):
-        return key is not None and _verify_keyed(pw, stored, key)
+    for a keyed hash when no `key` is given. A keyed hash made before a master-key rotation
+    matches under one of `retired_keys` (tried after `key`)."""
+    if is_keyed_hash(stored):
+        return key is not None and any(
+            _verify_keyed(pw, stored, each) for each in (key, *retired_keys))
     try:
         scheme, params, salt_text, hash_text = stored.split("$")
         if scheme != "scrypt":

@@ -122,7 +122,10 @@ class LinkGate:
         self, *, settings: PortalSettings, db: Database, controls: ControlsStore,
         unlocks: UnlockStore, pages: Pages, guesses: GuessThrottle, secret: bytes,
         clock: Callable[[], datetime], events_hook: EventsHook | None = None,
+        retired_secrets: tuple[bytes, ...] = (),
     ):
+        """`secret` signs; `retired_secrets` (a master-key rotation's) only check what was
+        signed before it, so no visitor is logged out or loses a form by a rolling restart."""
         self._settings = settings
         self._public_origin = origin_of(settings.public_url)
         self._db = db
@@ -131,6 +134,7 @@ class LinkGate:
         self._pages = pages
         self._guesses = guesses
         self._secret = secret
+        self._secrets = (secret, *retired_secrets)  # the current one first: it nearly always fits
         self._clock = clock
         self._events_hook = events_hook
 
@@ -221,7 +225,10 @@ class LinkGate:
         if cross_site(headers.get("Origin"), headers.get("Referer"), self._own_origins(request),
                       fetch_site=headers.get("Sec-Fetch-Site")):
             return "cross_site"
-        return csrf_problem(self._secret, subject, form.get("csrf", ""), self._clock())
+        token, now = form.get("csrf", ""), self._clock()
+        problems = (csrf_problem(secret, subject, token, now) for secret in self._secrets)
+        # A token signed by any of our secrets is judged by its time; else it is invalid.
+        return next((p for p in problems if p != "csrf_invalid"), "csrf_invalid")
 
     def _own_origins(self, request: web.Request) -> set[str]:
         """Where our own pages are: public_url, and the listen address for a browser that
@@ -245,7 +252,8 @@ class LinkGate:
         if not state.verify_recipient:
             return True
         cookie = request.cookies.get(VERIFIED_COOKIE, "")
-        return verified_valid(self._secret, state.link.id, cookie, self._clock())
+        now = self._clock()
+        return any(verified_valid(secret, state.link.id, cookie, now) for secret in self._secrets)
 
     def has_password_session(self, request: web.Request, state: LinkState) -> bool:
         """Whether this browser gave the download password (or the transfer has none)."""
@@ -253,7 +261,8 @@ class LinkGate:
         if state.transfer.password_hash is None:
             return True
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        return session_valid(self._secret, state.link.id, cookie, self._clock())
+        now = self._clock()
+        return any(session_valid(secret, state.link.id, cookie, now) for secret in self._secrets)
 
     def missing_proof(self, request: web.Request, state: LinkState) -> str | None:
         """Each proof the transfer asks for is needed; neither stands in for the other."""

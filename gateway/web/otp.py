@@ -16,6 +16,7 @@ one commit; the sender unlocks it on the management page (manage.py).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
@@ -76,6 +77,7 @@ class OtpRoutes:
         controls: ControlsStore, outbox: OutboxStore, settings: PortalSettings, secret: bytes,
         clock: Callable[[], datetime], seal: Callable[[str, bytes], bytes] | None,
         wake_outbox: Callable[[], None], throttles: ThrottleStore,
+        retired_secrets: tuple[bytes, ...] = (),
     ):
         self._gate = gate
         self._landing = landing
@@ -85,6 +87,7 @@ class OtpRoutes:
         self._outbox = outbox
         self._settings = settings
         self._secret = secret
+        self._retired_secrets = retired_secrets
         self._clock = clock
         self._seal = seal
         self._wake_outbox = wake_outbox
@@ -131,7 +134,7 @@ class OtpRoutes:
         link_id = state.link.id
         typed = normalize_code(form.get("code", ""))
         # Anything that is not six digits cannot match, and costs a try all the same.
-        typed_hash = otp_mac(self._secret, link_id, typed) if typed else ""
+        typed_hash = self._typed_hash(state, typed) if typed else ""
         outcome = await asyncio.to_thread(
             self._settle, state, typed_hash, gate.client(request), now
         )
@@ -147,6 +150,19 @@ class OtpRoutes:
             gate.grant_verified(response, request, link_id, now)
             return response
         return await self._not_verified(request, state, outcome)
+
+    def _typed_hash(self, state: LinkState, typed: str) -> str:
+        """The typed code's MAC under the secret the stored code was made with: the current
+        one, or a retired one for a code mailed before a master-key rotation's restart."""
+        assert state.link is not None
+        current = otp_mac(self._secret, state.link.id, typed)
+        stored = state.otp.code_hash if state.otp is not None else ""
+        if stored and not hmac.compare_digest(current, stored):
+            for secret in self._retired_secrets:
+                retired = otp_mac(secret, state.link.id, typed)
+                if hmac.compare_digest(retired, stored):
+                    return retired
+        return current
 
     # -- sending --------------------------------------------------------------------------
 

@@ -60,7 +60,8 @@ def build_portal_app(
     events_hook: EventsHook | None = None, outbox: OutboxStore | None = None,
     controls: ControlsStore | None = None, seal: Sealer | None = None,
     wake_outbox: Callable[[], None] | None = None, opener: TransferOpener | None = None,
-    password_key: bytes | None = None,
+    password_key: bytes | None = None, retired_secrets: tuple[bytes, ...] = (),
+    retired_password_keys: tuple[bytes, ...] = (),
 ) -> web.Application:
     """The portal as an aiohttp application; the caller runs it (web.AppRunner, TCPSite).
 
@@ -68,7 +69,9 @@ def build_portal_app(
     code can be sent, so links that need one stay closed. `wake_outbox()` (called on the
     event loop) tells the outbox worker that something is due now. Without `opener` the
     management page offers no unlock form. `password_key` checks generated download
-    passwords (keyed hashes); without it only scrypt hashes can match."""
+    passwords (keyed hashes); without it only scrypt hashes can match. During a master-key
+    rotation `retired_secrets` and `retired_password_keys` (derived from the retired keys)
+    still check what was made before it: cookies, forms, codes and passwords keep working."""
     if len(secret) < 32:
         raise ValueError("the portal secret must be at least 32 bytes")
     pages = Pages(templates_dir, timezone, settings.public_url.startswith("https://"))
@@ -81,14 +84,16 @@ def build_portal_app(
     gate = LinkGate(
         settings=settings, db=db, controls=controls, unlocks=unlocks, pages=pages,
         guesses=GuessThrottle(throttles, settings.max_unknown_tokens, GUESS_WINDOW),
-        secret=secret, clock=clock, events_hook=events_hook,
+        secret=secret, retired_secrets=retired_secrets, clock=clock, events_hook=events_hook,
     )
     landing = LandingPage(gate=gate, pages=pages, clock=clock,
                           otp_max_attempts=settings.otp_max_attempts)
     links = LandingRoutes(gate=gate, landing=landing, pages=pages, db=db, settings=settings,
-                          clock=clock, password_key=password_key)
+                          clock=clock, password_key=password_key,
+                          retired_password_keys=retired_password_keys)
     codes = OtpRoutes(gate=gate, landing=landing, pages=pages, db=db, controls=controls,
-                      outbox=outbox, settings=settings, secret=secret, clock=clock, seal=seal,
+                      outbox=outbox, settings=settings, secret=secret,
+                      retired_secrets=retired_secrets, clock=clock, seal=seal,
                       wake_outbox=wake, throttles=throttles)
     downloads = DownloadRoute(gate=gate, db=db, blobs=blobs, outbox=outbox, timezone=timezone,
                               clock=clock, wake_outbox=wake)
@@ -150,7 +155,8 @@ class LandingRoutes:
 
     def __init__(self, *, gate: LinkGate, landing: LandingPage, pages: Pages, db: Database,
                  settings: PortalSettings, clock: Callable[[], datetime],
-                 password_key: bytes | None = None):
+                 password_key: bytes | None = None,
+                 retired_password_keys: tuple[bytes, ...] = ()):
         self._gate = gate
         self._landing = landing
         self._pages = pages
@@ -158,6 +164,7 @@ class LandingRoutes:
         self._settings = settings
         self._clock = clock
         self._password_key = password_key
+        self._retired_password_keys = retired_password_keys
 
     async def landing(self, request: web.Request) -> web.StreamResponse:
         state = await self._gate.resolve(request)
@@ -183,7 +190,8 @@ class LandingRoutes:
             return await self._locked(request, state)
         typed = form.get("password", "")
         correct = len(typed) <= _MAX_PASSWORD_CHARS and await asyncio.to_thread(
-            verify_password, typed, state.transfer.password_hash, self._password_key
+            verify_password, typed, state.transfer.password_hash, self._password_key,
+            self._retired_password_keys,
         )
         locked_until = await asyncio.to_thread(
             self._db.settle_password_attempt, link_id, correct, now,

@@ -8,11 +8,10 @@ import hashlib
 import smtplib
 import threading
 import time
-from email.parser import BytesHeaderParser
 
 import pytest
 
-from tests.support.cluster import Node, shared_master_key
+from tests.support.cluster import Node, message_id, numbered, shared_master_key
 from tests.support.portal_http import download_once, portal
 from tests.support.postgres import raw_rows
 from tests.support.received import links_in
@@ -50,18 +49,6 @@ def test_a_link_from_node_a_downloads_from_node_b_and_a_revoke_on_b_is_refused_b
     assert revoked.returncode == 0, revoked.stderr
     assert [portal(node, f"/d/{token}")[0] for node in (a, b) for token in tokens] == \
         [410] * (2 * len(tokens))
-
-
-def numbered(number: int) -> bytes:
-    """The PPAP mail with a Message-ID of its own, so its copies can be told apart."""
-    head, separator, body = PPAP.raw.partition(b"\r\n\r\n")
-    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"message-id:")]
-    return b"\r\n".join([*lines, f"Message-ID: <load-{number}@city.example.lg.jp>".encode()]) \
-        + separator + body
-
-
-def message_id(data: bytes) -> str:
-    return str(BytesHeaderParser().parsebytes(data)["Message-ID"]).strip()
 
 
 def test_node_a_killed_under_load_loses_nothing_that_got_a_250(two_nodes, sink) -> None:

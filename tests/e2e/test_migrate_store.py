@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from gateway.config import PostgresUrl
@@ -24,13 +24,16 @@ from gateway.store.blob_backends.directory import LocalDirectoryBackend
 from gateway.store.blob_backends.postgres import PostgresChunkBackend
 from gateway.store.copying import PIECE, copy_sealed
 from gateway.store.db import Database
+from gateway.store.relaying import RelayClaims
+from gateway.store.throttles import ThrottleStore
 from tests.support.portal_http import Portal, download_once
 from tests.support.postgres import raw_rows
 from tests.support.received import links_in
 from tests.support.running import corpus_mail, send_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_RECORDS = ("schema_migrations", "blobs", "blob_chunks")  # not rows the copy compares
+# Not rows the copy compares; relaying (claims of relays running now) is not copied at all.
+NOT_RECORDS = ("schema_migrations", "blobs", "blob_chunks", "relaying")
 
 
 def migrate(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -346,4 +349,35 @@ def test_text_keys_beyond_ascii_are_walked_in_the_same_order_on_both_engines(
     again = migrate(config, *target)
     assert table_line(again.stdout, "deliveries")["new"] == "0", again.stdout
     assert migrate(config, *target, "--verify-only").returncode == 0
+    assert_same_records(sqlite_path, postgres_dsn)
+
+
+def test_relay_claims_stay_behind_and_throttles_move_even_those_past_their_end(
+    postgres_dsn, tmp_path,
+) -> None:
+    """A claim of the old deployment's relay, copied, would defer the client's retry on the new
+    cluster for up to 15 minutes: not copied, and not a mismatch. A lock-out in force stays in
+    force; a use past its end stays a row until a purge on the source deletes it, so it is
+    copied and verified like any other (time passing alone changes no row)."""
+    sqlite_path = tmp_path / "data" / "gateway.sqlite3"
+    sqlite_path.parent.mkdir()
+    now = datetime.now(timezone.utc)
+    with Database(sqlite_path) as store:
+        assert RelayClaims(store).claim("f" * 64, "old-node", now, now + timedelta(minutes=15))
+        throttles = ThrottleStore(store)
+        throttles.add("auth", "192.0.2.7", now + timedelta(minutes=10))
+        throttles.add("auth", "192.0.2.7", now - timedelta(seconds=1))
+    config = tmp_path / "source.toml"
+    config.write_text(f'[gateway]\ninternal_domains = ["city.example.lg.jp"]\n'
+                      f'[storage]\ndata_dir = "{sqlite_path.parent}"\n')
+    target = ("--to", postgres_dsn, "--blobs-to", "database")
+
+    copied = migrate(config, *target)
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    assert raw_rows(postgres_dsn, "SELECT count(*) FROM relaying") == [(0,)]
+    assert not re.search(r"^relaying\s", copied.stdout, re.MULTILINE), copied.stdout
+    assert table_line(copied.stdout, "throttle_hits")["new"] == "2", copied.stdout
+    assert pg_rows(postgres_dsn, "throttle_hits") == sqlite_rows(sqlite_path, "throttle_hits")
+    verified = migrate(config, *target, "--verify-only")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     assert_same_records(sqlite_path, postgres_dsn)

@@ -16,7 +16,7 @@ import pytest
 import tests.unit.test_ops_retention as sqlite_tests
 from gateway.cli import main as cli_main
 from gateway.config import PostgresUrl, build_config
-from gateway.ops.housekeeping import purge
+from gateway.ops.housekeeping import PURGING_ELSEWHERE, purge
 from gateway.store.db import Database
 from tests.support.clock import FakeClock
 from tests.support.postgres import about_sqlite, database_tests, opening, raw_rows
@@ -123,9 +123,8 @@ def test_an_upgrade_ends_the_active_links_of_transfers_purged_before_it_on_postg
         assert upgraded.link("live-l").state == "active"
 
 
-def test_the_purge_command_applies_the_configured_retention_on_postgresql(
-    tmp_path, capsys, monkeypatch, postgres_dsn,
-):
+def purge_command_setup(tmp_path, monkeypatch, postgres_dsn: str):
+    """A config file on this database and its config, old and young records in the store."""
     config_path = tmp_path / "gateway.toml"
     config_path.write_text(
         '[gateway]\ninternal_domains = ["city.example.lg.jp"]\n'
@@ -139,6 +138,13 @@ def test_the_purge_command_applies_the_configured_retention_on_postgresql(
         "storage": {"data_dir": str(tmp_path / "data"), "database": postgres_dsn},
     }, environ={})
     old_and_young_records(config, datetime.now(timezone.utc))
+    return config_path, config
+
+
+def test_the_purge_command_applies_the_configured_retention_on_postgresql(
+    tmp_path, capsys, monkeypatch, postgres_dsn,
+):
+    config_path, config = purge_command_setup(tmp_path, monkeypatch, postgres_dsn)
 
     assert cli_main(["purge", "--config", str(config_path)]) == 0
 
@@ -146,4 +152,22 @@ def test_the_purge_command_applies_the_configured_retention_on_postgresql(
         "purged 0 transfers, 0 blobs, 0 B freed, 0 orphans;"
         " past retention forgot 1 delivery record, 1 audit event"
     )
+    assert remaining(config) == ({"fp-young"}, ["young"])
+
+
+def test_the_purge_command_does_nothing_while_another_node_purges_and_says_so(
+    tmp_path, capsys, monkeypatch, postgres_dsn,
+):
+    """A cron job's purge beside a node's timer purge: exit 0 (the store is being purged), one
+    line saying why nothing was done, and not a record touched."""
+    config_path, config = purge_command_setup(tmp_path, monkeypatch, postgres_dsn)
+
+    with Database(PostgresUrl(postgres_dsn)) as node, node.exclusive_run("housekeeping") as ours:
+        assert ours
+        assert cli_main(["purge", "--config", str(config_path)]) == 0
+    assert capsys.readouterr().out.strip() == PURGING_ELSEWHERE
+    assert remaining(config) == ({"fp-old", "fp-young"}, ["old", "young"])
+
+    assert cli_main(["purge", "--config", str(config_path)]) == 0  # let go: this one runs
+    assert "forgot 1 delivery record, 1 audit event" in capsys.readouterr().out
     assert remaining(config) == ({"fp-young"}, ["young"])

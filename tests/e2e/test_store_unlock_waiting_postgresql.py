@@ -10,7 +10,13 @@ import pytest
 from gateway.config import PostgresUrl
 from gateway.store.db import Database
 from gateway.store.unlocks import UnlockStore
-from tests.unit.test_unlock_waiting import OTHERS, SENDER, T0, add, timedelta
+from tests.support.unlock_waiting import (
+    SENDER,
+    T0,
+    WAITING,
+    fill_waiting_transfers,
+    look_up_waiting,
+)
 
 
 @pytest.fixture
@@ -37,25 +43,11 @@ def queries_of(db: Database, call) -> list[tuple[str, tuple]]:
 
 
 def test_the_recipients_waiting_transfers_are_found_in_one_indexed_query_on_postgresql(db):
-    with db.transaction():
-        for n in range(OTHERS):  # the sender's transfers to other people, all still locked
-            add(db, f"other-{n}", f"partner{n}@example.com", minutes=n % 600)
-        add(db, "mine", "Tanaka@Partner.example.com", minutes=30)
-        add(db, "newer", "tanaka@partner.example.com", minutes=40)
-        add(db, "someone-elses", "tanaka@partner.example.com", sender="hanako@example.jp")
-        add(db, "revoked-link", "tanaka@partner.example.com", link_state="revoked")
-        add(db, "expired", "tanaka@partner.example.com", state="purged")
-        add(db, "opened", "tanaka@partner.example.com", minutes=20)
-        db.write("INSERT INTO unlocks (transfer_id, state, source, at, reason, keep_original)"
-                 " VALUES ('opened', 'unlocked', 'password-mail', ?, '', 0)", (T0.isoformat(),))
+    fill_waiting_transfers(db)
     db.query("ANALYZE")  # as autovacuum would have by now: the planner's statistics
-    store = UnlockStore(db)
     found: list = []
-    statements = queries_of(db, lambda: found.extend(store.waiting_for_password(
-        "TARO@example.jp", ("tanaka@partner.example.com", "kato@example.co.jp"),
-        T0 - timedelta(hours=1), T0 + timedelta(hours=2))))
-    assert [(t.id, sorted(linked)) for t, linked in found] == [
-        ("newer", ["tanaka@partner.example.com"]), ("mine", ["tanaka@partner.example.com"])]
+    statements = queries_of(db, lambda: found.extend(look_up_waiting(db)))
+    assert found == WAITING
     assert len(statements) == 1, statements
     sql, params = statements[0]
     plan = "\n".join(row[0] for row in db.query("EXPLAIN " + sql, params))

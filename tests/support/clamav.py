@@ -13,11 +13,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.support.processes import short_socket_dir
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 EICAR_SIGNATURE = "Eicar-Test-Signature"
@@ -27,7 +28,6 @@ _INSTALL_HINT = (
     "clamd is not installed: `make test` installs it (Makefile target system-deps, Debian "
     "packages clamav-daemon and clamav); by hand: apt-get install clamav-daemon clamav"
 )
-_MAX_SOCKET_PATH = 100  # below the 107 bytes a unix socket path may have, with room to spare
 
 
 class ClamdNotInstalled(RuntimeError):
@@ -48,7 +48,8 @@ class ClamdProcess:
         self.stream_max_length = stream_max_length
         self.start_timeout = start_timeout
         self.startup_seconds: float | None = None
-        self._socket_dir = self._short_dir(workdir)
+        # workdir itself, unless a socket path there would be too long (deep pytest temp dirs)
+        self._socket_dir = short_socket_dir("clamd-", "clamd.sock", near=workdir)
         self.socket_path = self._socket_dir / "clamd.sock"
         self._process: subprocess.Popen[bytes] | None = None
         self._output_path = workdir / "clamd.out"
@@ -146,13 +147,6 @@ class ClamdProcess:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"clamd did not answer PING within {self.start_timeout}s:\n{self.log()}")
-
-    @staticmethod
-    def _short_dir(workdir: Path) -> Path:
-        """workdir itself, unless a socket path there would be too long (deep pytest temp dirs)."""
-        if len(str(workdir / "clamd.sock").encode()) <= _MAX_SOCKET_PATH:
-            return workdir
-        return Path(tempfile.mkdtemp(prefix="clamd-"))
 
 
 def _answers_ping(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """Nodes of a cluster for tests: `ppap-gateway serve` processes of their own (own ports, own data
 directory, own log) sharing one PostgreSQL database for metadata and files, and one master key
-(given in the environment, as docs/cluster.md tells operators to)."""
+(given in the environment, as docs/cluster.md tells operators to); and the PPAP mail they are
+loaded with, numbered so that its copies can be told apart."""
 
 from __future__ import annotations
 
@@ -11,16 +12,32 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
+from gateway.cli import CRASH_AT_VARIABLE
+from tests.support.corpus import corpus_mail
 from tests.support.processes import ROOT, free_port
 
 EXAMPLE = ROOT / "config" / "gateway.toml"
 MASTER_KEY_ENV = "PPAP_GATEWAY_MASTER_KEY"
+PPAP = corpus_mail("01_outlook_jis_aes256")
 
 
 def shared_master_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
+
+
+def numbered(number: int) -> bytes:
+    """The PPAP mail with a Message-ID of its own, so its copies can be told apart."""
+    head, separator, body = PPAP.raw.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"message-id:")]
+    return b"\r\n".join([*lines, f"Message-ID: <load-{number}@city.example.lg.jp>".encode()]) \
+        + separator + body
+
+
+def message_id(data: bytes) -> str:
+    return str(BytesHeaderParser().parsebytes(data)["Message-ID"]).strip()
 
 
 @dataclass
@@ -33,7 +50,8 @@ class Node:
     tests/support/portal_http.py's helpers work on a node too."""
 
     def __init__(self, workdir: Path, name: str, dsn: str, master_key: str, sink_port: int,
-                 *overrides: str):
+                 *overrides: str, crash_at: str = ""):
+        """`crash_at`: a crash point (gateway/crashpoints.py) at which this node kills itself."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
@@ -55,6 +73,8 @@ class Node:
         )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PPAP_GATEWAY_")}
         self.env[MASTER_KEY_ENV] = master_key
+        if crash_at:
+            self.env[CRASH_AT_VARIABLE] = crash_at
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Node:
@@ -71,7 +91,7 @@ class Node:
         command = [sys.executable, "-m", "gateway", arguments[0], "--config", str(self.config)]
         for setting in self.settings:
             command += ["-o", setting]
-        return subprocess.run([*command, *arguments[1:]], cwd=ROOT, env=self.env,
+        return subprocess.run([*command, *arguments[1:]], cwd=ROOT, env=self.env, check=False,
                               capture_output=True, text=True, timeout=60)
 
     def logged(self) -> str:

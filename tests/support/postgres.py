@@ -20,7 +20,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Self
 
 import psycopg
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, short_socket_dir
 
 SUPERUSER = "postgres"
 _INSTALL_HINT = (
@@ -37,7 +36,7 @@ _INSTALL_HINT = (
     "package postgresql); by hand: apt-get install postgresql"
 )
 _SYSTEM_USER = "postgres"  # created by the Debian package; runs the server when we are root
-_MAX_SOCKET_DIR = 80  # a unix socket path may have 107 bytes; ".s.PGSQL.NNNNN" takes 15
+_SOCKET_NAME = ".s.PGSQL.65535"  # the longest name the server gives its socket
 _START_ATTEMPTS = 3  # free_port() can race with another process taking the port
 
 
@@ -206,9 +205,7 @@ class PostgresServer:
     def _private_dir(self) -> Path:
         """A short directory (unix socket path limit) that the server's user owns: /tmp/pg-…
         The cluster itself lives here under root, because pytest's temp dirs are mode 0700."""
-        private = Path(tempfile.mkdtemp(prefix="pg-"))
-        if len(str(private)) > _MAX_SOCKET_DIR:
-            raise RuntimeError(f"temporary directory path too long for a unix socket: {private}")
+        private = short_socket_dir("pg-", _SOCKET_NAME)
         if self._as_system_user:
             try:
                 user = pwd.getpwnam(_SYSTEM_USER)

@@ -53,6 +53,7 @@ def test_defaults_apply_to_an_empty_document():
         ({"gateway": {"timezone": "Mars/Olympus"}}, "gateway.timezone"),
         ({"smtp": {"allowed_clients": ["not-a-net"]}}, "smtp.allowed_clients"),
         ({"extra": {}}, "extra"),
+        ({"notify": {"claim_lease": "500ms"}}, "notify.claim_lease"),
     ],
 )
 def test_each_bad_value_names_its_key(document, key):
@@ -104,3 +105,9 @@ def test_example_config_names_every_key_of_every_section():
     missing = {f"{section}.{key}" for section, keys in SECTION_KEYS.items()
                for key in keys if key not in named}
     assert missing == set(), "config/gateway.toml shows every key with its default"
+
+
+def test_the_notice_claim_lease_is_a_setting_of_ten_minutes_by_default():
+    assert build_config({}, environ={}).notify.claim_lease == timedelta(minutes=10)
+    assert build_config({}, ("notify.claim_lease=3s",), {}).notify.claim_lease == \
+        timedelta(seconds=3)

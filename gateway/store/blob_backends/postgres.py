@@ -40,6 +40,7 @@ from gateway.store.blob_backends import (
     StoredBlob,
     check_blob_id,
 )
+from gateway.store.blob_backends.positioned import PositionedReader
 from gateway.store.rows import from_text, to_text
 
 ROW_SIZE = 64 * 1024  # about one sealed chunk at the default chunk size
@@ -288,7 +289,7 @@ class _RowsUpload:
             self._pool.putconn(connection)
 
 
-class _ChunkRowsFile(io.RawIOBase):
+class _ChunkRowsFile(PositionedReader):
     """A committed blob's sealed bytes as a read-only file; each read is one query for the
     rows it covers, on a connection taken for that query only (unbuffered: `open` buffers
     streams)."""
@@ -298,51 +299,19 @@ class _ChunkRowsFile(io.RawIOBase):
         super().__init__()
         self._run = run
         self._blob_id = blob_id
-        self._size = size
+        self._length = size
         self._row_size = row_size
-        self._position = 0
 
-    def readable(self) -> bool:
-        return True
+    def _size(self) -> int:
+        return self._length
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def read(self, size: int | None = -1) -> bytes:
-        pieces = self._next_pieces(-1 if size is None else size)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def readinto(self, buffer: Any) -> int:
-        """Copies each row's piece into `buffer` (a BufferedReader's): nothing joined first."""
-        filled = 0
-        for piece in self._next_pieces(len(buffer)):
-            buffer[filled:filled + len(piece)] = piece
-            filled += len(piece)
-        return filled
-
-    def readall(self) -> bytes:
-        return b"".join(iter(lambda: self.read(), b""))
-
-    def _next_pieces(self, size: int) -> list[bytes]:
-        """The pieces of up to `size` bytes (all that is left if negative) from the position on,
-        one per row, at most MAX_ROWS_PER_READ rows' worth."""
-        self._checkClosed()
+    def _read_at(self, start: int, size: int) -> list[bytes]:
+        """One query: the pieces of up to `size` bytes (all that is left if negative) from
+        `start` on, one per row, at most MAX_ROWS_PER_READ rows' worth."""
         limit = MAX_ROWS_PER_READ * self._row_size
-        start = self._position
-        stop = min(self._size, start + (limit if size < 0 else min(size, limit)))
+        stop = min(self._length, start + (limit if size < 0 else min(size, limit)))
         if stop <= start:
-            return [b""]
+            return []
         rows = self._run(lambda db: db.cursor(binary=True).execute(_READ_RANGE, {
             "blob_id": self._blob_id, "start": start, "stop": stop, "row": self._row_size,
             "first": start // self._row_size, "last": (stop - 1) // self._row_size,
@@ -350,5 +319,4 @@ class _ChunkRowsFile(io.RawIOBase):
         pieces = [piece for (piece,) in rows]
         if sum(map(len, pieces)) != stop - start:
             raise BlobMissingError(f"blob {self._blob_id} went while it was being read")
-        self._position = stop
         return pieces
