@@ -14,6 +14,11 @@ from gateway.store.controls import ControlsStore
 from gateway.store.db import Database, EventRow
 from gateway.store.outbox import OutboxStore
 
+# `transfers` shows a transfer id's first SHORT_ID characters; `revoke` takes any unique prefix
+# of at least SHORT_ID_MIN (fewer could name a transfer the admin never saw listed).
+SHORT_ID = 12
+SHORT_ID_MIN = 8
+
 
 class RecordNotFound(LookupError):
     pass
@@ -38,6 +43,7 @@ class Revoked:
 def revoke(db: Database, transfer_or_link: str, now: datetime) -> Revoked:
     """Revoke every link of a transfer, or one link; pending notices for them are cancelled."""
     controls, outbox = ControlsStore(db), OutboxStore(db)
+    transfer_or_link = _whole_transfer_id(db, transfer_or_link)
     if db.transfer(transfer_or_link) is not None:
         links = controls.revoke_links(transfer_or_link, None, now, by="admin")
         cancelled = outbox.cancel(transfer_id=transfer_or_link)
@@ -49,6 +55,17 @@ def revoke(db: Database, transfer_or_link: str, now: datetime) -> Revoked:
     return Revoked(link.transfer_id, links, outbox.cancel(link_id=link.id))
 
 
+def _whole_transfer_id(db: Database, given: str) -> str:
+    """The transfer id `given` begins, when it is the short form `transfers` prints (at least
+    SHORT_ID_MIN characters, one transfer only); else `given` as it is (a whole id, a link id)."""
+    if len(given) < SHORT_ID_MIN or db.transfer(given) is not None:
+        return given
+    matches = db.transfer_ids_starting(given, 2)
+    if len(matches) > 1:
+        raise RecordNotFound(f"{given!r} begins more than one transfer id: give more of it")
+    return matches[0] if matches else given
+
+
 def transfers_table(db: Database, since: datetime, sender: str | None, zone: ZoneInfo) -> str:
     header = ("created", "transfer", "sender", "dept", "state", "files", "links", "downloads",
               "expires")
@@ -57,7 +74,7 @@ def transfers_table(db: Database, since: datetime, sender: str | None, zone: Zon
         links = db.links_of(transfer.id)
         rows.append((
             transfer.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M"),
-            transfer.id[:12], transfer.sender, transfer.department, transfer.state,
+            transfer.id[:SHORT_ID], transfer.sender, transfer.department, transfer.state,
             str(len(db.files_of(transfer.id))),
             f"{sum(1 for link in links if link.state == 'active')}/{len(links)}",
             str(sum(link.download_count for link in links)),

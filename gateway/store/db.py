@@ -88,6 +88,7 @@ class MetadataStore(Protocol):
     def delivered_recipients(self, fingerprint: str) -> set[str]: ...
     def transfer(self, transfer_id: str) -> TransferRow | None: ...
     def transfer_by_fingerprint(self, fingerprint: str) -> TransferRow | None: ...
+    def transfer_ids_starting(self, prefix: str, limit: int) -> list[str]: ...
     def files_of(self, transfer_id: str) -> list[FileRow]: ...
     def links_of(self, transfer_id: str) -> list[LinkRow]: ...
     def link_by_token_hash(self, token_hash: str) -> LinkRow | None: ...
@@ -519,6 +520,15 @@ class Database:
     def transfer(self, transfer_id: str) -> TransferRow | None:
         rows = self._query("SELECT * FROM transfers WHERE id = ?", (transfer_id,))
         return transfer_row(rows[0]) if rows else None
+
+    def transfer_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` transfer ids that start with `prefix`, in order: a range of the
+        primary key (ids are lowercase hex, compared byte by byte on both engines)."""
+        rows = self._query(
+            "SELECT id FROM transfers WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix + "\uffff", limit),
+        )
+        return [row[0] for row in rows]
 
     def transfer_by_fingerprint(self, fingerprint: str) -> TransferRow | None:
         """The most recent transfer made from this message that did not fail."""

@@ -51,6 +51,14 @@ def test_transfers_table_revoke_and_audit_export(tmp_path, sink, start_gateway):
     assert revoked.returncode == 0 and "revoked 1 link(s)" in revoked.stdout
     assert running.db.link(link.id).state == "revoked" and running.db.link(other.id).state == "active"
     assert cli(config, "revoke", "no-such-id").returncode == 1
+    # The id as `transfers` shows it revokes the whole transfer; too short a prefix does not.
+    short = lines[1].split()[2]  # after the date and the time
+    assert transfer.id.startswith(short) and len(short) < len(transfer.id)
+    assert cli(config, "revoke", short[:7]).returncode == 1
+    assert running.db.link(other.id).state == "active"
+    revoked = cli(config, "revoke", short)
+    assert revoked.returncode == 0 and f"of transfer {transfer.id}" in revoked.stdout, revoked
+    assert running.db.link(other.id).state == "revoked"
 
     jsonl = cli(config, "audit", "export", "--since", "2026-01-01", "--format", "jsonl")
     assert jsonl.returncode == 0, jsonl.stderr

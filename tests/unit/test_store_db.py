@@ -568,3 +568,13 @@ def test_generated_password_hash_is_keyed_and_useless_without_its_key() -> None:
     for broken in ("hmac-sha256$", "hmac-sha256$AAAA$AAAA", "hmac-sha256$!!$" + "A" * 43):
         assert verify_password("x", broken, key) is False
     assert verify_password("Tr0ub4dor&3", hash_password("Tr0ub4dor&3"), key), "scrypt still works"
+
+
+def test_transfer_ids_starting_a_prefix_are_a_range_of_the_key(db: Database) -> None:
+    """What `revoke` resolves a short id (as `transfers` prints it) through."""
+    for transfer_id in ("ab12cd34ef", "ab12cd35ef", "ab12cd35f0", "ab12"):
+        add_transfer(db, transfer_id)
+    assert db.transfer_ids_starting("ab12cd34", 2) == ["ab12cd34ef"]
+    assert db.transfer_ids_starting("ab12cd35", 2) == ["ab12cd35ef", "ab12cd35f0"]
+    assert db.transfer_ids_starting("ab12cd3", 5) == ["ab12cd34ef", "ab12cd35ef", "ab12cd35f0"]
+    assert db.transfer_ids_starting("ab13", 2) == []
