@@ -54,6 +54,14 @@ def source_config(running, tmp_path: Path) -> Path:
     return path
 
 
+def data_dir_config(data_dir: Path, tmp_path: Path) -> Path:
+    """A configuration naming only an embedded store's data directory (no gateway ran on it)."""
+    path = tmp_path / "source.toml"
+    path.write_text(f'[gateway]\ninternal_domains = ["city.example.lg.jp"]\n'
+                    f'[storage]\ndata_dir = "{data_dir}"\n')
+    return path
+
+
 def table_line(output: str, table: str) -> dict[str, str]:
     """The command's verification table row of one table, by column."""
     names = ("rows_source", "rows_target", "sha_source", "sha_target", "new", "changed", "gone",
@@ -279,9 +287,7 @@ def test_a_target_at_another_schema_version_than_the_program_is_refused(
     sqlite_path = tmp_path / "data" / "gateway.sqlite3"
     sqlite_path.parent.mkdir()
     Database(sqlite_path).close()  # an embedded store that never saw mail
-    config = tmp_path / "source.toml"
-    config.write_text(f'[gateway]\ninternal_domains = ["city.example.lg.jp"]\n'
-                      f'[storage]\ndata_dir = "{sqlite_path.parent}"\n')
+    config = data_dir_config(sqlite_path.parent, tmp_path)
     target = ("--to", postgres_dsn, "--blobs-to", "database")
 
     empty = migrate(config, *target, "--verify-only")
@@ -338,9 +344,7 @@ def test_text_keys_beyond_ascii_are_walked_in_the_same_order_on_both_engines(
     with Database(sqlite_path) as store:
         for recipient in recipients:
             store.record_delivery("fingerprint", recipient, datetime.now(timezone.utc))
-    config = tmp_path / "source.toml"
-    config.write_text(f'[gateway]\ninternal_domains = ["city.example.lg.jp"]\n'
-                      f'[storage]\ndata_dir = "{sqlite_path.parent}"\n')
+    config = data_dir_config(sqlite_path.parent, tmp_path)
     target = ("--to", postgres_dsn, "--blobs-to", "database")
 
     copied = migrate(config, *target)
@@ -367,9 +371,7 @@ def test_relay_claims_stay_behind_and_throttles_move_even_those_past_their_end(
         throttles = ThrottleStore(store)
         throttles.add("auth", "192.0.2.7", now + timedelta(minutes=10))
         throttles.add("auth", "192.0.2.7", now - timedelta(seconds=1))
-    config = tmp_path / "source.toml"
-    config.write_text(f'[gateway]\ninternal_domains = ["city.example.lg.jp"]\n'
-                      f'[storage]\ndata_dir = "{sqlite_path.parent}"\n')
+    config = data_dir_config(sqlite_path.parent, tmp_path)
     target = ("--to", postgres_dsn, "--blobs-to", "database")
 
     copied = migrate(config, *target)
