@@ -10,6 +10,7 @@ end record, and expects no error from that), and past the end reads return b"".
 from __future__ import annotations
 
 import io
+from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,14 +20,14 @@ class PositionedReader(io.RawIOBase):
         super().__init__()
         self._position = 0
 
+    @abstractmethod
     def _size(self) -> int:
         """The file's length in bytes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _read_at(self, offset: int, size: int) -> Iterable[bytes]:
         """The bytes from `offset` on, up to `size` of them (as many as one read gives if
         `size` is negative), as the pieces they lie in; fewer (a short read) or none at the end."""
-        raise NotImplementedError
 
     def readable(self) -> bool:
         return True
