@@ -16,7 +16,7 @@ import pytest
 import tests.unit.test_ops_retention as sqlite_tests
 from gateway.cli import main as cli_main
 from gateway.config import PostgresUrl, build_config
-from gateway.ops.housekeeping import PURGING_ELSEWHERE, purge
+from gateway.ops.housekeeping import PURGING_ELSEWHERE
 from gateway.store.db import Database
 from tests.support.clock import FakeClock
 from tests.support.postgres import about_sqlite, database_tests, opening, raw_rows
@@ -27,11 +27,9 @@ from tests.unit.test_ops_retention import (
     TABLES,
     a_transfer,
     old_and_young_records,
-    open_store,
     remaining,
     remaining_kinds,
     retention_config,
-    timedelta,
 )
 
 PG_BUNDLED = Path(__file__).resolve().parents[2] / "gateway" / "store" / "migrations" / "postgresql"
@@ -84,14 +82,7 @@ def test_the_audit_trail_stays_append_only_inside_its_retention_on_postgresql(
     tmp_path, postgres_dsn,
 ):
     config = sqlite_tests.retention_config(tmp_path)
-    now = FakeClock()()
-    db, blobs = open_store(config, MASTER_KEY)
-    try:
-        db.append_event("relay.test", now - timedelta(days=6))
-        db.append_event("relay.test", now - timedelta(days=1))
-        assert purge(db, blobs, now, retention=config.retention).events_forgotten == 1
-    finally:
-        db.close()
+    sqlite_tests.purge_one_of_two_events(config)
     # the guard lives in the database, whoever connects
     for statement, refusal in (
         ("DELETE FROM events", "append-only"),

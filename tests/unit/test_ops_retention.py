@@ -256,8 +256,8 @@ def test_an_item_still_due_or_of_a_live_transfer_outlives_the_outbox_retention(t
         db.close()
 
 
-def test_the_audit_trail_stays_append_only_inside_its_retention(tmp_path):
-    config = retention_config(tmp_path)
+def purge_one_of_two_events(config) -> None:
+    """Two events, one past the retention: the purge forgets that one only."""
     now = FakeClock()()
     db, blobs = open_store(config, MASTER_KEY)
     try:
@@ -266,6 +266,11 @@ def test_the_audit_trail_stays_append_only_inside_its_retention(tmp_path):
         assert purge(db, blobs, now, retention=config.retention).events_forgotten == 1
     finally:
         db.close()
+
+
+def test_the_audit_trail_stays_append_only_inside_its_retention(tmp_path):
+    config = retention_config(tmp_path)
+    purge_one_of_two_events(config)
     with sqlite3.connect(config.storage.database) as raw:  # the guard lives in the file
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             raw.execute("DELETE FROM events")

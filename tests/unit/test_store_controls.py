@@ -15,9 +15,8 @@ NOW = datetime(2026, 11, 26, 1, 30, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[Database, ControlsStore]]:
-    db = Database(tmp_path / "meta.sqlite3")
+def add_active_link(db: Database) -> None:
+    """Transfer t1 with its one active link l1, which the tests spend codes on."""
     with db.transaction():
         db.insert_transfer(
             id="t1", fingerprint="fp", message_id="<m@city>", sender="somu@city.example",
@@ -26,6 +25,12 @@ def store(tmp_path: Path) -> Iterator[tuple[Database, ControlsStore]]:
         )
         db.insert_link(id="l1", transfer_id="t1", recipient="r@x.example", token_hash="h1",
                        created_at=NOW, state="active", activated_at=NOW)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[Database, ControlsStore]]:
+    db = Database(tmp_path / "meta.sqlite3")
+    add_active_link(db)
     yield db, ControlsStore(db)
     db.close()
 
